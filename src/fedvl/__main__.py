@@ -1,0 +1,3 @@
+from fedvl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""One interface for every algorithm: a server :class:`Strategy` and a client
+:class:`ClientUpdate`, kept together in one module and registered together
+as one :class:`Algorithm`.
+
+The round loop lives in the runtimes (:mod:`fedvl.runtime`) and is written
+once; an algorithm only overrides hooks (cf. Flower's ``Strategy.start`` with
+``FedMedian`` overriding ``aggregate_train`` only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedvl.algorithms.aggregate import Params, fedavg
+from fedvl.config import ExperimentConfig
+from fedvl.data.features import EncodedSplit
+from fedvl.engine.loops import TrainResult, cross_entropy_step, evaluate, train_local
+
+
+@dataclass
+class FitResult:
+    """What a client sends back: only travelling tensors, a sample count, metrics."""
+
+    params: Params
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ClientContext:
+    """Everything a client update may touch. ``model`` is the one shared model
+    instance: the runtime has already loaded the global travelling parameters
+    and this client's own local parameters into it."""
+
+    client_id: str
+    model: torch.nn.Module
+    train: EncodedSplit
+    cfg: ExperimentConfig
+    round: int
+    global_params: Params
+    travel_names: list[str]
+    trainable_names: list[str]
+    generator: torch.Generator
+    on_step: Callable[[int, int, float], None] | None = None
+
+
+class ClientUpdate:
+    """Client half. Subclasses override :meth:`fit` (usually only ``make_step``)."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+
+    def optimizer(self, ctx: ClientContext) -> torch.optim.Optimizer:
+        named = dict(ctx.model.named_parameters())
+        params = [named[n] for n in ctx.trainable_names]
+        return torch.optim.AdamW(params, lr=self.cfg.algorithm.lr, weight_decay=self.cfg.algorithm.weight_decay)
+
+    def make_step(self, ctx: ClientContext, optimizer: torch.optim.Optimizer):
+        return cross_entropy_step(ctx.model, optimizer)
+
+    def lr_at(self, ctx: ClientContext) -> Callable[[float], float]:
+        a = self.cfg.algorithm
+        if a.lr_schedule == "constant":
+            return lambda frac: a.lr
+        # cosine over the whole run: the schedule continues across rounds
+        return lambda frac: a.lr * 0.5 * (1 + np.cos(np.pi * ((ctx.round - 1 + frac) / a.rounds)))
+
+    def train(self, ctx: ClientContext) -> TrainResult:
+        opt = self.optimizer(ctx)
+        a = self.cfg.algorithm
+        return train_local(ctx.model, ctx.train, self.make_step(ctx, opt), batch_size=a.batch_size,
+                           epochs=a.local_epochs, max_steps=a.local_steps, generator=ctx.generator,
+                           lr_at=self.lr_at(ctx), on_step=ctx.on_step)
+
+    def fit(self, ctx: ClientContext) -> FitResult:
+        res = self.train(ctx)
+        named = dict(ctx.model.named_parameters())
+        sent = {n: named[n].detach().clone() for n in ctx.travel_names}
+        return FitResult(sent, len(ctx.train), {"train_loss": res.loss, "steps": res.steps,
+                                               "compute_s": res.compute_seconds})
+
+    def evaluate(self, ctx: ClientContext, data: EncodedSplit) -> dict[str, float]:
+        return evaluate(ctx.model, data)
+
+
+class Strategy:
+    """Server half. The default samples ``fraction_fit`` of the clients and
+    averages what travels (FedAvg)."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+
+    def sample_clients(self, rnd: int, client_ids: list[str], rng: np.random.Generator) -> list[str]:
+        k = max(1, int(round(self.cfg.algorithm.fraction_fit * len(client_ids))))
+        if k >= len(client_ids):
+            return list(client_ids)
+        chosen = rng.choice(len(client_ids), size=k, replace=False)
+        return [client_ids[i] for i in sorted(chosen)]
+
+    def aggregate(self, rnd: int, global_params: Params, results: list[FitResult]) -> Params:
+        if not global_params:
+            return global_params
+        return fedavg([r.params for r in results], [r.num_examples for r in results],
+                      self.cfg.algorithm.aggregation)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A registered (strategy, client update) pair and what its model needs.
+
+    ``local_groups``: trainable parameter groups kept by each client and never
+    sent ("*" = everything trainable: local-only training).
+    ``pooled``: train one model on the union of the clients' data (centralized
+    upper bound); evaluation stays per client.
+    """
+
+    name: str
+    strategy: type[Strategy]
+    client: type[ClientUpdate]
+    summary: str
+    adapter_roles: tuple[str, ...] = ("shared",)
+    trainable_roles: tuple[str, ...] = ("shared",)
+    local_groups: frozenset[str] = frozenset()
+    pooled: bool = False
+
+
+_REGISTRY: dict[str, Algorithm] = {}
+
+
+def register(algo: Algorithm) -> Algorithm:
+    if algo.name in _REGISTRY:
+        raise ValueError(f"algorithm {algo.name!r} registered twice")
+    _REGISTRY[algo.name] = algo
+    return algo
+
+
+def registry() -> dict[str, Algorithm]:
+    return _REGISTRY

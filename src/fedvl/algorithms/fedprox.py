@@ -1,0 +1,34 @@
+"""FedProx: Li et al., "Federated Optimization in Heterogeneous Networks",
+MLSys 2020, https://arxiv.org/abs/1812.06127.
+
+Client: the task loss plus (mu/2)·||w - w_global||² over the travelling
+parameters, which keeps local models near the global one under heterogeneity.
+Server: FedAvg.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, Strategy, register
+from fedvl.engine.loops import cross_entropy_step
+
+
+class FedProxClient(ClientUpdate):
+    def make_step(self, ctx: ClientContext, optimizer: torch.optim.Optimizer):
+        mu = self.cfg.algorithm.prox_mu
+        named = dict(ctx.model.named_parameters())
+        pairs = [(named[n], ctx.global_params[n]) for n in ctx.travel_names]
+
+        def proximal() -> torch.Tensor:
+            return 0.5 * mu * sum(((p - g) ** 2).sum() for p, g in pairs)
+
+        return cross_entropy_step(ctx.model, optimizer, extra_loss=proximal if pairs else None)
+
+
+ALGORITHM = register(Algorithm(
+    name="fedprox",
+    strategy=Strategy,
+    client=FedProxClient,
+    summary="FedAvg with a proximal term mu/2·||w - w_global||² on the client",
+))

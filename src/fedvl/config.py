@@ -1,0 +1,260 @@
+"""Typed experiment configuration: dataclasses, YAML files, ``key=value`` overrides.
+
+The dataclass defaults *are* the embedded default experiment (``fedvl run`` with
+no argument). Every value is type-checked on load; an unknown key or a value of
+the wrong type raises :class:`ConfigError` with one line that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the CLI prints it on one line, exit 2."""
+
+
+PeftMethod = Literal["adapter", "lora", "bitfit", "layernorm", "head", "full"]
+
+
+@dataclass
+class ModelConfig:
+    name: Literal["default", "tiny"] = "default"
+    """default: pretrained MiniLM-L6 + ImageNet MobileNetV2; tiny: random, same structure (tests)."""
+    peft: PeftMethod = "adapter"
+    adapter_reduction: int = 16
+    """Bottleneck adapter width is hidden_size // adapter_reduction (FedDAT: 16)."""
+    lora_rank: int = 16
+    lora_alpha: int = 16
+    lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])
+    max_text_len: int = 24
+    head_hidden: int = 256
+
+
+@dataclass
+class DataConfig:
+    benchmark: Literal["domain"] = "domain"
+    num_clients: int = 4
+    domains: list[str] = field(default_factory=lambda: ["photo", "sketch", "night", "painting"])
+    """Visual domain of each client, in client order (Domain benchmark)."""
+    train_images: int = 160
+    """Images per client in the training split (each carries ``questions_per_image`` questions)."""
+    test_images: int = 100
+    questions_per_image: int = 2
+    image_size: int = 96
+    partition: Literal["natural", "dirichlet", "quantity"] = "natural"
+    """natural: the benchmark's own split; dirichlet / quantity: re-partition the pooled data."""
+    dirichlet_alpha: float = 0.5
+    quantity_alpha: float = 1.0
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "fedavg"
+    rounds: int = 8
+    fraction_fit: float = 1.0
+    """Share of clients sampled each round (at least one)."""
+    local_epochs: int = 1
+    local_steps: int = 0
+    """If > 0, each client trains exactly this many steps per round instead of epochs."""
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """cosine decays over the whole run (never restarts each round)."""
+    aggregation: Literal["weighted", "uniform"] = "weighted"
+    prox_mu: float = 0.01
+    """FedProx proximal weight (only used by fedprox)."""
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    output_dir: str = "results"
+    name: str = ""
+    """Run folder name under output_dir; empty -> <algorithm>-<benchmark>-<timestamp>."""
+    cache_dir: str = "results/cache"
+    threads: int = 2
+    eval_every: int = 1
+    runtime: Literal["simulator"] = "simulator"
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- coercion
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, tp: Any, value: Any, from_text: bool) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not {_type_name(tp)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in get_args(tp):
+            if arm is type(None):
+                if value is None or (from_text and str(value).lower() in ("none", "null")):
+                    return None
+                continue
+            try:
+                return _coerce(key, arm, value, from_text)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if from_text and isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", item_tp, v, from_text) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and str(value).lower() in ("true", "1", "yes", "false", "0", "no"):
+            return str(value).lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if from_text:
+            try:
+                return int(str(value))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if from_text or isinstance(value, str):
+            try:
+                return float(str(value))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str, from_text: bool) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"unknown config key '{full}' (known under '{prefix or '.'}': {known})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping of keys, got {value!r}")
+            _apply(current, value, f"{full}.", from_text)
+        else:
+            setattr(obj, key, _coerce(full, hints[key], value, from_text))
+
+
+def parse_override(text: str) -> tuple[list[str], str]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. algorithm.rounds=3)")
+    key, value = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    return key.split("."), value
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Cross-field checks that types alone cannot express."""
+    from fedvl.algorithms import available_algorithms  # late: registry imports torch
+
+    checks = [
+        (cfg.data.num_clients >= 1, "data.num_clients must be >= 1"),
+        (cfg.data.train_images >= 1 and cfg.data.test_images >= 1, "data.train_images and data.test_images must be >= 1"),
+        (cfg.data.questions_per_image >= 1, "data.questions_per_image must be >= 1"),
+        (cfg.data.image_size >= 32, "data.image_size must be >= 32"),
+        (0.0 < cfg.algorithm.fraction_fit <= 1.0, "algorithm.fraction_fit must be in (0, 1]"),
+        (cfg.algorithm.rounds >= 1, "algorithm.rounds must be >= 1"),
+        (cfg.algorithm.batch_size >= 1, "algorithm.batch_size must be >= 1"),
+        (cfg.algorithm.lr > 0, "algorithm.lr must be > 0"),
+        (cfg.algorithm.local_epochs >= 1 or cfg.algorithm.local_steps >= 1, "set algorithm.local_epochs or algorithm.local_steps >= 1"),
+        (cfg.model.adapter_reduction >= 1, "model.adapter_reduction must be >= 1"),
+        (cfg.model.lora_rank >= 1, "model.lora_rank must be >= 1"),
+        (cfg.run.threads >= 1, "run.threads must be >= 1"),
+        (cfg.run.eval_every >= 1, "run.eval_every must be >= 1"),
+        (cfg.data.dirichlet_alpha > 0 and cfg.data.quantity_alpha > 0, "data.*_alpha must be > 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    if cfg.data.benchmark == "domain" and len(cfg.data.domains) < cfg.data.num_clients:
+        raise ConfigError(
+            f"data.domains lists {len(cfg.data.domains)} domains for {cfg.data.num_clients} clients; give one per client"
+        )
+    from fedvl.data.world import DOMAINS
+
+    for d in cfg.data.domains:
+        if d not in DOMAINS:
+            raise ConfigError(f"data.domains: unknown domain {d!r} (known: {', '.join(DOMAINS)})")
+    if cfg.algorithm.name not in available_algorithms():
+        raise ConfigError(
+            f"unknown algorithm '{cfg.algorithm.name}' (available: {', '.join(available_algorithms())})"
+        )
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Defaults <- YAML file (if given) <- ``key=value`` overrides, then validate."""
+    cfg = ExperimentConfig()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections (model, data, algorithm, run)")
+        _apply(cfg, data, "", from_text=False)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        nested: dict[str, Any] = {keys[-1]: value}
+        for k in reversed(keys[:-1]):
+            nested = {k: nested}
+        _apply(cfg, nested, "", from_text=True)
+    return validate(cfg)
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,91 @@
+"""Benchmarks: how the synthetic world is split into heterogeneous clients.
+
+Domain (this module, first): one visual domain per client, as FedDAT's Domain
+benchmark gives each client one VQA source. Function, Scene and Task follow the
+same shape: a function returning one :class:`ClientSplits` per client.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedvl.config import DataConfig
+from fedvl.data.partitioners import dirichlet_label_skew, quantity_skew
+from fedvl.data.world import ANSWERS, FUNCTIONS, Split, make_split
+
+
+@dataclass
+class ClientSplits:
+    client_id: str
+    train: Split
+    test: Split
+
+
+def _seed(*parts: object) -> int:
+    # Stable across processes (unlike hash()), so the world is the same everywhere.
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+def domain_benchmark(cfg: DataConfig, seed: int) -> list[ClientSplits]:
+    clients = []
+    for k in range(cfg.num_clients):
+        dom = cfg.domains[k]
+        cid = f"c{k}-{dom}"
+        train = make_split(dom, cfg.train_images, cfg.questions_per_image, cfg.image_size, FUNCTIONS,
+                           _seed(seed, "domain", k, dom, "train"))
+        test = make_split(dom, cfg.test_images, cfg.questions_per_image, cfg.image_size, FUNCTIONS,
+                          _seed(seed, "domain", k, dom, "test"))
+        clients.append(ClientSplits(cid, train, test))
+    return clients
+
+
+BENCHMARKS = {"domain": domain_benchmark}
+
+
+def _subset(split: Split, sample_idx: np.ndarray) -> Split:
+    sub = copy.copy(split)
+    sub.samples = [split.samples[i] for i in sample_idx]
+    return sub
+
+
+def _concat(splits: list[Split]) -> Split:
+    images = np.concatenate([s.images for s in splits])
+    scenes = [sc for s in splits for sc in s.scenes]
+    out = Split(domain="+".join(sorted({s.domain for s in splits})), images=images, scenes=scenes)
+    offset = 0
+    for s in splits:
+        for smp in s.samples:
+            out.samples.append(dataclasses.replace(smp, image=smp.image + offset))
+        offset += len(s.images)
+    return out
+
+
+def repartition(clients: list[ClientSplits], cfg: DataConfig, seed: int) -> list[ClientSplits]:
+    """Pool the training samples and re-split them with a label- or quantity-skew partitioner.
+
+    Test splits are re-split the same way so each client is evaluated on the
+    distribution it trains on (personalised evaluation).
+    """
+    if cfg.partition == "natural":
+        return clients
+    out_train, out_test = [], []
+    for which in ("train", "test"):
+        pooled = _concat([getattr(c, which) for c in clients])
+        if cfg.partition == "dirichlet":
+            parts = dirichlet_label_skew(pooled.labels, len(clients), cfg.dirichlet_alpha, _seed(seed, which))
+        else:
+            parts = quantity_skew(len(pooled.samples), len(clients), cfg.quantity_alpha, _seed(seed, which))
+        (out_train if which == "train" else out_test).extend(_subset(pooled, p) for p in parts)
+    return [ClientSplits(f"c{k}-{cfg.partition}", tr, te) for k, (tr, te) in enumerate(zip(out_train, out_test))]
+
+
+def build_benchmark(cfg: DataConfig, seed: int) -> list[ClientSplits]:
+    return repartition(BENCHMARKS[cfg.benchmark](cfg, seed), cfg, seed)
+
+
+NUM_ANSWERS = len(ANSWERS)

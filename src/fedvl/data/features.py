@@ -1,0 +1,102 @@
+"""Turn a :class:`Split` into model-ready tensors, computing frozen vision features once.
+
+The vision tower never trains, so its output per image is a constant: it is
+computed once, stored in half precision on disk under ``cache_dir`` and reused
+by every round, client and later run. The cache key hashes the image bytes and
+the vision model's identity, so a changed image or model misses the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedvl.data.world import Split
+
+
+@dataclass
+class EncodedSplit:
+    input_ids: torch.Tensor  # (N, L) long
+    attention_mask: torch.Tensor  # (N, L) long
+    image_index: torch.Tensor  # (N,) long, row of ``features``
+    labels: torch.Tensor  # (N,) long
+    features: torch.Tensor  # (N_images, C, h, w) half
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.input_ids[idx],
+            "attention_mask": self.attention_mask[idx],
+            "features": self.features[self.image_index[idx]].float(),
+            "labels": self.labels[idx],
+        }
+
+    @staticmethod
+    def concat(parts: list["EncodedSplit"]) -> "EncodedSplit":
+        offsets = np.cumsum([0] + [p.features.shape[0] for p in parts[:-1]])
+        width = max(p.input_ids.shape[1] for p in parts)
+
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, width - t.shape[1]))
+
+        return EncodedSplit(
+            input_ids=torch.cat([pad(p.input_ids) for p in parts]),
+            attention_mask=torch.cat([pad(p.attention_mask) for p in parts]),
+            image_index=torch.cat([p.image_index + int(o) for p, o in zip(parts, offsets)]),
+            labels=torch.cat([p.labels for p in parts]),
+            features=torch.cat([p.features for p in parts]),
+        )
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def image_features(model, images: np.ndarray, cache_dir: str | None, batch_size: int = 64) -> torch.Tensor:
+    """Frozen vision features for every image, from the cache when possible."""
+    spec = model.vision_spec
+    key = hashlib.sha256(images.tobytes() + repr(images.shape).encode()).hexdigest()[:24]
+    path = Path(cache_dir) / "features" / f"{spec.name}-{spec.image_size}px-{key}.pt" if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            feats = torch.load(path, map_location="cpu", weights_only=True)
+            if feats.shape[0] == images.shape[0]:
+                return feats
+        except Exception:  # a truncated or corrupt cache file is recomputed, not trusted
+            pass
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        chunk = torch.from_numpy(images[start:start + batch_size])
+        chunks.append(model.image_features(chunk).half())
+    feats = torch.cat(chunks) if chunks else torch.zeros(0)
+    if path is not None:
+        _atomic_save(feats, path)
+    return feats
+
+
+def encode_split(split: Split, model, tokenizer, max_len: int, cache_dir: str | None) -> EncodedSplit:
+    questions = [s.question for s in split.samples]
+    tok = tokenizer(questions, padding="longest", truncation=True, max_length=max_len, return_tensors="pt")
+    return EncodedSplit(
+        input_ids=tok["input_ids"],
+        attention_mask=tok["attention_mask"],
+        image_index=torch.tensor([s.image for s in split.samples], dtype=torch.long),
+        labels=torch.from_numpy(split.labels),
+        features=image_features(model, split.images, cache_dir),
+    )

@@ -1,0 +1,253 @@
+"""The synthetic vision-language world: seeded scenes, rendered images, template questions.
+
+A scene is a handful of objects (shape, colour, size, grid cell) on a
+background whose *style* is the visual domain. Questions come from templates
+grouped by *function* (attribute, object, counting, relation, logic) so the
+Function benchmark can give each client one function, as FedDAT's CLOVE-function.
+Everything is a pure function of a seed: the same seed gives the same pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+SHAPES = ["circle", "square", "triangle", "diamond", "cross"]
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 225),
+    "yellow": (235, 210, 40),
+    "purple": (150, 60, 190),
+    "orange": (245, 140, 30),
+}
+SIZES = ["small", "large"]
+COLUMNS = ["left", "middle", "right"]
+COUNTS = ["0", "1", "2", "3", "4"]
+YESNO = ["yes", "no"]
+FUNCTIONS = ["attribute", "object", "counting", "relation", "logic"]
+
+# One global answer vocabulary: every client's head speaks it, so FedAvg of the
+# head is meaningful. Per-client answer *distributions* still differ.
+ANSWERS: list[str] = list(COLORS) + SHAPES + SIZES + COLUMNS + COUNTS + YESNO
+ANSWER_INDEX = {a: i for i, a in enumerate(ANSWERS)}
+
+
+@dataclass(frozen=True)
+class Obj:
+    shape: str
+    color: str
+    size: str
+    row: int
+    col: int
+
+
+@dataclass(frozen=True)
+class DomainStyle:
+    """How a domain draws a scene: what makes the clients' images differ."""
+
+    background: str  # "noise", "flat", "white", "dark", "stripes"
+    outline_only: bool = False
+    brightness: float = 1.0
+    noise: float = 0.0
+    blur: float = 0.0
+    colour_jitter: int = 0
+
+
+DOMAINS: dict[str, DomainStyle] = {
+    "photo": DomainStyle("noise", noise=18.0, blur=0.6, colour_jitter=20),
+    "cartoon": DomainStyle("flat"),
+    "sketch": DomainStyle("white", outline_only=True),
+    "night": DomainStyle("dark", brightness=0.55, noise=10.0, colour_jitter=10),
+    "painting": DomainStyle("stripes", blur=1.0, colour_jitter=35),
+    "source": DomainStyle("flat", colour_jitter=5),  # the public domain (FedMMKT pretraining)
+}
+
+
+@dataclass
+class Sample:
+    image: int
+    question: str
+    answer: str
+    function: str
+
+
+@dataclass
+class Split:
+    """Images (uint8, N x H x W x 3) and the questions that refer to them."""
+
+    domain: str
+    images: np.ndarray
+    scenes: list[list[Obj]]
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([ANSWER_INDEX[s.answer] for s in self.samples], dtype=np.int64)
+
+
+# ------------------------------------------------------------------ scenes
+
+
+def random_scene(rng: np.random.Generator, min_objects: int = 1, max_objects: int = 4) -> list[Obj]:
+    n = int(rng.integers(min_objects, max_objects + 1))
+    cells = rng.choice(9, size=n, replace=False)
+    return [
+        Obj(
+            shape=str(rng.choice(SHAPES)),
+            color=str(rng.choice(list(COLORS))),
+            size=str(rng.choice(SIZES)),
+            row=int(c) // 3,
+            col=int(c) % 3,
+        )
+        for c in cells
+    ]
+
+
+def _background(style: DomainStyle, size: int, rng: np.random.Generator) -> np.ndarray:
+    if style.background == "noise":
+        base = rng.normal(128, 30, size=(size // 8, size // 8, 3)).clip(0, 255).astype(np.uint8)
+        img = np.asarray(Image.fromarray(base).resize((size, size), Image.BILINEAR), dtype=np.float32)
+    elif style.background == "flat":
+        tone = rng.integers(190, 240, size=3)
+        img = np.ones((size, size, 3), np.float32) * tone
+    elif style.background == "white":
+        img = np.full((size, size, 3), 250.0, np.float32)
+    elif style.background == "dark":
+        img = np.full((size, size, 3), 25.0, np.float32) + rng.integers(0, 20, size=3)
+    elif style.background == "stripes":
+        a, b = rng.integers(120, 230, size=3), rng.integers(120, 230, size=3)
+        period = int(rng.integers(6, 14))
+        yy, xx = np.mgrid[0:size, 0:size]
+        mask = (((xx + yy) // period) % 2).astype(np.float32)[..., None]
+        img = mask * a + (1 - mask) * b
+    else:
+        raise ValueError(f"unknown background {style.background!r}")
+    return img
+
+
+def render(scene: list[Obj], domain: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw one scene in a domain's style -> uint8 (size, size, 3)."""
+    style = DOMAINS[domain]
+    canvas = Image.fromarray(_background(style, size, rng).clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    cell = size / 3
+    for o in scene:
+        radius = cell * (0.22 if o.size == "small" else 0.42)
+        jitter = cell * 0.5 - radius
+        cx = (o.col + 0.5) * cell + rng.uniform(-jitter, jitter) * 0.6
+        cy = (o.row + 0.5) * cell + rng.uniform(-jitter, jitter) * 0.6
+        rgb = np.array(COLORS[o.color]) + rng.integers(-style.colour_jitter, style.colour_jitter + 1, 3)
+        rgb = tuple(int(v) for v in (rgb * style.brightness).clip(0, 255))
+        fill, outline, width = (None, rgb, max(2, size // 40)) if style.outline_only else (rgb, (0, 0, 0), 1)
+        r = radius
+        if o.shape == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=outline, width=width)
+        elif o.shape == "square":
+            s = r * 0.85
+            draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=fill, outline=outline, width=width)
+        elif o.shape == "triangle":
+            pts = [(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)]
+            draw.polygon(pts, fill=fill, outline=outline, width=width)
+        elif o.shape == "diamond":
+            pts = [(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]
+            draw.polygon(pts, fill=fill, outline=outline, width=width)
+        elif o.shape == "cross":
+            t = r * 0.35
+            for box in ([cx - r, cy - t, cx + r, cy + t], [cx - t, cy - r, cx + t, cy + r]):
+                draw.rectangle(box, fill=fill if fill else None, outline=outline, width=width)
+    if style.blur:
+        canvas = canvas.filter(ImageFilter.GaussianBlur(style.blur))
+    img = np.asarray(canvas, dtype=np.float32)
+    if style.noise:
+        img = img + rng.normal(0, style.noise, img.shape)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------- questions
+
+
+def _desc(o: Obj, with_color: bool = True) -> str:
+    return f"{o.color} {o.shape}" if with_color else o.shape
+
+
+def ask(scene: list[Obj], function: str, rng: np.random.Generator) -> tuple[str, str]:
+    """One (question, answer) of the given function about the scene.
+
+    Questions only refer to objects they identify uniquely, so every answer is
+    determined by the image.
+    """
+    shapes = [o.shape for o in scene]
+    colors = [o.color for o in scene]
+    if function == "attribute":
+        o = scene[int(rng.integers(len(scene)))]
+        if shapes.count(o.shape) == 1 and rng.random() < 0.5:
+            return f"what color is the {o.shape}?", o.color
+        if [(x.color, x.shape) for x in scene].count((o.color, o.shape)) == 1:
+            return f"what size is the {o.color} {o.shape}?", o.size
+        # Grid cells are unique, so a cell always identifies one object.
+        return f"what color is the object in the {_cell(o)} cell?", o.color
+    if function == "object":
+        o = scene[int(rng.integers(len(scene)))]
+        if colors.count(o.color) == 1:
+            return f"what shape is the {o.color} object?", o.shape
+        return f"what shape is in the {_cell(o)} cell?", o.shape
+    if function == "counting":
+        if rng.random() < 0.5:
+            c = str(rng.choice(list(COLORS)))
+            return f"how many {c} objects are there?", str(colors.count(c))
+        s = str(rng.choice(SHAPES))
+        return f"how many {s}s are there?", str(shapes.count(s))
+    if function == "relation":
+        o = scene[int(rng.integers(len(scene)))]
+        if [(x.color, x.shape) for x in scene].count((o.color, o.shape)) == 1:
+            others = [x for x in scene if x is not o and x.col != o.col]
+            if others and rng.random() < 0.5:
+                p = others[int(rng.integers(len(others)))]
+                if [(x.color, x.shape) for x in scene].count((p.color, p.shape)) == 1:
+                    ans = "yes" if o.col < p.col else "no"
+                    return f"is the {_desc(o)} left of the {_desc(p)}?", ans
+            return f"which column is the {_desc(o)} in?", COLUMNS[o.col]
+        col = int(rng.integers(3))
+        ans = "yes" if any(x.color == o.color and x.shape == o.shape and x.col == col for x in scene) else "no"
+        return f"is there a {_desc(o)} in the {COLUMNS[col]} column?", ans
+    if function == "logic":
+        a_col, a_shape = str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))
+        b_col, b_shape = str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))
+        if rng.random() < 0.5:  # make "yes" reachable often enough
+            o = scene[int(rng.integers(len(scene)))]
+            a_col, a_shape = o.color, o.shape
+        has_a = (a_col, a_shape) in [(x.color, x.shape) for x in scene]
+        has_b = (b_col, b_shape) in [(x.color, x.shape) for x in scene]
+        if rng.random() < 0.5:
+            return f"is there a {a_col} {a_shape} or a {b_col} {b_shape}?", "yes" if has_a or has_b else "no"
+        return f"is there a {a_col} {a_shape} and a {b_col} {b_shape}?", "yes" if has_a and has_b else "no"
+    raise ValueError(f"unknown question function {function!r}")
+
+
+def _cell(o: Obj) -> str:
+    return f"{['top', 'center', 'bottom'][o.row]} {COLUMNS[o.col]}"
+
+
+def make_split(
+    domain: str,
+    n_images: int,
+    questions_per_image: int,
+    image_size: int,
+    functions: list[str],
+    seed: int,
+) -> Split:
+    """Render ``n_images`` scenes of ``domain`` with questions drawn from ``functions``."""
+    rng = np.random.default_rng(seed)
+    scenes = [random_scene(rng) for _ in range(n_images)]
+    images = np.stack([render(s, domain, image_size, rng) for s in scenes]) if scenes else np.zeros(
+        (0, image_size, image_size, 3), np.uint8)
+    split = Split(domain=domain, images=images, scenes=scenes)
+    for i, scene in enumerate(scenes):
+        for _ in range(questions_per_image):
+            fn = functions[int(rng.integers(len(functions)))]
+            q, a = ask(scene, fn, rng)
+            split.samples.append(Sample(image=i, question=q, answer=a, function=fn))
+    return split

@@ -1,0 +1,137 @@
+"""The one training loop and the one evaluation loop.
+
+Every algorithm's client update runs through :func:`train_local`; what differs
+between algorithms is the ``step`` function (one optimisation step on one
+batch), not the loop. The loop owns batch order, step counting, timing and
+progress reporting.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedvl.data.features import EncodedSplit
+
+Batch = dict[str, torch.Tensor]
+StepFn = Callable[[Batch, float], float]
+"""(batch, learning rate) -> loss; does forward, backward and the optimiser step."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    samples: int
+    loss: float  # mean training loss over the steps
+    compute_seconds: float  # time inside step functions (forward/backward/optimiser)
+
+
+def batch_order(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """One shuffled epoch of index batches. The generator is seeded per (run, round,
+    client), so every round sees a new order (unlike the FedDAT reference code)."""
+    perm = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield perm[start:start + batch_size]
+
+
+def train_local(
+    model: torch.nn.Module,
+    data: EncodedSplit,
+    step: StepFn,
+    *,
+    batch_size: int,
+    epochs: int,
+    max_steps: int,
+    generator: torch.Generator,
+    lr_at: Callable[[float], float],
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> TrainResult:
+    """Run ``epochs`` epochs over ``data`` (or exactly ``max_steps`` steps if > 0).
+
+    ``lr_at(fraction_of_this_round_done)`` gives the learning rate, so a global
+    schedule can continue across rounds instead of restarting.
+    """
+    n = len(data)
+    if n == 0:
+        return TrainResult(0, 0, float("nan"), 0.0)
+    per_epoch = math.ceil(n / batch_size)
+    total = max_steps if max_steps > 0 else per_epoch * epochs
+    model.train()
+    losses: list[float] = []
+    samples = 0
+    compute = 0.0
+    done = 0
+    while done < total:
+        for idx in batch_order(n, batch_size, generator):
+            batch = data.batch(idx)
+            t0 = time.perf_counter()
+            loss = step(batch, lr_at(done / total))
+            compute += time.perf_counter() - t0
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss} at step {done}; lower algorithm.lr")
+            losses.append(loss)
+            samples += len(idx)
+            done += 1
+            if on_step is not None:
+                on_step(done, total, loss)
+            if done >= total:
+                break
+    return TrainResult(done, samples, float(np.mean(losses)), compute)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy, balanced accuracy (mean recall over the classes present) and CE loss.
+
+    Balanced accuracy is reported beside accuracy because yes/no and "0"
+    answers dominate: a model stuck at the majority answer looks fine on
+    accuracy alone.
+    """
+    pred = logits.argmax(-1)
+    correct = (pred == labels).float()
+    recalls = [correct[labels == c].mean().item() for c in labels.unique()]
+    return {
+        "acc": correct.mean().item() if len(labels) else float("nan"),
+        "bal_acc": float(np.mean(recalls)) if recalls else float("nan"),
+        "loss": F.cross_entropy(logits, labels).item() if len(labels) else float("nan"),
+        "n": int(len(labels)),
+    }
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data: EncodedSplit, batch_size: int = 256) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(data), batch_size):
+        b = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+        out.append(model(b["input_ids"], b["attention_mask"], b["features"]))
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def evaluate(model: torch.nn.Module, data: EncodedSplit, batch_size: int = 256) -> dict[str, float]:
+    return classification_metrics(predict(model, data, batch_size), data.labels)
+
+
+def cross_entropy_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                       extra_loss: Callable[[], torch.Tensor] | None = None) -> StepFn:
+    """The plain supervised step; ``extra_loss`` adds a regulariser (FedProx)."""
+
+    def step(batch: Batch, lr: float) -> float:
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["features"])
+        loss = F.cross_entropy(logits, batch["labels"])
+        total = loss + extra_loss() if extra_loss is not None else loss
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step

@@ -1,0 +1,99 @@
+"""Parameter-efficient modules, named by *role*.
+
+Roles (FedDAT, https://arxiv.org/abs/2308.12305):
+  ``shared``  - the global adapter A_S, the one that travels;
+  ``local``   - the client-specific adapter A_C, never leaves its client;
+  ``teacher`` - the frozen copy Â_S of A_S taken at the start of a round.
+A plain FedAvg-Adapter run uses ``shared`` alone. Which roles are active, and
+with which weight, is one shared :class:`AdapterMix` object read by every site,
+so switching FedDAT between its student and teacher passes is one assignment.
+LoRA goes through ``peft`` with the role as its adapter name, so LoRA tensors
+carry the same role names (``lora_A.shared.weight``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BottleneckAdapter(nn.Module):
+    """Linear(d, d/r) -> ReLU -> Linear(d/r, d); the residual is added by the site.
+
+    ``up`` starts at zero so a fresh adapter is the identity and the pretrained
+    model's function is unchanged at step 0 (Houlsby et al. 2019).
+    """
+
+    def __init__(self, dim: int, reduction: int = 16):
+        super().__init__()
+        bottleneck = max(1, dim // reduction)
+        self.down = nn.Linear(dim, bottleneck)
+        self.act = nn.ReLU()
+        self.up = nn.Linear(bottleneck, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(h)))
+
+
+class AdapterMix:
+    """Which adapter roles are active at every site, and their weights.
+
+    ``{"shared": 1.0}`` -> h + A_S(h); ``{"local": w, "teacher": 1 - w}`` -> the
+    Dual-Adapter Teacher h + w·A_C(h) + (1-w)·Â_S(h).
+    """
+
+    def __init__(self, weights: dict[str, float] | None = None):
+        self.weights: dict[str, float] = dict(weights or {})
+
+    def set(self, weights: dict[str, float]) -> None:
+        self.weights = dict(weights)
+
+
+class FFNOutputWithAdapters(nn.Module):
+    """BERT's FFN output block with adapters after the feed-forward projection.
+
+    Replaces ``BertOutput`` (dense -> dropout -> LayerNorm(h + residual)) and
+    keeps its child names (``dense``, ``dropout``, ``LayerNorm``), so the
+    pretrained parameter names do not change. The adapters act on the FFN
+    output h before the residual sum: h + sum_r w_r·A_r(h) (Pfeiffer placement).
+    """
+
+    def __init__(self, original: nn.Module, roles: list[str], reduction: int, mix: AdapterMix):
+        super().__init__()
+        self.dense = original.dense
+        self.dropout = original.dropout
+        self.LayerNorm = original.LayerNorm
+        dim = self.dense.out_features
+        self.adapters = nn.ModuleDict({r: BottleneckAdapter(dim, reduction) for r in roles})
+        self._mix = mix  # plain attribute: shared by all sites, not a submodule
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(self.dense(hidden_states))
+        out = h
+        # Every active adapter reads the same FFN output h (parallel, not stacked).
+        for role, w in self._mix.weights.items():
+            if w != 0.0:
+                out = out + w * self.adapters[role](h)
+        return self.LayerNorm(out + input_tensor)
+
+
+def inject_adapters(encoder_layers: nn.ModuleList, roles: list[str], reduction: int) -> AdapterMix:
+    """Put bottleneck adapters of the given roles after the FFN of every layer.
+
+    Returns the :class:`AdapterMix` all sites share; it starts with the first
+    role fully on.
+    """
+    mix = AdapterMix({roles[0]: 1.0})
+    for layer in encoder_layers:
+        layer.output = FFNOutputWithAdapters(layer.output, roles, reduction, mix)
+    return mix
+
+
+def inject_lora(module: nn.Module, role: str, rank: int, alpha: int, targets: list[str]) -> None:
+    """LoRA through peft, wrapping the pretrained weights (never re-initialising them)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none")
+    inject_adapter_in_model(cfg, module, adapter_name=role)

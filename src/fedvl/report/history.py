@@ -1,0 +1,42 @@
+"""Run records: one JSON line per round (flushed as soon as the round ends), and
+the run's status file, so a crashed run is never mistaken for a finished one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, default=float)
+    os.replace(tmp, path)
+
+
+class History:
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "metrics.jsonl"
+        self.rounds: list[dict[str, Any]] = []
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.rounds.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rounds_with_eval(self) -> list[dict[str, Any]]:
+        return [r for r in self.rounds if "eval" in r]
+
+    @staticmethod
+    def read(run_dir: Path) -> list[dict[str, Any]]:
+        path = Path(run_dir) / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def set_status(run_dir: Path, state: str, **extra: Any) -> None:
+    write_json_atomic(run_dir / "status.json", {"state": state, **extra})

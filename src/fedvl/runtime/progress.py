@@ -1,0 +1,53 @@
+"""Progress display: live bars on a terminal, one line per round otherwise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Progress:
+    def __init__(self, console, total_rounds: int, enabled: bool = True):
+        self.console = console
+        self.live = enabled and console.is_terminal
+        self._bar = None
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                                     console=console, transient=False)
+            self._rounds = self._bar.add_task("rounds", total=total_rounds, info="")
+            self._steps = self._bar.add_task("client", total=1, info="")
+            self._bar.start()
+
+    def status(self, text: str) -> None:
+        if self.live:
+            self._bar.update(self._steps, description=text, completed=0, total=1, info="")
+        else:
+            self.console.print(text)
+
+    def client_start(self, rnd: int, cid: str, index: int, count: int) -> None:
+        if self.live:
+            self._bar.update(self._steps, description=f"round {rnd} · {cid} ({index}/{count})",
+                             completed=0, total=1, info="")
+
+    def step(self, done: int, total: int, loss: float) -> None:
+        if self.live:
+            self._bar.update(self._steps, completed=done, total=total, info=f"loss {loss:.3f}")
+
+    def round_end(self, record: dict[str, Any]) -> None:
+        avg = record["avg"]
+        line = (f"round {record['round']:>3}: avg acc {100 * avg['acc']:.1f}% · bal acc "
+                f"{100 * avg['bal_acc']:.1f}% · train loss {record['train_loss']:.3f} · {record['time_s']:.1f}s")
+        if record.get("rejected"):
+            line += f" · rejected {len(record['rejected'])} update(s)"
+        if self.live:
+            self._bar.advance(self._rounds)
+            self._bar.console.print(line)
+        else:
+            self.console.print(line)
+
+    def close(self) -> None:
+        if self.live:
+            self._bar.stop()

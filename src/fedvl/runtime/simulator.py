@@ -1,0 +1,156 @@
+"""In-process simulator: clients run one after another in one process.
+
+One model instance serves every client: before a client runs, the runtime
+loads the global travelling parameters and that client's own local state
+(from disk) into it. Memory therefore does not grow with the number of
+clients. Randomness is derived from (seed, round, client), so a run is
+deterministic and every round sees a new batch order.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedvl.algorithms import get_algorithm
+from fedvl.algorithms.aggregate import Params, UpdateRejected, validate_update
+from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, FitResult, Strategy
+from fedvl.config import ExperimentConfig
+from fedvl.data.benchmarks import NUM_ANSWERS, build_benchmark
+from fedvl.data.features import EncodedSplit, encode_split
+from fedvl.models.backbones import build_model, load_tokenizer
+from fedvl.models.params import count, get_params, names_in_groups, set_params, set_trainable, trainable_names
+from fedvl.runtime.state import ClientStateStore
+
+
+def derived_seed(*parts: object) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+@dataclass
+class Federation:
+    """Everything built once per run: model, algorithm halves, encoded client data."""
+
+    cfg: ExperimentConfig
+    algo: Algorithm
+    model: torch.nn.Module
+    strategy: Strategy
+    client: ClientUpdate
+    train: dict[str, EncodedSplit]  # the clients that train (one "pooled" client if centralized)
+    test: dict[str, EncodedSplit]  # every client's own test split
+    trainable: list[str]
+    travel: list[str]
+    local: list[str]
+    init_local: Params
+
+    def param_report(self) -> dict[str, Any]:
+        total = count(self.model)
+        trainable = count(self.model, self.trainable)
+        travel = count(self.model, self.travel)
+        return {"total_params": total, "trainable_params": trainable, "travel_params": travel,
+                "trainable_frac": trainable / total, "travel_frac": travel / total,
+                "bytes_up_per_client_round": sum(
+                    p.numel() * p.element_size() for n, p in self.model.named_parameters() if n in set(self.travel))}
+
+
+def build_federation(cfg: ExperimentConfig, status=print) -> Federation:
+    torch.set_num_threads(cfg.run.threads)
+    algo = get_algorithm(cfg.algorithm.name)
+    status(f"generating the {cfg.data.benchmark} benchmark ({cfg.data.num_clients} clients)")
+    clients = build_benchmark(cfg.data, cfg.run.seed)
+    status(f"building the {cfg.model.name} model ({cfg.model.peft})")
+    model = build_model(cfg.model, NUM_ANSWERS, cfg.data.image_size, cfg.run.seed, roles=algo.adapter_roles)
+    tokenizer = load_tokenizer()
+    status("encoding questions and vision features (cached)")
+    enc = lambda split: encode_split(split, model, tokenizer, cfg.model.max_text_len, cfg.run.cache_dir)  # noqa: E731
+    train = {c.client_id: enc(c.train) for c in clients}
+    test = {c.client_id: enc(c.test) for c in clients}
+    if algo.pooled:
+        train = {"pooled": EncodedSplit.concat(list(train.values()))}
+    trainable = trainable_names(model, cfg.model.peft, algo.trainable_roles)
+    set_trainable(model, trainable)
+    local = trainable if "*" in algo.local_groups else names_in_groups(trainable, set(algo.local_groups))
+    travel = [n for n in trainable if n not in set(local)]
+    return Federation(cfg, algo, model, algo.strategy(cfg), algo.client(cfg), train, test, trainable,
+                      travel, local, get_params(model, local))
+
+
+def load_client(fed: Federation, store: ClientStateStore, cid: str, global_params: Params) -> None:
+    """Put the global travelling parameters and this client's own state into the model."""
+    set_params(fed.model, global_params)
+    state = store.load(cid) if fed.local else None
+    set_params(fed.model, state if state is not None else fed.init_local)
+
+
+def run_round(fed: Federation, store: ClientStateStore, rnd: int, global_params: Params,
+              progress=None) -> tuple[Params, dict[str, Any]]:
+    """One round: sample -> local updates -> validate -> aggregate -> evaluate."""
+    t0 = time.perf_counter()
+    cfg = fed.cfg
+    ids = list(fed.train)
+    rng = np.random.default_rng(derived_seed(cfg.run.seed, "sample", rnd))
+    sampled = fed.strategy.sample_clients(rnd, ids, rng)
+    results: list[FitResult] = []
+    train_metrics: dict[str, dict[str, float]] = {}
+    rejected: dict[str, str] = {}
+    for i, cid in enumerate(sampled, 1):
+        if progress:
+            progress.client_start(rnd, cid, i, len(sampled))
+        load_client(fed, store, cid, global_params)
+        gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "batches", rnd, cid))
+        torch.manual_seed(derived_seed(cfg.run.seed, "torch", rnd, cid))  # dropout masks
+        ctx = ClientContext(cid, fed.model, fed.train[cid], cfg, rnd, global_params, fed.travel,
+                            fed.trainable, gen, progress.step if progress else None)
+        res = fed.client.fit(ctx)
+        store.save(cid, get_params(fed.model, fed.local))
+        try:
+            validate_update(global_params, res.params, res.num_examples)
+        except UpdateRejected as e:
+            rejected[cid] = str(e)
+            continue
+        results.append(res)
+        train_metrics[cid] = dict(res.metrics, n=res.num_examples)
+    if not results:
+        raise RuntimeError(f"round {rnd}: every client update was rejected ({rejected}); stopping")
+    global_params = fed.strategy.aggregate(rnd, global_params, results)
+    record: dict[str, Any] = {"round": rnd, "sampled": sampled, "train": train_metrics}
+    if rejected:
+        record["rejected"] = rejected
+    record["train_loss"] = float(np.mean([m["train_loss"] for m in train_metrics.values()]))
+    if rnd % cfg.run.eval_every == 0 or rnd == cfg.algorithm.rounds:
+        record["eval"] = evaluate_all(fed, store, global_params)
+        keys = [k for k in next(iter(record["eval"].values())) if k != "n"]
+        # unweighted mean over clients: each client counts once, as in FedDAT's tables
+        record["avg"] = {k: float(np.mean([m[k] for m in record["eval"].values()])) for k in keys}
+    record["time_s"] = time.perf_counter() - t0
+    record["compute_s"] = float(sum(m["compute_s"] for m in train_metrics.values()))
+    return global_params, record
+
+
+def evaluate_all(fed: Federation, store: ClientStateStore, global_params: Params) -> dict[str, dict[str, float]]:
+    out = {}
+    for cid, data in fed.test.items():
+        # pooled (centralized) training has no per-client state: everyone uses the one model
+        load_client(fed, store, "pooled" if fed.algo.pooled else cid, global_params)
+        ctx = ClientContext(cid, fed.model, data, fed.cfg, 0, global_params, fed.travel, fed.trainable,
+                            torch.Generator())
+        out[cid] = fed.client.evaluate(ctx, data)
+    return out
+
+
+def simulate(fed: Federation, run_dir: Path, history, progress=None) -> dict[str, Any]:
+    store = ClientStateStore(run_dir / "client_states")
+    global_params = get_params(fed.model, fed.travel)
+    record: dict[str, Any] = {}
+    for rnd in range(1, fed.cfg.algorithm.rounds + 1):
+        global_params, record = run_round(fed, store, rnd, global_params, progress)
+        history.append(record)
+        if progress and "eval" in record:
+            progress.round_end(record)
+    return record
