@@ -120,6 +120,10 @@ class VisionLanguageModel(nn.Module):
 
 def _text_default() -> nn.Module:
     from transformers import BertModel
+    from transformers.utils import logging as hf_logging
+
+    # The checkpoint's unused pooler weights are expected; don't alarm the user.
+    hf_logging.set_verbosity_error()
 
     return BertModel.from_pretrained(str(minilm_dir()), add_pooling_layer=False, attn_implementation="sdpa")
 

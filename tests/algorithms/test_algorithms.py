@@ -1,0 +1,67 @@
+"""Behaviour specific to single algorithms."""
+
+import torch
+
+from fedvl.report.history import History
+from fedvl.runtime.simulator import build_federation, simulate
+
+
+def _final(cfg, run_dir):
+    fed = build_federation(cfg, status=lambda s: None)
+    run_dir.mkdir(parents=True)
+    return fed, simulate(fed, run_dir, History(run_dir))
+
+
+def test_fedprox_with_mu_zero_is_fedavg(tiny_cfg, tmp_path):
+    _, avg = _final(tiny_cfg("algorithm.name=fedavg"), tmp_path / "a")
+    _, prox = _final(tiny_cfg("algorithm.name=fedprox", "algorithm.prox_mu=0"), tmp_path / "b")
+    assert avg["eval"] == prox["eval"]
+
+
+def test_fedprox_keeps_clients_near_the_global_model(tiny_cfg, tmp_path):
+    """With a huge mu a client's update barely moves away from the global parameters."""
+    from fedvl.runtime.simulator import load_client
+    from fedvl.runtime.state import ClientStateStore
+    from fedvl.algorithms.base import ClientContext
+
+    drift = {}
+    for mu in (0.0, 100.0):
+        fed = build_federation(tiny_cfg("algorithm.name=fedprox", f"algorithm.prox_mu={mu}",
+                                        "algorithm.local_steps=8"), status=lambda s: None)
+        g = {n: p.detach().clone() for n, p in fed.model.named_parameters() if n in set(fed.travel)}
+        store = ClientStateStore(tmp_path / f"s{mu}")
+        cid = next(iter(fed.train))
+        load_client(fed, store, cid, g)
+        ctx = ClientContext(cid, fed.model, fed.train[cid], fed.cfg, 1, g, fed.travel, fed.trainable,
+                            torch.Generator().manual_seed(0))
+        res = fed.client.fit(ctx)
+        drift[mu] = sum(((res.params[n] - g[n]) ** 2).sum().item() for n in g)
+    assert drift[100.0] < 0.5 * drift[0.0]
+
+
+def test_local_only_state_lives_on_disk_per_client(tiny_cfg, tmp_path):
+    fed, _ = _final(tiny_cfg("algorithm.name=local"), tmp_path / "r")
+    files = sorted(p.name for p in (tmp_path / "r" / "client_states").iterdir())
+    assert files == [f"{cid}.safetensors" for cid in sorted(fed.test)]
+    from safetensors.torch import load_file
+
+    a, b = (load_file(tmp_path / "r" / "client_states" / f) for f in files[:2])
+    assert set(a) == set(fed.local)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # each client has its own model
+
+
+def test_centralized_trains_one_model_on_pooled_data(tiny_cfg, tmp_path):
+    fed, final = _final(tiny_cfg("algorithm.name=centralized"), tmp_path / "r")
+    assert list(fed.train) == ["pooled"]
+    assert len(fed.train["pooled"]) == 4 * 12 * 2  # 4 clients x 12 train images x 2 questions
+    assert set(final["eval"]) == set(fed.test)
+
+
+def test_fraction_fit_samples_a_subset_deterministically(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("algorithm.fraction_fit=0.5", "algorithm.rounds=3")
+    _final(cfg, tmp_path / "a")
+    _final(cfg, tmp_path / "b")
+    ha, hb = History.read(tmp_path / "a"), History.read(tmp_path / "b")
+    assert [r["sampled"] for r in ha] == [r["sampled"] for r in hb]
+    assert all(len(r["sampled"]) == 2 for r in ha)
+    assert len({tuple(r["sampled"]) for r in ha}) > 1  # different clients in different rounds

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny models and tiny data, made by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # tests are tiny; one thread avoids oversubscription on shared CI cores
+
+from fedvl.config import load_config  # noqa: E402
+
+TINY = [
+    "model.name=tiny",
+    "data.train_images=12",
+    "data.test_images=8",
+    "data.image_size=64",
+    "algorithm.rounds=2",
+    "algorithm.batch_size=8",
+    "algorithm.lr=0.005",
+    "run.threads=1",
+]
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path):
+    return TINY + [f"run.output_dir={tmp_path / 'results'}", f"run.cache_dir={tmp_path / 'cache'}"]
+
+
+@pytest.fixture
+def tiny_cfg(tiny_overrides):
+    def make(*extra: str):
+        return load_config(None, tiny_overrides + list(extra))
+
+    return make

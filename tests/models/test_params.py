@@ -1,0 +1,40 @@
+"""What travels: exact key sets, chosen by name."""
+
+import re
+
+from fedvl.algorithms import get_algorithm
+from fedvl.runtime.simulator import build_federation
+
+
+def test_fedavg_adapter_travels_exactly_shared_adapters_connector_head(tiny_cfg):
+    fed = build_federation(tiny_cfg(), status=lambda s: None)
+    layers = fed.model.text.config.num_hidden_layers
+    expected = set()
+    for i in range(layers):
+        for part in ("down", "up"):
+            for t in ("weight", "bias"):
+                expected.add(f"text.encoder.layer.{i}.output.adapters.shared.{part}.{t}")
+    expected |= {"connector.pos", "connector.proj.weight", "connector.proj.bias", "connector.norm.weight",
+                 "connector.norm.bias"}
+    expected |= {f"head.{i}.{t}" for i in (0, 2, 3) for t in ("weight", "bias")}
+    assert set(fed.travel) == expected
+    assert fed.local == []
+
+
+def test_local_only_travels_nothing(tiny_cfg):
+    fed = build_federation(tiny_cfg("algorithm.name=local"), status=lambda s: None)
+    assert fed.travel == [] and set(fed.local) == set(fed.trainable) and fed.trainable
+
+
+def test_lora_travels_lora_and_head_only(tiny_cfg):
+    fed = build_federation(tiny_cfg("model.peft=lora"), status=lambda s: None)
+    body = [n for n in fed.travel if n.startswith("text.")]
+    assert body and all(re.search(r"\.(query|value)\.lora_[AB]\.shared\.weight$", n) for n in body)
+
+
+def test_param_fractions_reported(tiny_cfg):
+    fed = build_federation(tiny_cfg(), status=lambda s: None)
+    rep = fed.param_report()
+    assert 0 < rep["travel_frac"] <= rep["trainable_frac"] < 0.1
+    assert rep["bytes_up_per_client_round"] == 4 * rep["travel_params"]
+    assert get_algorithm("fedavg").local_groups == frozenset()

@@ -1,0 +1,79 @@
+"""The CLI end to end, through a real subprocess, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY
+
+
+def fedvl(*args, cwd):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "fedvl", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["algorithm.nope=1"], "unknown config key 'algorithm.nope'"),
+    (["algorithm.rounds=x"], "expected an integer"),
+    (["missing.yaml"], "config file not found: missing.yaml"),
+    (["algorithm.name=fedsgd"], "unknown algorithm 'fedsgd'"),
+])
+def test_bad_input_one_line_exit_2_and_no_results_folder(tmp_path, args, message):
+    r = fedvl("run", *args, cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedvl: error:") and message in lines[0], r.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_help_explains(tmp_path):
+    r = fedvl("run", "--help", cwd=tmp_path)
+    assert r.returncode == 0
+    assert "key=value" in r.stdout and "embedded default" in r.stdout
+
+
+def test_algorithms_listed(tmp_path):
+    r = fedvl("algorithms", cwd=tmp_path)
+    assert r.returncode == 0
+    names = [line.split()[0] for line in r.stdout.splitlines()]
+    assert {"fedavg", "fedprox", "local", "centralized"} <= set(names)
+
+
+@pytest.mark.slow
+def test_run_two_rounds_tiny_writes_complete_results(tmp_path):
+    r = fedvl("run", *TINY, "run.name=e2e", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "results" / "e2e"
+    assert json.loads((run / "status.json").read_text())["state"] == "complete"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["round"] for x in lines] == [1, 2]
+    for rec in lines:
+        assert set(rec["eval"]) == {"c0-photo", "c1-sketch", "c2-night", "c3-painting"}
+        for m in rec["eval"].values():
+            assert 0.0 <= m["acc"] <= 1.0 and 0.0 <= m["bal_acc"] <= 1.0 and m["n"] == 16
+        assert rec["avg"]["acc"] == pytest.approx(sum(m["acc"] for m in rec["eval"].values()) / 4)
+        assert rec["train_loss"] > 0
+    summary = (run / "summary.md").read_text()
+    assert "| average |" in summary and "c3-painting" in summary
+    png = (run / "accuracy.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert "average" in r.stdout  # the terminal table
+    assert len(list((run / "client_states").glob("*"))) == 0  # FedAvg keeps nothing per client
+    # a second run of the same name refuses to clobber the finished results
+    again = fedvl("run", *TINY, "run.name=e2e", "--quiet", cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.slow
+def test_crashed_run_is_marked_failed(tmp_path):
+    # lr so large the loss diverges -> the run stops with a clear error, status "failed"
+    r = fedvl("run", *TINY, "run.name=boom", "algorithm.lr=1e12", "algorithm.local_steps=30", "--quiet",
+              cwd=tmp_path)
+    assert r.returncode != 0
+    status = json.loads((tmp_path / "results" / "boom" / "status.json").read_text())
+    assert status["state"] == "failed"
+    assert not (tmp_path / "results" / "boom" / "summary.md").exists()

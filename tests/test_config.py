@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedvl.config import ConfigError, ExperimentConfig, dump_config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_defaults_are_the_embedded_default_experiment():
+    cfg = load_config()
+    assert cfg.model.name == "default" and cfg.model.peft == "adapter"
+    assert cfg.algorithm.name == "fedavg" and cfg.data.benchmark == "domain" and cfg.data.num_clients >= 4
+
+
+def test_shipped_default_yaml_equals_embedded_default():
+    assert yaml.safe_load((ROOT / "configs" / "default.yaml").read_text()) == ExperimentConfig().to_dict()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert cfg.algorithm.rounds >= 1
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["algorithm.rounds=3", "algorithm.lr=0.01", "data.domains=photo,sketch,night,cartoon",
+                             "algorithm.name=local"])
+    assert cfg.algorithm.rounds == 3 and isinstance(cfg.algorithm.rounds, int)
+    assert cfg.algorithm.lr == 0.01
+    assert cfg.data.domains == ["photo", "sketch", "night", "cartoon"]
+
+
+@pytest.mark.parametrize("override,message", [
+    (["algorithm.roundz=3"], "unknown config key 'algorithm.roundz'"),
+    (["nosuch.key=1"], "unknown config key 'nosuch'"),
+    (["algorithm.rounds=three"], "algorithm.rounds: expected an integer"),
+    (["algorithm.lr=fast"], "algorithm.lr: expected a number"),
+    (["model.peft=prefix"], "model.peft: 'prefix' is not one of"),
+    (["algorithm.name=fedsgd"], "unknown algorithm 'fedsgd'"),
+    (["algorithm.fraction_fit=0"], "fraction_fit"),
+    (["data.num_clients=9"], "data.domains lists 4 domains for 9 clients"),
+    (["data.domains=photo,mars,night,sketch"], "unknown domain 'mars'"),
+    (["rounds"], "not of the form key=value"),
+    (["algorithm=3"], "algorithm: expected a mapping"),
+])
+def test_bad_values_raise_one_clear_error(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(None, override)
+
+
+def test_yaml_type_errors(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("algorithm:\n  rounds: 2.5\n")
+    with pytest.raises(ConfigError, match="algorithm.rounds: expected an integer"):
+        load_config(p)
+    p.write_text("algorithm: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_dump_roundtrip(tmp_path):
+    cfg = load_config(None, ["algorithm.rounds=5", "model.peft=lora"])
+    p = tmp_path / "c.yaml"
+    p.write_text(dump_config(cfg))
+    assert load_config(p) == cfg
