@@ -34,6 +34,8 @@ class ModelConfig:
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])
+    vision_tokens: Literal["multiscale", "s32", "s16"] = "multiscale"
+    """Visual token features: see VisionLanguageModel.image_features."""
     max_text_len: int = 24
     head_hidden: int = 256
 
@@ -47,7 +49,9 @@ class DataConfig:
     train_images: int = 160
     """Images per client in the training split (each carries ``questions_per_image`` questions)."""
     test_images: int = 100
-    questions_per_image: int = 2
+    questions_per_image: int = 3
+    max_objects: int = 2
+    """Objects per scene are drawn from 1..max_objects (at most 9: one per grid cell)."""
     image_size: int = 96
     partition: Literal["natural", "dirichlet", "quantity"] = "natural"
     """natural: the benchmark's own split; dirichlet / quantity: re-partition the pooled data."""
@@ -58,7 +62,7 @@ class DataConfig:
 @dataclass
 class AlgorithmConfig:
     name: str = "fedavg"
-    rounds: int = 8
+    rounds: int = 12
     fraction_fit: float = 1.0
     """Share of clients sampled each round (at least one)."""
     local_epochs: int = 1
@@ -202,6 +206,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         (cfg.data.num_clients >= 1, "data.num_clients must be >= 1"),
         (cfg.data.train_images >= 1 and cfg.data.test_images >= 1, "data.train_images and data.test_images must be >= 1"),
         (cfg.data.questions_per_image >= 1, "data.questions_per_image must be >= 1"),
+        (1 <= cfg.data.max_objects <= 9, "data.max_objects must be in 1..9"),
         (cfg.data.image_size >= 32, "data.image_size must be >= 32"),
         (0.0 < cfg.algorithm.fraction_fit <= 1.0, "algorithm.fraction_fit must be in (0, 1]"),
         (cfg.algorithm.rounds >= 1, "algorithm.rounds must be >= 1"),

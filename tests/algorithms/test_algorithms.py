@@ -53,7 +53,7 @@ def test_local_only_state_lives_on_disk_per_client(tiny_cfg, tmp_path):
 def test_centralized_trains_one_model_on_pooled_data(tiny_cfg, tmp_path):
     fed, final = _final(tiny_cfg("algorithm.name=centralized"), tmp_path / "r")
     assert list(fed.train) == ["pooled"]
-    assert len(fed.train["pooled"]) == 4 * 12 * 2  # 4 clients x 12 train images x 2 questions
+    assert len(fed.train["pooled"]) == 4 * 12 * fed.cfg.data.questions_per_image  # 4 clients x 12 images
     assert set(final["eval"]) == set(fed.test)
 
 

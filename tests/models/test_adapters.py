@@ -16,7 +16,7 @@ def tiny(peft="adapter", roles=("shared",)):
 
 def batch(model, n=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    feats = torch.randn(n, model.vision.last_channel, 2, 2, generator=g)
+    feats = torch.randn(n, model.feature_channels, 2, 2, generator=g)
     return {"input_ids": torch.randint(1000, 2000, (n, 5), generator=g),
             "attention_mask": torch.ones(n, 5, dtype=torch.long), "features": feats,
             "labels": torch.randint(0, 7, (n,), generator=g)}

@@ -32,7 +32,7 @@ def test_default_model_loads_pretrained_parts():
     key = next(k for k in ref if k.endswith("encoder.layer.0.attention.self.query.weight"))
     assert torch.equal(model.text.encoder.layer[0].attention.self.query.weight, ref[key])
     feats = model.image_features(torch.zeros(2, 96, 96, 3, dtype=torch.uint8))
-    assert feats.shape == (2, 1280, 3, 3)
+    assert feats.shape == (2, 1280 + 96 + 48, 3, 3)  # multi-scale tokens on the 3x3 grid
     logits = model(torch.tensor([[101, 2054, 102]] * 2), torch.ones(2, 3, dtype=torch.long), feats)
     assert logits.shape == (2, 25) and torch.isfinite(logits).all()
 

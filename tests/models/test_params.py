@@ -16,7 +16,9 @@ def test_fedavg_adapter_travels_exactly_shared_adapters_connector_head(tiny_cfg)
                 expected.add(f"text.encoder.layer.{i}.output.adapters.shared.{part}.{t}")
     expected |= {"connector.pos", "connector.proj.weight", "connector.proj.bias", "connector.norm.weight",
                  "connector.norm.bias"}
-    expected |= {f"head.{i}.{t}" for i in (0, 2, 3) for t in ("weight", "bias")}
+    expected |= {"head.query.weight", "head.query.bias", "head.attn.in_proj_weight", "head.attn.in_proj_bias",
+                 "head.attn.out_proj.weight", "head.attn.out_proj.bias"}
+    expected |= {f"head.mlp.{i}.{t}" for i in (0, 2, 3) for t in ("weight", "bias")}
     assert set(fed.travel) == expected
     assert fed.local == []
 

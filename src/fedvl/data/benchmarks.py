@@ -37,9 +37,9 @@ def domain_benchmark(cfg: DataConfig, seed: int) -> list[ClientSplits]:
         dom = cfg.domains[k]
         cid = f"c{k}-{dom}"
         train = make_split(dom, cfg.train_images, cfg.questions_per_image, cfg.image_size, FUNCTIONS,
-                           _seed(seed, "domain", k, dom, "train"))
+                           _seed(seed, "domain", k, dom, "train"), cfg.max_objects)
         test = make_split(dom, cfg.test_images, cfg.questions_per_image, cfg.image_size, FUNCTIONS,
-                          _seed(seed, "domain", k, dom, "test"))
+                          _seed(seed, "domain", k, dom, "test"), cfg.max_objects)
         clients.append(ClientSplits(cid, train, test))
     return clients
 

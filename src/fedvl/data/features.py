@@ -72,11 +72,12 @@ def image_features(model, images: np.ndarray, cache_dir: str | None, batch_size:
     """Frozen vision features for every image, from the cache when possible."""
     spec = model.vision_spec
     key = hashlib.sha256(images.tobytes() + repr(images.shape).encode()).hexdigest()[:24]
-    path = Path(cache_dir) / "features" / f"{spec.name}-{spec.image_size}px-{key}.pt" if cache_dir else None
+    path = Path(cache_dir) / "features" / f"{spec.key}-{key}.pt" if cache_dir else None
     if path is not None and path.is_file():
         try:
             feats = torch.load(path, map_location="cpu", weights_only=True)
-            if feats.shape[0] == images.shape[0]:
+            expected_channels = model.connector.proj.in_features
+            if feats.shape[0] == images.shape[0] and feats.shape[1] == expected_channels:
                 return feats
         except Exception:  # a truncated or corrupt cache file is recomputed, not trusted
             pass

@@ -238,10 +238,11 @@ def make_split(
     image_size: int,
     functions: list[str],
     seed: int,
+    max_objects: int = 4,
 ) -> Split:
     """Render ``n_images`` scenes of ``domain`` with questions drawn from ``functions``."""
     rng = np.random.default_rng(seed)
-    scenes = [random_scene(rng) for _ in range(n_images)]
+    scenes = [random_scene(rng, 1, max_objects) for _ in range(n_images)]
     images = np.stack([render(s, domain, image_size, rng) for s in scenes]) if scenes else np.zeros(
         (0, image_size, image_size, 3), np.uint8)
     split = Split(domain=domain, images=images, scenes=scenes)
