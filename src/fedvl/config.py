@@ -76,6 +76,15 @@ class AlgorithmConfig:
     aggregation: Literal["weighted", "uniform"] = "weighted"
     prox_mu: float = 0.01
     """FedProx proximal weight (only used by fedprox)."""
+    dat_weight: float = 0.5
+    """FedDAT: w in the Dual-Adapter Teacher h + w·A_C(h) + (1-w)·Â_S(h)."""
+    kd_weight: float = 0.5
+    """FedDAT: weight of the KD term in both MKD losses (the task loss gets 1 - kd_weight)."""
+    kd_temperature: float = 3.0
+    feddat_teacher: Literal["dat", "local"] = "dat"
+    """FedDAT ablation: "local" replaces the DAT teacher by A_C alone (no DAT)."""
+    feddat_mutual: bool = True
+    """FedDAT ablation: False trains A_C with the task loss only (one-way KD)."""
 
 
 @dataclass
@@ -216,6 +225,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         (cfg.model.adapter_reduction >= 1, "model.adapter_reduction must be >= 1"),
         (cfg.model.lora_rank >= 1, "model.lora_rank must be >= 1"),
         (cfg.run.threads >= 1, "run.threads must be >= 1"),
+        (0.0 <= cfg.algorithm.dat_weight <= 1.0, "algorithm.dat_weight must be in [0, 1]"),
+        (0.0 <= cfg.algorithm.kd_weight <= 1.0, "algorithm.kd_weight must be in [0, 1]"),
+        (cfg.algorithm.kd_temperature > 0, "algorithm.kd_temperature must be > 0"),
         (cfg.run.eval_every >= 1, "run.eval_every must be >= 1"),
         (cfg.data.dirichlet_alpha > 0 and cfg.data.quantity_alpha > 0, "data.*_alpha must be > 0"),
     ]
@@ -231,6 +243,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for d in cfg.data.domains:
         if d not in DOMAINS:
             raise ConfigError(f"data.domains: unknown domain {d!r} (known: {', '.join(DOMAINS)})")
+    if cfg.algorithm.name == "feddat" and cfg.model.peft != "adapter":
+        raise ConfigError(f"feddat needs model.peft=adapter (its dual adapters), got model.peft={cfg.model.peft}")
     if cfg.algorithm.name not in available_algorithms():
         raise ConfigError(
             f"unknown algorithm '{cfg.algorithm.name}' (available: {', '.join(available_algorithms())})"

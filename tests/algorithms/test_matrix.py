@@ -9,7 +9,7 @@ from fedvl.report.history import History
 from fedvl.runtime.simulator import build_federation, simulate
 
 # what each algorithm must send: "all" trainable, or nothing
-EXPECTED_TRAVEL = {"fedavg": "all", "fedprox": "all", "centralized": "all", "local": "none"}
+EXPECTED_TRAVEL = {"fedavg": "all", "fedprox": "all", "centralized": "all", "local": "none", "feddat": "shared"}
 
 
 def test_every_registered_algorithm_has_a_row():
@@ -31,6 +31,8 @@ def test_algorithm_runs_learns_and_leaves_backbone_untouched(name, tiny_cfg, tmp
     algo = get_algorithm(name)
     if EXPECTED_TRAVEL[name] == "all":
         assert fed.travel == fed.trainable
+    elif EXPECTED_TRAVEL[name] == "shared":
+        assert fed.travel and {param_group(n) for n in fed.travel} == {"adapter.shared"}
     else:
         assert fed.travel == []
     named = dict(fed.model.named_parameters())

@@ -1,6 +1,6 @@
 """Algorithm registry. Importing this package registers every algorithm once."""
 
-from fedvl.algorithms import centralized, fedavg, fedprox, local  # noqa: F401  (registration)
+from fedvl.algorithms import centralized, fedavg, feddat, fedprox, local  # noqa: F401  (registration)
 from fedvl.algorithms.base import Algorithm, registry
 
 
