@@ -77,3 +77,29 @@ def test_crashed_run_is_marked_failed(tmp_path):
     status = json.loads((tmp_path / "results" / "boom" / "status.json").read_text())
     assert status["state"] == "failed"
     assert not (tmp_path / "results" / "boom" / "summary.md").exists()
+
+
+@pytest.mark.slow
+def test_compare_writes_paper_style_table_and_resumes(tmp_path):
+    args = ["compare", *TINY, "--algorithms", "fedavg-adapter,fedavg-lora,local", "--seeds", "0,1", "--quiet",
+            "--name", "cmp"]
+    r = fedvl(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "results" / "cmp"
+    table = (out / "compare.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| fedavg") or line.startswith("| local")]
+    assert len(rows) == 2 * 3  # acc and bal_acc tables, three methods each
+    assert "±" in rows[0] and "c3-painting" in table
+    data = json.loads((out / "compare.json").read_text())
+    assert data["local"]["travel"] == 0 and data["fedavg-lora"]["travel"] > 0
+    assert data["fedavg-adapter"]["seeds"] == 2
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    again = fedvl(*args, cwd=tmp_path)  # everything complete -> reused, same table
+    assert again.returncode == 0 and again.stdout.count("already complete") == 6
+    assert (out / "compare.md").read_text() == table
+
+
+def test_compare_rejects_unknown_method_before_running(tmp_path):
+    r = fedvl("compare", *TINY, "--algorithms", "fedavg,fedfoo-lora", cwd=tmp_path)
+    assert r.returncode == 2 and "unknown method 'fedfoo-lora'" in r.stderr
+    assert not (tmp_path / "results").exists()

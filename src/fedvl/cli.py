@@ -1,6 +1,7 @@
 """fedvl command line.
 
     fedvl run [CONFIG] [key=value ...]    run one experiment (no CONFIG: the embedded default)
+    fedvl compare [CONFIG] --algorithms A,B-PEFT,... --seeds 0,1,2   paper-style comparison
     fedvl show-config [CONFIG] [key=value ...]   print the resolved configuration
     fedvl algorithms                      list the registered algorithms
 """
@@ -30,6 +31,17 @@ Sections and keys: see `fedvl show-config`.
 """
 
 
+COMPARE_HELP = """\
+Run every method on the same clients with the same seeds and write a paper-style
+table (compare.md / compare.json: one row per method, one column per client plus
+the average, mean ± std over seeds, trainable and communicated parameters) and
+compare.png (average accuracy per round per method). Finished runs are reused,
+so an interrupted comparison resumes.
+
+  fedvl compare --benchmark domain --algorithms feddat,fedavg-adapter,fedavg-lora,local,centralized --seeds 0,1,2
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedvl", description="Federated fine-tuning of vision-language models.")
     p.add_argument("--version", action="version", version=f"fedvl {fedvl.__version__}")
@@ -40,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
                      help="an optional YAML config file first, then key=value overrides")
     run.add_argument("--overwrite", action="store_true", help="replace an existing results folder of the same name")
     run.add_argument("--quiet", action="store_true", help="no live progress bars")
+    cmp_ = sub.add_parser("compare", help="run several methods x seeds on the same clients, paper-style table",
+                          description=COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmp_.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+    cmp_.add_argument("--algorithms", "--methods", dest="methods", required=True,
+                      help="comma-separated methods: ALGORITHM or ALGORITHM-PEFT (e.g. feddat,fedavg-adapter,fedavg-lora,local)")
+    cmp_.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    cmp_.add_argument("--benchmark", help="shortcut for data.benchmark=...")
+    cmp_.add_argument("--name", help="folder under run.output_dir (default: compare-<benchmark>)")
+    cmp_.add_argument("--quiet", action="store_true", help="no live progress bars")
     show = sub.add_parser("show-config", help="print the resolved configuration (defaults + file + overrides)")
     show.add_argument("args", nargs="*", metavar="CONFIG|key=value")
     sub.add_parser("algorithms", help="list the registered algorithms")
@@ -66,6 +87,22 @@ def main(argv: list[str] | None = None) -> int:
         from fedvl.config import dump_config, load_config
 
         path, overrides = _split_args(ns.args)
+        if ns.command == "compare":
+            from fedvl.experiment import run_comparison
+
+            if ns.benchmark:
+                overrides = [f"data.benchmark={ns.benchmark}"] + overrides
+            try:
+                seeds = [int(s) for s in ns.seeds.split(",") if s != ""]
+            except ValueError:
+                raise ConfigError(f"--seeds must be comma-separated integers, got {ns.seeds!r}") from None
+            methods = [m for m in ns.methods.split(",") if m]
+            if not methods or not seeds:
+                raise ConfigError("--algorithms and --seeds must name at least one method and one seed")
+            bench = load_config(path, overrides).data.benchmark
+            run_comparison(path, overrides, methods, seeds, ns.name or f"compare-{bench}",
+                           progress_enabled=not ns.quiet)
+            return 0
         cfg = load_config(path, overrides)
         if ns.command == "show-config":
             print(dump_config(cfg), end="")

@@ -75,3 +75,67 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     console.print(f"results: {run_dir}")
     set_status(run_dir, "complete", wall_s=wall)
     return summary
+
+
+def parse_method(spec: str) -> tuple[str, str | None]:
+    """``fedavg-lora`` -> (fedavg, lora); ``feddat`` -> (feddat, None: the config's peft)."""
+    from fedvl.algorithms import available_algorithms
+
+    if spec in available_algorithms():
+        return spec, None
+    algo, _, peft = spec.partition("-")
+    if algo not in available_algorithms() or not peft:
+        raise ConfigError(f"unknown method '{spec}': use ALGORITHM or ALGORITHM-PEFT, e.g. fedavg-lora "
+                          f"(algorithms: {', '.join(available_algorithms())})")
+    return algo, peft
+
+
+def run_comparison(config_path: str | None, overrides: list[str], methods: list[str], seeds: list[int],
+                   name: str, console=None, progress_enabled: bool = True) -> Path:
+    """Run every (method, seed) on the same clients and write the paper-style table.
+
+    Finished runs (status ``complete``) are reused, so an interrupted comparison
+    resumes where it stopped.
+    """
+    import json
+
+    from rich.console import Console
+
+    from fedvl.config import load_config
+    from fedvl.report.compare import comparison_rows, load_runs, markdown_table, plot_average
+
+    console = console or Console()
+    configs: dict[str, list[tuple[ExperimentConfig, Path]]] = {}
+    for m in methods:  # validate everything before running anything
+        algo, peft = parse_method(m)
+        extra = [f"algorithm.name={algo}"] + ([f"model.peft={peft}"] if peft else [])
+        configs[m] = []
+        for s in seeds:
+            cfg = load_config(config_path, overrides + extra + [f"run.seed={s}"])
+            out = Path(cfg.run.output_dir) / name
+            cfg.run.output_dir, cfg.run.name = str(out), f"{m}/seed{s}"
+            configs[m].append((cfg, out / m / f"seed{s}"))
+    out_dir = Path(configs[methods[0]][0][0].run.output_dir)
+    for m, items in configs.items():
+        for cfg, run_dir in items:
+            status = run_dir / "status.json"
+            if status.is_file() and json.loads(status.read_text()).get("state") == "complete":
+                console.print(f"[dim]{m} seed {cfg.run.seed}: already complete, reused[/dim]")
+                continue
+            console.rule(f"{m} · seed {cfg.run.seed}")
+            run_experiment(cfg, run_dir, console=console, progress_enabled=progress_enabled)
+    runs = load_runs({m: [d for _, d in items] for m, items in configs.items()})
+    first = configs[methods[0]][0][0]
+    title = f"{first.data.benchmark} benchmark · {len(seeds)} seed(s)"
+    parts = [f"# Comparison: {title}", ""]
+    for metric in ("acc", "bal_acc"):
+        parts += [f"## {metric}", "", markdown_table(comparison_rows(runs, metric), metric)]
+    parts.append(f"Aggregation: {first.algorithm.aggregation}. Rounds: {first.algorithm.rounds}. "
+                 f"Command config: {config_path or 'embedded default'} {' '.join(overrides)}\n")
+    (out_dir / "compare.md").write_text("\n".join(parts))
+    (out_dir / "compare.json").write_text(json.dumps(
+        {m: comparison_rows({m: runs[m]}, "acc")[0] for m in runs}, indent=2))
+    plot_average(runs, out_dir / "compare.png", title)
+    console.print("\n".join(parts))
+    console.print(f"comparison: {out_dir / 'compare.md'}")
+    return out_dir

@@ -1,0 +1,93 @@
+"""Paper-style comparison: one row per method, one column per client plus the
+average, mean ± std over seeds, with parameter and communication costs.
+
+Pure functions over finished run folders (their ``summary.json`` and
+``metrics.jsonl``), so a table can be rebuilt without re-running anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedvl.report.history import History
+
+
+def load_runs(method_dirs: dict[str, list[Path]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for method, dirs in method_dirs.items():
+        out[method] = []
+        for d in dirs:
+            summary = json.loads((d / "summary.json").read_text())
+            summary["history"] = History.read(d)
+            out[method].append(summary)
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def comparison_rows(runs: dict[str, list[dict[str, Any]]], metric: str = "acc") -> list[dict[str, Any]]:
+    """Per method: mean and std over seeds of each client's final score and of the average."""
+    rows = []
+    for method, seeds in runs.items():
+        clients = list(seeds[0]["final"]["eval"])
+        row: dict[str, Any] = {"method": method, "seeds": len(seeds), "clients": {}}
+        for cid in clients:
+            row["clients"][cid] = _mean_std([s["final"]["eval"][cid][metric] for s in seeds])
+        row["average"] = _mean_std([s["final"]["avg"][metric] for s in seeds])
+        p = seeds[0]["params"]
+        row.update(trainable=p["trainable_params"], travel=p["travel_params"],
+                   bytes_up=p["bytes_up_per_client_round"],
+                   round_s=float(np.median([np.median([r["time_s"] for r in s["history"]]) for s in seeds])))
+        rows.append(row)
+    return rows
+
+
+def _cell(ms: tuple[float, float]) -> str:
+    return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
+
+
+def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
+    clients = list(rows[0]["clients"])
+    head = ["method", *clients, "average", "trainable", "sent/client/round", "s/round"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    best = max(r["average"][0] for r in rows)
+    for r in rows:
+        avg = _cell(r["average"])
+        if r["average"][0] == best:
+            avg = f"**{avg}**"
+        lines.append("| " + " | ".join([
+            r["method"], *(_cell(r["clients"][c]) for c in clients), avg, f"{r['trainable']:,}",
+            f"{r['travel']:,} ({r['bytes_up'] / 1e6:.2f} MB)", f"{r['round_s']:.1f}"]) + " |")
+    return "\n".join(lines) + f"\n\n{metric} in % on each client's own test split (final round), " \
+        f"mean ± std over {rows[0]['seeds']} seed(s); average = unweighted mean over clients.\n"
+
+
+def plot_average(runs: dict[str, list[dict[str, Any]]], path: Path, title: str, metric: str = "acc") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for method, seeds in runs.items():
+        curves = [[(r["round"], r["avg"][metric]) for r in s["history"] if "avg" in r] for s in seeds]
+        xs = [x for x, _ in curves[0]]
+        ys = np.array([[y for _, y in c] for c in curves]) * 100
+        ax.plot(xs, ys.mean(0), marker="o", ms=3, label=method)
+        if len(seeds) > 1:
+            ax.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), alpha=0.15)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"average test {metric} (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
