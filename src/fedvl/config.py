@@ -21,7 +21,7 @@ class ConfigError(ValueError):
     """A configuration problem the user can fix; the CLI prints it on one line, exit 2."""
 
 
-PeftMethod = Literal["adapter", "lora", "bitfit", "layernorm", "head", "full"]
+PeftMethod = Literal["adapter", "lora", "bitfit", "layernorm", "head", "full", "prompt"]
 
 
 @dataclass
@@ -34,6 +34,8 @@ class ModelConfig:
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])
+    prompt_length: int = 8
+    """Soft-prompt vectors prepended to the tokens when peft=prompt (Lester et al. 2021)."""
     vision_tokens: Literal["multiscale", "s32", "s16"] = "multiscale"
     """Visual token features: see VisionLanguageModel.image_features."""
     max_text_len: int = 24
@@ -42,16 +44,22 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    benchmark: Literal["domain"] = "domain"
+    benchmark: Literal["domain", "function", "scene"] = "domain"
+    """domain: one visual domain per client; function: one question function per client
+    (at most 5 clients); scene: one scene composition per client (at most 6 clients)."""
     num_clients: int = 4
     domains: list[str] = field(default_factory=lambda: ["photo", "sketch", "night", "painting"])
     """Visual domain of each client, in client order (Domain benchmark)."""
+    function_domain: str = "cartoon"
+    """The one visual domain all clients share (Function benchmark)."""
+    scene_domain: str = "photo"
+    """The one visual domain all clients share (Scene benchmark)."""
     train_images: int = 160
     """Images per client in the training split (each carries ``questions_per_image`` questions)."""
     test_images: int = 100
     questions_per_image: int = 3
     max_objects: int = 2
-    """Objects per scene are drawn from 1..max_objects (at most 9: one per grid cell)."""
+    """Objects per scene are drawn from 1..max_objects (at most 4: counting answers stop at 4)."""
     image_size: int = 96
     partition: Literal["natural", "dirichlet", "quantity"] = "natural"
     """natural: the benchmark's own split; dirichlet / quantity: re-partition the pooled data."""
@@ -215,7 +223,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         (cfg.data.num_clients >= 1, "data.num_clients must be >= 1"),
         (cfg.data.train_images >= 1 and cfg.data.test_images >= 1, "data.train_images and data.test_images must be >= 1"),
         (cfg.data.questions_per_image >= 1, "data.questions_per_image must be >= 1"),
-        (1 <= cfg.data.max_objects <= 9, "data.max_objects must be in 1..9"),
+        (1 <= cfg.data.max_objects <= 4, "data.max_objects must be in 1..4 (counting answers go up to 4)"),
         (cfg.data.image_size >= 32, "data.image_size must be >= 32"),
         (0.0 < cfg.algorithm.fraction_fit <= 1.0, "algorithm.fraction_fit must be in (0, 1]"),
         (cfg.algorithm.rounds >= 1, "algorithm.rounds must be >= 1"),
@@ -224,6 +232,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         (cfg.algorithm.local_epochs >= 1 or cfg.algorithm.local_steps >= 1, "set algorithm.local_epochs or algorithm.local_steps >= 1"),
         (cfg.model.adapter_reduction >= 1, "model.adapter_reduction must be >= 1"),
         (cfg.model.lora_rank >= 1, "model.lora_rank must be >= 1"),
+        (cfg.model.prompt_length >= 1, "model.prompt_length must be >= 1"),
         (cfg.run.threads >= 1, "run.threads must be >= 1"),
         (0.0 <= cfg.algorithm.dat_weight <= 1.0, "algorithm.dat_weight must be in [0, 1]"),
         (0.0 <= cfg.algorithm.kd_weight <= 1.0, "algorithm.kd_weight must be in [0, 1]"),
@@ -234,15 +243,27 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    from fedvl.data.world import DOMAINS, FUNCTIONS, SCENES
+
     if cfg.data.benchmark == "domain" and len(cfg.data.domains) < cfg.data.num_clients:
         raise ConfigError(
             f"data.domains lists {len(cfg.data.domains)} domains for {cfg.data.num_clients} clients; give one per client"
         )
-    from fedvl.data.world import DOMAINS
-
+    # Function / Scene give each client one function / composition, so they cap the client count.
+    per_client = {"function": ("question functions", FUNCTIONS), "scene": ("scene compositions", SCENES)}
+    if cfg.data.benchmark in per_client:
+        what, kinds = per_client[cfg.data.benchmark]
+        if cfg.data.num_clients > len(kinds):
+            raise ConfigError(
+                f"data.benchmark={cfg.data.benchmark} has {len(kinds)} {what}, one per client: "
+                f"data.num_clients must be <= {len(kinds)}, got {cfg.data.num_clients}"
+            )
     for d in cfg.data.domains:
         if d not in DOMAINS:
             raise ConfigError(f"data.domains: unknown domain {d!r} (known: {', '.join(DOMAINS)})")
+    for key in ("function_domain", "scene_domain"):
+        if getattr(cfg.data, key) not in DOMAINS:
+            raise ConfigError(f"data.{key}: unknown domain {getattr(cfg.data, key)!r} (known: {', '.join(DOMAINS)})")
     if cfg.algorithm.name == "feddat" and cfg.model.peft != "adapter":
         raise ConfigError(f"feddat needs model.peft=adapter (its dual adapters), got model.peft={cfg.model.peft}")
     if cfg.algorithm.name not in available_algorithms():

@@ -39,6 +39,7 @@ EXPECTED_GROUPS = {
     "layernorm": {"backbone", "connector", "head"},
     "head": {"connector", "head"},
     "full": {"backbone", "connector", "head"},
+    "prompt": {"prompt.shared", "connector", "head"},
 }
 
 
@@ -118,3 +119,58 @@ def test_lora_wraps_pretrained_weights_without_reinitialising():
     w = plain.text.encoder.layer[0].attention.self.query.weight
     assert torch.equal(named["text.encoder.layer.0.attention.self.query.base_layer.weight"], w)
     assert any(".lora_A.shared." in n for n in named)
+
+
+def test_prompt_is_one_matrix_per_role_and_changes_the_output():
+    model = build_model(ModelConfig(name="tiny", peft="prompt", prompt_length=5), 7, 64, seed=0,
+                        roles=("shared", "local"))
+    named = dict(model.named_parameters())
+    assert named["prompt.shared"].shape == (5, 32) and named["prompt.local"].shape == (5, 32)
+    assert [n for n in named if n.startswith("prompt.")] == ["prompt.shared", "prompt.local"]
+    assert model.prompt_role == "shared"
+    model.eval()
+    b = batch(model)
+    with torch.no_grad():
+        out = model(b["input_ids"], b["attention_mask"], b["features"])
+        model.prompt["local"].add_(1.0)  # the inactive role's prompt is not read
+        assert torch.equal(model(b["input_ids"], b["attention_mask"], b["features"]), out)
+        model.prompt["shared"].add_(1.0)
+        assert not torch.allclose(model(b["input_ids"], b["attention_mask"], b["features"]), out, atol=1e-4)
+    # and with the plain head-only model of the same seed it differs: the prompt is read at all
+    plain = build_model(ModelConfig(name="tiny", peft="head"), 7, 64, seed=0).eval()
+    assert not torch.allclose(plain(b["input_ids"], b["attention_mask"], b["features"]), out, atol=1e-4)
+
+
+def test_prompt_head_pools_exactly_the_question_tokens():
+    """Sequence is [prompt, text, visual]; the head's question slice starts after the prompt."""
+    model = tiny("prompt").eval()
+    b = batch(model)
+    b["attention_mask"][:, 3:] = 0
+    seen = {}
+    model.head.register_forward_pre_hook(lambda m, args, kwargs: seen.update(args=args, kwargs=kwargs),
+                                        with_kwargs=True)
+    with torch.no_grad():
+        model(b["input_ids"], b["attention_mask"], b["features"])
+    h, mask = seen["args"]
+    p, text_len, vis = 8, b["input_ids"].shape[1], 2 * 2
+    assert h.shape[1] == mask.shape[1] == p + text_len + vis
+    assert seen["kwargs"] == {"text_len": text_len, "text_start": p}
+    assert torch.equal(mask[:, :p], torch.ones(len(mask), p, dtype=mask.dtype))  # the prompt is attended
+    assert torch.equal(mask[:, p:p + text_len], b["attention_mask"])  # question padding still masked
+    assert torch.equal(mask[:, p + text_len:], torch.ones(len(mask), vis, dtype=mask.dtype))
+
+
+def test_prompt_question_padding_is_still_masked():
+    """Two batches that differ only in padded positions' token ids give identical logits."""
+    model = tiny("prompt").eval()
+    b = batch(model)
+    b["attention_mask"][:3, 3:] = 0
+    ids = b["input_ids"].clone()
+    ids[:3, 3:] = torch.randint(2000, 3000, (3, 2))
+    with torch.no_grad():
+        a = model(b["input_ids"], b["attention_mask"], b["features"])
+        c = model(ids, b["attention_mask"], b["features"])
+        assert torch.equal(a, c)
+        # control: the same change at unpadded positions does move the logits
+        ids[3:, 3:] = torch.randint(2000, 3000, (3, 2))
+        assert not torch.allclose(model(ids, b["attention_mask"], b["features"])[3:], a[3:], atol=1e-5)

@@ -6,6 +6,14 @@ from fedvl.algorithms import get_algorithm
 from fedvl.runtime.simulator import build_federation
 
 
+CONNECTOR_HEAD = (
+    {"connector.pos", "connector.proj.weight", "connector.proj.bias", "connector.norm.weight", "connector.norm.bias"}
+    | {"head.query.weight", "head.query.bias", "head.attn.in_proj_weight", "head.attn.in_proj_bias",
+       "head.attn.out_proj.weight", "head.attn.out_proj.bias"}
+    | {f"head.mlp.{i}.{t}" for i in (0, 2, 3) for t in ("weight", "bias")}
+)
+
+
 def test_fedavg_adapter_travels_exactly_shared_adapters_connector_head(tiny_cfg):
     fed = build_federation(tiny_cfg(), status=lambda s: None)
     layers = fed.model.text.config.num_hidden_layers
@@ -14,13 +22,16 @@ def test_fedavg_adapter_travels_exactly_shared_adapters_connector_head(tiny_cfg)
         for part in ("down", "up"):
             for t in ("weight", "bias"):
                 expected.add(f"text.encoder.layer.{i}.output.adapters.shared.{part}.{t}")
-    expected |= {"connector.pos", "connector.proj.weight", "connector.proj.bias", "connector.norm.weight",
-                 "connector.norm.bias"}
-    expected |= {"head.query.weight", "head.query.bias", "head.attn.in_proj_weight", "head.attn.in_proj_bias",
-                 "head.attn.out_proj.weight", "head.attn.out_proj.bias"}
-    expected |= {f"head.mlp.{i}.{t}" for i in (0, 2, 3) for t in ("weight", "bias")}
+    expected |= CONNECTOR_HEAD
     assert set(fed.travel) == expected
     assert fed.local == []
+
+
+def test_fedavg_prompt_travels_exactly_shared_prompt_connector_head(tiny_cfg):
+    fed = build_federation(tiny_cfg("model.peft=prompt", "model.prompt_length=4"), status=lambda s: None)
+    assert set(fed.travel) == {"prompt.shared"} | CONNECTOR_HEAD
+    assert fed.local == []
+    assert dict(fed.model.named_parameters())["prompt.shared"].shape == (4, fed.model.text.config.hidden_size)
 
 
 def test_local_only_travels_nothing(tiny_cfg):

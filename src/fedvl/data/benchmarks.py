@@ -1,8 +1,10 @@
 """Benchmarks: how the synthetic world is split into heterogeneous clients.
 
 Domain (this module, first): one visual domain per client, as FedDAT's Domain
-benchmark gives each client one VQA source. Function, Scene and Task follow the
-same shape: a function returning one :class:`ClientSplits` per client.
+benchmark gives each client one VQA source. Function and Scene mirror FedDAT's
+CLOVE-function / CLOVE-scene: one shared domain, and each client differs only in
+the kind of question it asks or the kind of scene it sees. Every benchmark is a
+function returning one :class:`ClientSplits` per client.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 
 from fedvl.config import DataConfig
 from fedvl.data.partitioners import dirichlet_label_skew, quantity_skew
-from fedvl.data.world import ANSWERS, FUNCTIONS, Split, make_split
+from fedvl.data.world import ANSWERS, FUNCTIONS, SCENES, Split, make_split
 
 
 @dataclass
@@ -44,7 +46,46 @@ def domain_benchmark(cfg: DataConfig, seed: int) -> list[ClientSplits]:
     return clients
 
 
-BENCHMARKS = {"domain": domain_benchmark}
+def function_benchmark(cfg: DataConfig, seed: int) -> list[ClientSplits]:
+    """Client k asks only FUNCTIONS[k] questions, all in ``cfg.function_domain``.
+
+    The pixels come from one distribution, so the heterogeneity is purely in the
+    questions and their answer sets (FedDAT's CLOVE-function).
+    """
+    dom = cfg.function_domain
+    clients = []
+    for k in range(cfg.num_clients):
+        fn = FUNCTIONS[k]
+        cid = f"c{k}-{fn}"
+        train = make_split(dom, cfg.train_images, cfg.questions_per_image, cfg.image_size, [fn],
+                           _seed(seed, "function", k, fn, "train"), cfg.max_objects)
+        test = make_split(dom, cfg.test_images, cfg.questions_per_image, cfg.image_size, [fn],
+                          _seed(seed, "function", k, fn, "test"), cfg.max_objects)
+        clients.append(ClientSplits(cid, train, test))
+    return clients
+
+
+def scene_benchmark(cfg: DataConfig, seed: int) -> list[ClientSplits]:
+    """Client k sees only scenes of the k-th composition in SCENES, all in ``cfg.scene_domain``.
+
+    Every client asks every function; what differs is what the scenes contain
+    (count, layout, palette, shapes), as FedDAT's CLOVE-scene.
+    """
+    dom = cfg.scene_domain
+    names = list(SCENES)
+    clients = []
+    for k in range(cfg.num_clients):
+        comp = names[k]
+        cid = f"c{k}-{comp}"
+        train = make_split(dom, cfg.train_images, cfg.questions_per_image, cfg.image_size, FUNCTIONS,
+                           _seed(seed, "scene", k, comp, "train"), cfg.max_objects, composition=comp)
+        test = make_split(dom, cfg.test_images, cfg.questions_per_image, cfg.image_size, FUNCTIONS,
+                          _seed(seed, "scene", k, comp, "test"), cfg.max_objects, composition=comp)
+        clients.append(ClientSplits(cid, train, test))
+    return clients
+
+
+BENCHMARKS = {"domain": domain_benchmark, "function": function_benchmark, "scene": scene_benchmark}
 
 
 def _subset(split: Split, sample_idx: np.ndarray) -> Split:

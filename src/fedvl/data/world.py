@@ -4,6 +4,9 @@ A scene is a handful of objects (shape, colour, size, grid cell) on a
 background whose *style* is the visual domain. Questions come from templates
 grouped by *function* (attribute, object, counting, relation, logic) so the
 Function benchmark can give each client one function, as FedDAT's CLOVE-function.
+A scene *composition* (:data:`SCENES`) restricts what scenes contain (how many
+objects, which colours, shapes or cells) so the Scene benchmark can give each
+client one kind of scene, as FedDAT's CLOVE-scene.
 Everything is a pure function of a seed: the same seed gives the same pixels.
 """
 
@@ -66,6 +69,36 @@ DOMAINS: dict[str, DomainStyle] = {
 }
 
 
+@dataclass(frozen=True)
+class Composition:
+    """What a scene may contain: the Scene benchmark's per-client shift.
+
+    Every field only narrows the default world, so all question templates stay
+    answerable and every answer stays inside :data:`ANSWERS`.
+    """
+
+    objects: tuple[int, int] | None = None
+    """Inclusive range of the object count; None -> the caller's (min_objects, max_objects)."""
+    shapes: tuple[str, ...] = tuple(SHAPES)
+    colors: tuple[str, ...] = tuple(COLORS)
+    columns: tuple[int, ...] = (0, 1, 2)
+    """Grid columns objects may occupy (indices into COLUMNS)."""
+
+
+# Six compositions that differ in count, layout, palette and shape, one per
+# Scene-benchmark client. random_scene caps composed scenes at 4 objects so
+# counting answers stay in COUNTS whatever max_objects is.
+SCENES: dict[str, Composition] = {
+    "sparse": Composition(objects=(1, 1)),
+    "crowded": Composition(objects=(3, 4)),
+    "left": Composition(columns=(0, 1)),
+    "warm": Composition(colors=("red", "orange", "yellow")),
+    "cool": Composition(colors=("green", "blue", "purple")),
+    "round": Composition(shapes=("circle", "diamond")),
+}
+_ANY_SCENE = Composition()
+
+
 @dataclass
 class Sample:
     image: int
@@ -91,18 +124,37 @@ class Split:
 # ------------------------------------------------------------------ scenes
 
 
-def random_scene(rng: np.random.Generator, min_objects: int = 1, max_objects: int = 4) -> list[Obj]:
-    n = int(rng.integers(min_objects, max_objects + 1))
-    cells = rng.choice(9, size=n, replace=False)
+def random_scene(
+    rng: np.random.Generator,
+    min_objects: int = 1,
+    max_objects: int = 4,
+    composition: str | None = None,
+) -> list[Obj]:
+    """A random scene; ``composition`` names a rule in :data:`SCENES` that narrows it.
+
+    With ``composition=None`` the draws are exactly those of the unrestricted
+    world (same RNG calls on the same populations), so existing seeds and the
+    feature cache keyed on their images stay valid.
+    """
+    rule = _ANY_SCENE if composition is None else SCENES[composition]
+    lo, hi = rule.objects or (min_objects, max_objects)
+    cells = np.array([c for c in range(9) if c % 3 in rule.columns])
+    if composition is not None:
+        # Fit the rule's cells, and keep every count answerable: with a narrowed
+        # palette or shape set, 5+ objects could force a count beyond COUNTS.
+        hi = min(hi, len(cells), int(COUNTS[-1]))
+        lo = min(lo, hi)
+    n = int(rng.integers(lo, hi + 1))
+    chosen = rng.choice(cells, size=n, replace=False)
     return [
         Obj(
-            shape=str(rng.choice(SHAPES)),
-            color=str(rng.choice(list(COLORS))),
+            shape=str(rng.choice(rule.shapes)),
+            color=str(rng.choice(rule.colors)),
             size=str(rng.choice(SIZES)),
             row=int(c) // 3,
             col=int(c) % 3,
         )
-        for c in cells
+        for c in chosen
     ]
 
 
@@ -239,10 +291,14 @@ def make_split(
     functions: list[str],
     seed: int,
     max_objects: int = 4,
+    composition: str | None = None,
 ) -> Split:
-    """Render ``n_images`` scenes of ``domain`` with questions drawn from ``functions``."""
+    """Render ``n_images`` scenes of ``domain`` with questions drawn from ``functions``.
+
+    ``composition`` (a key of :data:`SCENES`) restricts what the scenes contain.
+    """
     rng = np.random.default_rng(seed)
-    scenes = [random_scene(rng, 1, max_objects) for _ in range(n_images)]
+    scenes = [random_scene(rng, 1, max_objects, composition) for _ in range(n_images)]
     images = np.stack([render(s, domain, image_size, rng) for s in scenes]) if scenes else np.zeros(
         (0, image_size, image_size, 3), np.uint8)
     split = Split(domain=domain, images=images, scenes=scenes)

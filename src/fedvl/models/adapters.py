@@ -8,7 +8,8 @@ A plain FedAvg-Adapter run uses ``shared`` alone. Which roles are active, and
 with which weight, is one shared :class:`AdapterMix` object read by every site,
 so switching FedDAT between its student and teacher passes is one assignment.
 LoRA goes through ``peft`` with the role as its adapter name, so LoRA tensors
-carry the same role names (``lora_A.shared.weight``).
+carry the same role names (``lora_A.shared.weight``). Soft prompts are one
+matrix per role in ``VisionLanguageModel.prompt`` (``prompt.shared``).
 """
 
 from __future__ import annotations
@@ -97,3 +98,31 @@ def inject_lora(module: nn.Module, role: str, rank: int, alpha: int, targets: li
 
     cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none")
     inject_adapter_in_model(cfg, module, adapter_name=role)
+
+
+# Whole-word WordPiece ids of the MiniLM / BERT-uncased vocabulary start at 1996
+# ("the") and run roughly by frequency; below are [PAD], [unusedN], [CLS], ...
+# and single characters.
+_COMMON_WORDS = (1996, 1996 + 5000)
+
+
+@torch.no_grad()
+def make_prompts(embeddings: nn.Module, roles: list[str], length: int) -> nn.ParameterDict:
+    """One (length, hidden) soft prompt per role (prompt tuning, Lester et al. 2021).
+
+    Each starts as the embedding-layer output of ``length`` random common words,
+    i.e. on the scale and statistics the frozen encoder expects of its input
+    tokens. Lester et al. found vocabulary initialisation clearly better than
+    random for smaller models, and the BERT embedding LayerNorm puts real tokens
+    at norm ~sqrt(hidden): a std-0.02 random prompt would start near zero and
+    be all but invisible to the attention. Draws from the global RNG, so the
+    prompt is fixed by the build seed.
+    """
+    vocab = embeddings.word_embeddings.num_embeddings
+    lo, hi = _COMMON_WORDS if vocab >= _COMMON_WORDS[1] else (0, vocab)
+    out = nn.ParameterDict()
+    for role in roles:
+        ids = torch.randint(lo, hi, (length,))
+        words = embeddings.word_embeddings(ids) + embeddings.token_type_embeddings.weight[0]
+        out[role] = nn.Parameter(embeddings.LayerNorm(words).detach().clone())
+    return out

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fedvl.config import ModelConfig
-from fedvl.models.adapters import AdapterMix, inject_adapters, inject_lora
+from fedvl.models.adapters import AdapterMix, inject_adapters, inject_lora, make_prompts
 from fedvl.models.mobilenet import IMAGENET_MEAN, IMAGENET_STD, MobileNetV2
 
 ROLES = ("shared", "local", "teacher")
@@ -70,6 +70,8 @@ class AnswerHead(nn.Module):
     the query of a small multi-head attention over all output tokens, so the
     head can read the visual token the question is about; mean pooling alone
     averages that token away and learned grounding far more slowly here.
+    The question tokens are ``h[:, text_start:text_start + text_len]``: a soft
+    prompt in front of them (peft=prompt) must not be averaged into the query.
     """
 
     def __init__(self, hidden: int, head_hidden: int, num_answers: int, heads: int = 4):
@@ -79,9 +81,10 @@ class AnswerHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(2 * hidden, head_hidden), nn.GELU(), nn.LayerNorm(head_hidden),
                                  nn.Linear(head_hidden, num_answers))
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor, text_len: int) -> torch.Tensor:
-        tm = mask[:, :text_len].unsqueeze(-1).to(h.dtype)
-        question = (h[:, :text_len] * tm).sum(1) / tm.sum(1).clamp_min(1.0)
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, text_len: int, text_start: int = 0) -> torch.Tensor:
+        text = slice(text_start, text_start + text_len)
+        tm = mask[:, text].unsqueeze(-1).to(h.dtype)
+        question = (h[:, text] * tm).sum(1) / tm.sum(1).clamp_min(1.0)
         read, _ = self.attn(self.query(question).unsqueeze(1), h, h, key_padding_mask=mask == 0,
                             need_weights=False)
         return self.mlp(torch.cat([question, read.squeeze(1)], dim=-1))
@@ -92,7 +95,8 @@ class VisionLanguageModel(nn.Module):
 
     Parameter groups by prefix: ``vision.`` (frozen tower), ``text.`` (the
     pretrained encoder, incl. injected adapters / LoRA), ``connector.`` (the new
-    visual projection) and ``head.`` (the answer classifier).
+    visual projection), ``head.`` (the answer classifier) and ``prompt.`` (soft
+    prompts by role, peft=prompt only; ``prompt_role`` picks the one in use).
     """
 
     def __init__(self, text: nn.Module, vision: MobileNetV2, vision_spec: VisionSpec,
@@ -114,6 +118,8 @@ class VisionLanguageModel(nn.Module):
         nn.init.normal_(self.connector.pos, std=0.02)
         self.head = AnswerHead(hidden, head_hidden, num_answers)
         self.adapter_mix: AdapterMix | None = None
+        self.prompt = nn.ParameterDict()  # empty unless peft=prompt: no parameters, no effect
+        self.prompt_role = "shared"
         self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -165,11 +171,21 @@ class VisionLanguageModel(nn.Module):
         # tokens the statistics the frozen layers expect of a token.
         emb = self.text.embeddings
         vis_h = emb.dropout(emb.LayerNorm(vis_h + emb.token_type_embeddings.weight[1]))
-        h = torch.cat([text_h, vis_h], dim=1)
-        mask = torch.cat([attention_mask, attention_mask.new_ones(vis.shape[0], vis.shape[1])], dim=1)
+        parts = [text_h, vis_h]
+        masks = [attention_mask, attention_mask.new_ones(vis.shape[0], vis.shape[1])]
+        n_prompt = 0
+        if len(self.prompt):
+            # [prompt, text, visual]: the prompt is already encoder input (see
+            # make_prompts), so it gets only the dropout every other input token gets.
+            prompt = self.prompt[self.prompt_role]
+            n_prompt = prompt.shape[0]
+            parts.insert(0, emb.dropout(prompt.unsqueeze(0).expand(text_h.shape[0], -1, -1)))
+            masks.insert(0, attention_mask.new_ones(text_h.shape[0], n_prompt))
+        h = torch.cat(parts, dim=1)
+        mask = torch.cat(masks, dim=1)
         additive = (1.0 - mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
         h = self.text.encoder(h, attention_mask=additive).last_hidden_state
-        return self.head(h, mask, text_len=input_ids.shape[1])
+        return self.head(h, mask, text_len=input_ids.shape[1], text_start=n_prompt)
 
     # --- adapters ------------------------------------------------------------
     def set_adapter_mix(self, weights: dict[str, float]) -> None:
@@ -201,9 +217,9 @@ def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int =
                 roles: tuple[str, ...] = ("shared",)) -> VisionLanguageModel:
     """Build the model and attach the PEFT modules ``cfg.peft`` asks for.
 
-    New parameters (connector, head, adapters, LoRA) are initialised from
-    ``seed``; pretrained ones are loaded strictly. ``roles`` are the adapter
-    roles the algorithm needs (FedDAT: shared, local, teacher).
+    New parameters (connector, head, adapters, LoRA, prompts) are initialised
+    from ``seed``; pretrained ones are loaded strictly. ``roles`` are the adapter
+    (or prompt) roles the algorithm needs (FedDAT: shared, local, teacher).
     """
     torch.manual_seed(seed)
     if cfg.name == "default":
@@ -227,6 +243,8 @@ def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int =
     elif cfg.peft == "lora":
         for role in roles:
             inject_lora(model.text.encoder, role, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    elif cfg.peft == "prompt":
+        model.prompt = make_prompts(model.text.embeddings, list(roles), cfg.prompt_length)
     return model
 
 

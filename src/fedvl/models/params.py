@@ -6,6 +6,7 @@ Every parameter belongs to one group:
   ``backbone``          pretrained MiniLM weights
   ``adapter.<role>``    bottleneck adapters (roles: shared / local / teacher)
   ``lora.<role>``       peft LoRA matrices of that role
+  ``prompt.<role>``     soft prompt of that role (prompt tuning)
   ``connector``, ``head`` new modules every method trains
 """
 
@@ -29,6 +30,8 @@ def param_group(name: str) -> str:
         return "connector"
     if name.startswith("head."):
         return "head"
+    if name.startswith("prompt."):
+        return "prompt." + name.split(".")[1]
     if m := _ADAPTER.search(name):
         return f"adapter.{m.group(1)}"
     if m := _LORA.search(name):
@@ -47,8 +50,8 @@ def _is_layernorm(name: str) -> bool:
 def trainable_names(model: nn.Module, method: str, roles: tuple[str, ...] = ("shared",)) -> list[str]:
     """Names of the parameters a PEFT ``method`` trains (connector and head always train).
 
-    ``roles``: which adapter / LoRA roles train (FedDAT trains shared and local,
-    never teacher).
+    ``roles``: which adapter / LoRA / prompt roles train (FedDAT trains shared
+    and local, never teacher).
     """
     names = []
     for name, _ in model.named_parameters():
@@ -63,7 +66,7 @@ def trainable_names(model: nn.Module, method: str, roles: tuple[str, ...] = ("sh
             names.append(name)
         elif method == "layernorm" and g == "backbone" and _is_layernorm(name):
             names.append(name)
-        elif method in ("adapter", "lora") and g.split(".")[0] == method and g.split(".", 1)[1] in roles:
+        elif method in ("adapter", "lora", "prompt") and g.split(".")[0] == method and g.split(".", 1)[1] in roles:
             names.append(name)
     return names
 
