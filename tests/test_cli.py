@@ -103,3 +103,19 @@ def test_compare_rejects_unknown_method_before_running(tmp_path):
     r = fedvl("compare", *TINY, "--algorithms", "fedavg,fedfoo-lora", cwd=tmp_path)
     assert r.returncode == 2 and "unknown method 'fedfoo-lora'" in r.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_default_experiment_benchmark_smoke(tmp_path):
+    """The benchmark script runs end to end (tiny model) and writes its JSON."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "default_experiment.py"
+    env = dict(os.environ, FEDVL_BENCH_OUT=str(tmp_path / "bench.json"))
+    r = subprocess.run([sys.executable, str(script), *TINY, f"run.cache_dir={tmp_path / 'c'}"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads((tmp_path / "bench.json").read_text())
+    assert set(out["rows"]) == {"fedavg", "local", "centralized"}
+    assert out["rows"]["local"]["travel_frac"] == 0.0
+    assert 0 < out["rows"]["fedavg"]["travel_frac"] == out["rows"]["fedavg"]["trainable_frac"] < 0.2
