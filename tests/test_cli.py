@@ -73,7 +73,8 @@ def test_crashed_run_is_marked_failed(tmp_path):
     # lr so large the loss diverges -> the run stops with a clear error, status "failed"
     r = fedvl("run", *TINY, "run.name=boom", "algorithm.lr=1e12", "algorithm.local_steps=30", "--quiet",
               cwd=tmp_path)
-    assert r.returncode != 0
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "lower algorithm.lr" in r.stderr  # one clear line
     status = json.loads((tmp_path / "results" / "boom" / "status.json").read_text())
     assert status["state"] == "failed"
     assert not (tmp_path / "results" / "boom" / "summary.md").exists()

@@ -119,7 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"fedvl: interrupted; partial results (status: failed) in {run_dir}", file=sys.stderr)
             return 130
+        except (FloatingPointError, RuntimeError) as e:
+            # training diverged or every update was rejected: say so in one line, keep the evidence
+            print(f"fedvl: error: {e} (partial results, status: failed, in {run_dir})", file=sys.stderr)
+            return 1
         return 0
     except ConfigError as e:
         print(f"fedvl: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except (FloatingPointError, RuntimeError) as e:  # from `compare`; `run` reports its folder above
+        from fedvl.models.backbones import ModelUnavailableError
+
+        print(f"fedvl: error: {e}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(e, ModelUnavailableError) else 1
