@@ -198,8 +198,10 @@ def _text_default() -> nn.Module:
     from transformers import BertModel
     from transformers.utils import logging as hf_logging
 
-    # The checkpoint's unused pooler weights are expected; don't alarm the user.
+    # The checkpoint's unused pooler weights are expected; don't alarm the user,
+    # and keep transformers' own loading bar out of fedvl's progress display.
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
     return BertModel.from_pretrained(str(minilm_dir()), add_pooling_layer=False, attn_implementation="sdpa")
 
