@@ -44,9 +44,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    benchmark: Literal["domain", "function", "scene"] = "domain"
+    benchmark: Literal["domain", "function", "scene", "task"] = "domain"
     """domain: one visual domain per client; function: one question function per client
-    (at most 5 clients); scene: one scene composition per client (at most 6 clients)."""
+    (at most 5 clients); scene: one scene composition per client (at most 6 clients);
+    task: one task per client (vqa, itm, entail; at most 3), each with its own head."""
     num_clients: int = 4
     domains: list[str] = field(default_factory=lambda: ["photo", "sketch", "night", "painting"])
     """Visual domain of each client, in client order (Domain benchmark)."""
@@ -54,6 +55,8 @@ class DataConfig:
     """The one visual domain all clients share (Function benchmark)."""
     scene_domain: str = "photo"
     """The one visual domain all clients share (Scene benchmark)."""
+    task_domain: str = "cartoon"
+    """The one visual domain all clients share (Task benchmark)."""
     train_images: int = 160
     """Images per client in the training split (each carries ``questions_per_image`` questions)."""
     test_images: int = 100
@@ -243,14 +246,15 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
-    from fedvl.data.world import DOMAINS, FUNCTIONS, SCENES
+    from fedvl.data.world import DOMAINS, FUNCTIONS, SCENES, TASKS
 
     if cfg.data.benchmark == "domain" and len(cfg.data.domains) < cfg.data.num_clients:
         raise ConfigError(
             f"data.domains lists {len(cfg.data.domains)} domains for {cfg.data.num_clients} clients; give one per client"
         )
     # Function / Scene give each client one function / composition, so they cap the client count.
-    per_client = {"function": ("question functions", FUNCTIONS), "scene": ("scene compositions", SCENES)}
+    per_client = {"function": ("question functions", FUNCTIONS), "scene": ("scene compositions", SCENES),
+                  "task": ("tasks (vqa, itm, entail)", TASKS)}
     if cfg.data.benchmark in per_client:
         what, kinds = per_client[cfg.data.benchmark]
         if cfg.data.num_clients > len(kinds):
@@ -261,7 +265,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for d in cfg.data.domains:
         if d not in DOMAINS:
             raise ConfigError(f"data.domains: unknown domain {d!r} (known: {', '.join(DOMAINS)})")
-    for key in ("function_domain", "scene_domain"):
+    for key in ("function_domain", "scene_domain", "task_domain"):
         if getattr(cfg.data, key) not in DOMAINS:
             raise ConfigError(f"data.{key}: unknown domain {getattr(cfg.data, key)!r} (known: {', '.join(DOMAINS)})")
     if cfg.algorithm.name == "feddat" and cfg.model.peft != "adapter":
@@ -270,6 +274,20 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(
             f"unknown algorithm '{cfg.algorithm.name}' (available: {', '.join(available_algorithms())})"
         )
+    if cfg.data.benchmark == "task":
+        # Each task's labels index its own label list, so data of different tasks cannot be pooled.
+        from fedvl.algorithms import get_algorithm
+
+        if get_algorithm(cfg.algorithm.name).pooled:
+            raise ConfigError(
+                f"algorithm {cfg.algorithm.name} pools all clients' data, which is undefined on data.benchmark=task "
+                "(every client has its own task and label space); use fedavg, fedprox, feddat or local"
+            )
+        if cfg.data.partition != "natural":
+            raise ConfigError(
+                f"data.partition={cfg.data.partition} re-splits pooled data, which is undefined on data.benchmark=task "
+                "(every client has its own task and label space); use data.partition=natural"
+            )
     return cfg
 
 

@@ -147,7 +147,7 @@ def test_prompt_head_pools_exactly_the_question_tokens():
     b = batch(model)
     b["attention_mask"][:, 3:] = 0
     seen = {}
-    model.head.register_forward_pre_hook(lambda m, args, kwargs: seen.update(args=args, kwargs=kwargs),
+    model.head["vqa"].register_forward_pre_hook(lambda m, args, kwargs: seen.update(args=args, kwargs=kwargs),
                                         with_kwargs=True)
     with torch.no_grad():
         model(b["input_ids"], b["attention_mask"], b["features"])

@@ -8,9 +8,9 @@ from fedvl.runtime.simulator import build_federation
 
 CONNECTOR_HEAD = (
     {"connector.pos", "connector.proj.weight", "connector.proj.bias", "connector.norm.weight", "connector.norm.bias"}
-    | {"head.query.weight", "head.query.bias", "head.attn.in_proj_weight", "head.attn.in_proj_bias",
-       "head.attn.out_proj.weight", "head.attn.out_proj.bias"}
-    | {f"head.mlp.{i}.{t}" for i in (0, 2, 3) for t in ("weight", "bias")}
+    | {"head.vqa.query.weight", "head.vqa.query.bias", "head.vqa.attn.in_proj_weight", "head.vqa.attn.in_proj_bias",
+       "head.vqa.attn.out_proj.weight", "head.vqa.attn.out_proj.bias"}
+    | {f"head.vqa.mlp.{i}.{t}" for i in (0, 2, 3) for t in ("weight", "bias")}
 )
 
 

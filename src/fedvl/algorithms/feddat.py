@@ -57,11 +57,11 @@ class FedDATClient(ClientUpdate):
         model, a = ctx.model, self.cfg.algorithm
         copy_shared_to_teacher(model)
 
-        def forward(batch: Batch, mix: dict[str, float]) -> torch.Tensor:
-            model.set_adapter_mix(mix)
-            return model(batch["input_ids"], batch["attention_mask"], batch["features"])
+        def step(batch: Batch, lr: float, task: str = "vqa") -> float:
+            def forward(batch: Batch, mix: dict[str, float]) -> torch.Tensor:
+                model.set_adapter_mix(mix)
+                return model(batch["input_ids"], batch["attention_mask"], batch["features"], task=task)
 
-        def step(batch: Batch, lr: float) -> float:
             for g in optimizer.param_groups:
                 g["lr"] = lr
             y = batch["labels"]

@@ -3,7 +3,9 @@
 Domain (this module, first): one visual domain per client, as FedDAT's Domain
 benchmark gives each client one VQA source. Function and Scene mirror FedDAT's
 CLOVE-function / CLOVE-scene: one shared domain, and each client differs only in
-the kind of question it asks or the kind of scene it sees. Every benchmark is a
+the kind of question it asks or the kind of scene it sees. Task mirrors FedDAT's
+Task benchmark (VQAv2 / NLVR2 / SNLI-VE): one shared domain, and each client has
+a different task with its own head and label space. Every benchmark is a
 function returning one :class:`ClientSplits` per client.
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from fedvl.config import DataConfig
 from fedvl.data.partitioners import dirichlet_label_skew, quantity_skew
-from fedvl.data.world import ANSWERS, FUNCTIONS, SCENES, Split, make_split
+from fedvl.data.world import ANSWERS, FUNCTIONS, SCENES, TASKS, Split, make_split, make_task_split
 
 
 @dataclass
@@ -85,7 +87,27 @@ def scene_benchmark(cfg: DataConfig, seed: int) -> list[ClientSplits]:
     return clients
 
 
-BENCHMARKS = {"domain": domain_benchmark, "function": function_benchmark, "scene": scene_benchmark}
+def task_benchmark(cfg: DataConfig, seed: int) -> list[ClientSplits]:
+    """Client k does the k-th task of TASKS (vqa, itm, entail), all in ``cfg.task_domain``.
+
+    Every task has its own label space (``Split.task`` names it), so each client
+    needs its own head (FedDAT's Task benchmark: VQAv2 / NLVR2 / SNLI-VE).
+    """
+    dom = cfg.task_domain
+    clients = []
+    for k in range(cfg.num_clients):
+        task = list(TASKS)[k]
+        cid = f"c{k}-{task}"
+        train = make_task_split(task, dom, cfg.train_images, cfg.questions_per_image, cfg.image_size,
+                                _seed(seed, "task", k, task, "train"), cfg.max_objects)
+        test = make_task_split(task, dom, cfg.test_images, cfg.questions_per_image, cfg.image_size,
+                               _seed(seed, "task", k, task, "test"), cfg.max_objects)
+        clients.append(ClientSplits(cid, train, test))
+    return clients
+
+
+BENCHMARKS = {"domain": domain_benchmark, "function": function_benchmark, "scene": scene_benchmark,
+              "task": task_benchmark}
 
 
 def _subset(split: Split, sample_idx: np.ndarray) -> Split:

@@ -27,6 +27,7 @@ class EncodedSplit:
     image_index: torch.Tensor  # (N,) long, row of ``features``
     labels: torch.Tensor  # (N,) long
     features: torch.Tensor  # (N_images, C, h, w) half
+    task: str = "vqa"  # the label space of ``labels`` (a key of world.TASKS); picks the model's head
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -41,6 +42,10 @@ class EncodedSplit:
 
     @staticmethod
     def concat(parts: list["EncodedSplit"]) -> "EncodedSplit":
+        tasks = {p.task for p in parts}
+        if len(tasks) != 1:
+            # labels of different tasks index different label lists: pooling them is undefined
+            raise ValueError(f"cannot concatenate splits of different tasks {sorted(tasks)}")
         offsets = np.cumsum([0] + [p.features.shape[0] for p in parts[:-1]])
         width = max(p.input_ids.shape[1] for p in parts)
 
@@ -53,6 +58,7 @@ class EncodedSplit:
             image_index=torch.cat([p.image_index + int(o) for p, o in zip(parts, offsets)]),
             labels=torch.cat([p.labels for p in parts]),
             features=torch.cat([p.features for p in parts]),
+            task=parts[0].task,
         )
 
 
@@ -100,4 +106,5 @@ def encode_split(split: Split, model, tokenizer, max_len: int, cache_dir: str | 
         image_index=torch.tensor([s.image for s in split.samples], dtype=torch.long),
         labels=torch.from_numpy(split.labels),
         features=image_features(model, split.images, cache_dir),
+        task=split.task,
     )

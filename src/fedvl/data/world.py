@@ -12,7 +12,7 @@ Everything is a pure function of a seed: the same seed gives the same pixels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -36,6 +36,20 @@ FUNCTIONS = ["attribute", "object", "counting", "relation", "logic"]
 # head is meaningful. Per-client answer *distributions* still differ.
 ANSWERS: list[str] = list(COLORS) + SHAPES + SIZES + COLUMNS + COUNTS + YESNO
 ANSWER_INDEX = {a: i for i, a in enumerate(ANSWERS)}
+
+# The Task benchmark (FedDAT's VQAv2 / NLVR2 / SNLI-VE style): each task has its
+# own head and its own label space. A split's labels index its task's list.
+TASKS: dict[str, list[str]] = {
+    "vqa": ANSWERS,
+    "itm": ["match", "mismatch"],
+    "entail": ["entailed", "contradicted", "unknown"],
+}
+TASK_INDEX = {t: {a: i for i, a in enumerate(labels)} for t, labels in TASKS.items()}
+
+# Properties an image cannot show: the subject of every "unknown" entailment statement.
+NONVISUAL = ["is made of wood", "is made of metal", "is made of glass", "is made of plastic", "is heavy",
+             "is light as a feather", "is warm to the touch", "was painted yesterday", "is brand new",
+             "belongs to a child", "smells of lemons", "was bought in a shop"]
 
 
 @dataclass(frozen=True)
@@ -115,10 +129,13 @@ class Split:
     images: np.ndarray
     scenes: list[list[Obj]]
     samples: list[Sample] = field(default_factory=list)
+    task: str = "vqa"
+    """Which label list of :data:`TASKS` the samples' answers index."""
 
     @property
     def labels(self) -> np.ndarray:
-        return np.array([ANSWER_INDEX[s.answer] for s in self.samples], dtype=np.int64)
+        index = TASK_INDEX[self.task]
+        return np.array([index[s.answer] for s in self.samples], dtype=np.int64)
 
 
 # ------------------------------------------------------------------ scenes
@@ -307,4 +324,99 @@ def make_split(
             fn = functions[int(rng.integers(len(functions)))]
             q, a = ask(scene, fn, rng)
             split.samples.append(Sample(image=i, question=q, answer=a, function=fn))
+    return split
+
+
+# ------------------------------------------------------------ task benchmark
+# New functions only: they draw from their own seeds, so the domain / function /
+# scene benchmarks' random streams are untouched.
+
+
+def describe(o: Obj) -> str:
+    return f"{o.size} {o.color} {o.shape}"
+
+
+def _list_phrase(items: list[str]) -> str:
+    phrases = [f"a {x}" for x in items]
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def caption(scene: list[Obj], rng: np.random.Generator) -> tuple[str, str]:
+    """Image-text matching: (caption listing every object, "match" | "mismatch").
+
+    Half the captions are true; the others change exactly one attribute (colour,
+    shape or size) of one object, so the listed objects no longer are the scene's.
+    """
+    objs = list(scene)
+    if rng.random() < 0.5:
+        return _list_phrase([describe(o) for o in objs]), "match"
+    i = int(rng.integers(len(objs)))
+    o = objs[i]
+    attr = ["color", "shape", "size"][int(rng.integers(3))]
+    pool = {"color": list(COLORS), "shape": SHAPES, "size": SIZES}[attr]
+    others = [v for v in pool if v != getattr(o, attr)]
+    objs[i] = replace(o, **{attr: str(others[int(rng.integers(len(others)))])})
+    return _list_phrase([describe(x) for x in objs]), "mismatch"
+
+
+def plural(shape: str) -> str:
+    return shape + ("es" if shape.endswith("s") else "s")
+
+
+def _unique(scene: list[Obj], o: Obj) -> bool:
+    return [(x.color, x.shape) for x in scene].count((o.color, o.shape)) == 1
+
+
+def statement(scene: list[Obj], rng: np.random.Generator) -> tuple[str, str]:
+    """Visual entailment (SNLI-VE style): (statement, "entailed" | "contradicted" | "unknown").
+
+    Entailed / contradicted statements are about visible attributes, counts or
+    columns and are decided by the scene; unknown ones give an object a property
+    no image can show (:data:`NONVISUAL`).
+    """
+    label = TASKS["entail"][int(rng.integers(3))]
+    o = scene[int(rng.integers(len(scene)))]
+    if label == "unknown":
+        who = f"the {o.color} {o.shape}" if rng.random() < 0.5 else f"the {o.color} object"
+        return f"{who} {NONVISUAL[int(rng.integers(len(NONVISUAL)))]}.", label
+    true = label == "entailed"
+    kind = ["exists", "count", "column"][int(rng.integers(3))]
+    if kind == "column" and _unique(scene, o):
+        col = o.col if true else [c for c in range(3) if c != o.col][int(rng.integers(2))]
+        return f"the {o.color} {o.shape} is in the {COLUMNS[col]} column.", label
+    if kind == "count":
+        if rng.random() < 0.5:
+            what, n = f"{o.color} objects", sum(x.color == o.color for x in scene)
+        else:
+            what, n = plural(o.shape), sum(x.shape == o.shape for x in scene)
+        if not true:
+            n = int([c for c in COUNTS if int(c) != n][int(rng.integers(len(COUNTS) - 1))])
+        return f"the number of {what} is {n}.", label
+    # exists (also the fallback of a column statement about an ambiguous object)
+    if true:
+        return f"there is a {describe(o)}.", label
+    present = {(x.size, x.color, x.shape) for x in scene}
+    near = [(s, c, sh) for s in SIZES for c in COLORS for sh in SHAPES
+            if (s, c, sh) not in present and [s != o.size, c != o.color, sh != o.shape].count(True) == 1]
+    size, color, shape = near[int(rng.integers(len(near)))]
+    return f"there is a {size} {color} {shape}.", label
+
+
+def make_task_split(task: str, domain: str, n_images: int, questions_per_image: int, image_size: int,
+                    seed: int, max_objects: int = 4) -> Split:
+    """A split of one Task-benchmark task: ``vqa`` (every question function), ``itm`` or ``entail``."""
+    if task == "vqa":
+        split = make_split(domain, n_images, questions_per_image, image_size, FUNCTIONS, seed, max_objects)
+        split.task = "vqa"
+        return split
+    make = {"itm": caption, "entail": statement}[task]
+    rng = np.random.default_rng(seed)
+    scenes = [random_scene(rng, 1, max_objects) for _ in range(n_images)]
+    images = np.stack([render(s, domain, image_size, rng) for s in scenes]) if scenes else np.zeros(
+        (0, image_size, image_size, 3), np.uint8)
+    split = Split(domain=domain, images=images, scenes=scenes, task=task)
+    for i, scene in enumerate(scenes):
+        for _ in range(questions_per_image):
+            text, label = make(scene, rng)
+            split.samples.append(Sample(image=i, question=text, answer=label, function=task))
     return split

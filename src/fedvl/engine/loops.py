@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from fedvl.data.features import EncodedSplit
 
 Batch = dict[str, torch.Tensor]
-StepFn = Callable[[Batch, float], float]
-"""(batch, learning rate) -> loss; does forward, backward and the optimiser step."""
+StepFn = Callable[[Batch, float, str], float]
+"""(batch, learning rate, task) -> loss; does forward, backward and the optimiser step.
+``task`` (the data's ``EncodedSplit.task``) names the head the model answers with."""
 
 
 @dataclass
@@ -71,7 +72,7 @@ def train_local(
         for idx in batch_order(n, batch_size, generator):
             batch = data.batch(idx)
             t0 = time.perf_counter()
-            loss = step(batch, lr_at(done / total))
+            loss = step(batch, lr_at(done / total), data.task)
             compute += time.perf_counter() - t0
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss} at step {done}; lower algorithm.lr")
@@ -110,7 +111,7 @@ def predict(model: torch.nn.Module, data: EncodedSplit, batch_size: int = 256) -
     out = []
     for start in range(0, len(data), batch_size):
         b = data.batch(torch.arange(start, min(start + batch_size, len(data))))
-        out.append(model(b["input_ids"], b["attention_mask"], b["features"]))
+        out.append(model(b["input_ids"], b["attention_mask"], b["features"], task=data.task))
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 0)
 
@@ -123,10 +124,10 @@ def cross_entropy_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                        extra_loss: Callable[[], torch.Tensor] | None = None) -> StepFn:
     """The plain supervised step; ``extra_loss`` adds a regulariser (FedProx)."""
 
-    def step(batch: Batch, lr: float) -> float:
+    def step(batch: Batch, lr: float, task: str = "vqa") -> float:
         for g in optimizer.param_groups:
             g["lr"] = lr
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["features"])
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["features"], task=task)
         loss = F.cross_entropy(logits, batch["labels"])
         total = loss + extra_loss() if extra_loss is not None else loss
         optimizer.zero_grad(set_to_none=True)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fedvl.config import ModelConfig
+from fedvl.data.world import TASKS
 from fedvl.models.adapters import AdapterMix, inject_adapters, inject_lora, make_prompts
 from fedvl.models.mobilenet import IMAGENET_MEAN, IMAGENET_STD, MobileNetV2
 
@@ -95,12 +96,15 @@ class VisionLanguageModel(nn.Module):
 
     Parameter groups by prefix: ``vision.`` (frozen tower), ``text.`` (the
     pretrained encoder, incl. injected adapters / LoRA), ``connector.`` (the new
-    visual projection), ``head.`` (the answer classifier) and ``prompt.`` (soft
-    prompts by role, peft=prompt only; ``prompt_role`` picks the one in use).
+    visual projection), ``head.<task>.`` (one answer classifier per task, each
+    with its own label space: ``head.vqa``, ``head.itm``, ``head.entail``) and
+    ``prompt.`` (soft prompts by role, peft=prompt only; ``prompt_role`` picks
+    the one in use). ``num_answers``: the vqa head's class count, or a mapping
+    task -> class count (one head per entry, in its order).
     """
 
     def __init__(self, text: nn.Module, vision: MobileNetV2, vision_spec: VisionSpec,
-                 num_answers: int, num_visual_tokens: int, head_hidden: int):
+                 num_answers: int | dict[str, int], num_visual_tokens: int, head_hidden: int):
         super().__init__()
         self.text = text
         self.vision = vision.eval().requires_grad_(False)
@@ -116,7 +120,8 @@ class VisionLanguageModel(nn.Module):
         })
         self.connector.register_parameter("pos", nn.Parameter(torch.zeros(num_visual_tokens, hidden)))
         nn.init.normal_(self.connector.pos, std=0.02)
-        self.head = AnswerHead(hidden, head_hidden, num_answers)
+        heads = {"vqa": num_answers} if isinstance(num_answers, int) else dict(num_answers)
+        self.head = nn.ModuleDict({t: AnswerHead(hidden, head_hidden, n) for t, n in heads.items()})
         self.adapter_mix: AdapterMix | None = None
         self.prompt = nn.ParameterDict()  # empty unless peft=prompt: no parameters, no effect
         self.prompt_role = "shared"
@@ -162,7 +167,10 @@ class VisionLanguageModel(nn.Module):
         return torch.cat([mid, up, pix], dim=1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                features: torch.Tensor) -> torch.Tensor:
+                features: torch.Tensor, task: str = "vqa") -> torch.Tensor:
+        """Logits over ``task``'s labels (the head ``head.<task>``)."""
+        if task not in self.head:
+            raise KeyError(f"this model has no {task!r} head (heads: {', '.join(self.head)})")
         text_h = self.text.embeddings(input_ids=input_ids)
         vis = features.float().flatten(2).transpose(1, 2)  # (B, h*w, C)
         vis_h = self.connector.proj(self.connector.norm(vis)) + self.connector.pos[: vis.shape[1]]
@@ -185,7 +193,7 @@ class VisionLanguageModel(nn.Module):
         mask = torch.cat(masks, dim=1)
         additive = (1.0 - mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
         h = self.text.encoder(h, attention_mask=additive).last_hidden_state
-        return self.head(h, mask, text_len=input_ids.shape[1], text_start=n_prompt)
+        return self.head[task](h, mask, text_len=input_ids.shape[1], text_start=n_prompt)
 
     # --- adapters ------------------------------------------------------------
     def set_adapter_mix(self, weights: dict[str, float]) -> None:
@@ -216,8 +224,12 @@ def _text_tiny() -> nn.Module:
 
 
 def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int = 0,
-                roles: tuple[str, ...] = ("shared",)) -> VisionLanguageModel:
+                roles: tuple[str, ...] = ("shared",), tasks: tuple[str, ...] = ("vqa",)) -> VisionLanguageModel:
     """Build the model and attach the PEFT modules ``cfg.peft`` asks for.
+
+    ``tasks``: one answer head per task (keys of ``world.TASKS``); the vqa head
+    has ``num_answers`` classes, the others their task's label count. The vqa
+    head is created first, so a vqa-only model is initialised as before.
 
     New parameters (connector, head, adapters, LoRA, prompts) are initialised
     from ``seed``; pretrained ones are loaded strictly. ``roles`` are the adapter
@@ -238,7 +250,9 @@ def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int =
         raise ValueError(f"unknown model {cfg.name!r}")
     stride = 16 if cfg.vision_tokens == "s16" else 32
     tokens = (image_size // stride + (image_size % stride > 0)) ** 2
-    model = VisionLanguageModel(text, vision, spec, num_answers, tokens, cfg.head_hidden)
+    order = sorted(tasks, key=list(TASKS).index)  # vqa first, whatever order the caller gives
+    heads = {t: num_answers if t == "vqa" else len(TASKS[t]) for t in order}
+    model = VisionLanguageModel(text, vision, spec, heads, tokens, cfg.head_hidden)
     torch.manual_seed(seed + 1)
     if cfg.peft == "adapter":
         model.adapter_mix = inject_adapters(model.text.encoder.layer, list(roles), cfg.adapter_reduction)

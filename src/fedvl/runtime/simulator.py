@@ -24,6 +24,7 @@ from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, FitRes
 from fedvl.config import ExperimentConfig
 from fedvl.data.benchmarks import NUM_ANSWERS, build_benchmark
 from fedvl.data.features import EncodedSplit, encode_split
+from fedvl.data.world import TASKS
 from fedvl.models.backbones import build_model, load_tokenizer
 from fedvl.models.params import count, get_params, names_in_groups, set_params, set_trainable, trainable_names
 from fedvl.runtime.state import ClientStateStore
@@ -60,12 +61,23 @@ class Federation:
 
 
 def build_federation(cfg: ExperimentConfig, status=print) -> Federation:
+    """Generate the benchmark, build the model and decide what trains, stays and travels.
+
+    The model gets one answer head per task present among the clients (only
+    ``head.vqa`` except on the Task benchmark). On ``data.benchmark=task`` every
+    head is client-local for every algorithm: each client trains only its own
+    task's head, and the other clients have other label spaces, so averaging a
+    head with clients that never train it would only dilute it. Adapters / LoRA
+    / prompts / connector travel as the algorithm says.
+    """
     torch.set_num_threads(cfg.run.threads)
     algo = get_algorithm(cfg.algorithm.name)
     status(f"generating the {cfg.data.benchmark} benchmark ({cfg.data.num_clients} clients)")
     clients = build_benchmark(cfg.data, cfg.run.seed)
     status(f"building the {cfg.model.name} model ({cfg.model.peft})")
-    model = build_model(cfg.model, NUM_ANSWERS, cfg.data.image_size, cfg.run.seed, roles=algo.adapter_roles)
+    tasks = tuple(t for t in TASKS if any(c.train.task == t for c in clients))
+    model = build_model(cfg.model, NUM_ANSWERS, cfg.data.image_size, cfg.run.seed, roles=algo.adapter_roles,
+                        tasks=tasks)
     tokenizer = load_tokenizer()
     status("encoding questions and vision features (cached)")
     enc = lambda split: encode_split(split, model, tokenizer, cfg.model.max_text_len, cfg.run.cache_dir)  # noqa: E731
@@ -75,7 +87,12 @@ def build_federation(cfg: ExperimentConfig, status=print) -> Federation:
         train = {"pooled": EncodedSplit.concat(list(train.values()))}
     trainable = trainable_names(model, cfg.model.peft, algo.trainable_roles)
     set_trainable(model, trainable)
-    local = trainable if "*" in algo.local_groups else names_in_groups(trainable, set(algo.local_groups))
+    local_groups = set(algo.local_groups)
+    if cfg.data.benchmark == "task":
+        # One task (and label space) per client: a head is trained by one client
+        # only, so heads never travel (see the docstring).
+        local_groups.add("head")
+    local = trainable if "*" in local_groups else names_in_groups(trainable, local_groups)
     travel = [n for n in trainable if n not in set(local)]
     return Federation(cfg, algo, model, algo.strategy(cfg), algo.client(cfg), train, test, trainable,
                       travel, local, get_params(model, local))
