@@ -127,14 +127,14 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
     runs = load_runs({m: [d for _, d in items] for m, items in configs.items()})
     first = configs[methods[0]][0][0]
     title = f"{first.data.benchmark} benchmark · {len(seeds)} seed(s)"
+    rows = {metric: comparison_rows(runs, metric) for metric in ("acc", "bal_acc")}
     parts = [f"# Comparison: {title}", ""]
-    for metric in ("acc", "bal_acc"):
-        parts += [f"## {metric}", "", markdown_table(comparison_rows(runs, metric), metric)]
+    for metric, metric_rows in rows.items():
+        parts += [f"## {metric}", "", markdown_table(metric_rows, metric)]
     parts.append(f"Aggregation: {first.algorithm.aggregation}. Rounds: {first.algorithm.rounds}. "
                  f"Command config: {config_path or 'embedded default'} {' '.join(overrides)}\n")
     (out_dir / "compare.md").write_text("\n".join(parts))
-    (out_dir / "compare.json").write_text(json.dumps(
-        {m: comparison_rows({m: runs[m]}, "acc")[0] for m in runs}, indent=2))
+    (out_dir / "compare.json").write_text(json.dumps({r["method"]: r for r in rows["acc"]}, indent=2))
     plot_average(runs, out_dir / "compare.png", title)
     console.print("\n".join(parts))
     console.print(f"comparison: {out_dir / 'compare.md'}")

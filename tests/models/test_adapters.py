@@ -7,7 +7,7 @@ from fedvl.config import ModelConfig
 from fedvl.engine.loops import cross_entropy_step
 from fedvl.models.adapters import BottleneckAdapter
 from fedvl.models.backbones import build_model
-from fedvl.models.params import get_params, param_group, set_trainable, trainable_names
+from fedvl.models.params import param_group, set_trainable, trainable_names
 
 
 def tiny(peft="adapter", roles=("shared",)):

@@ -2,7 +2,6 @@
 
 import re
 
-from fedvl.algorithms import get_algorithm
 from fedvl.runtime.simulator import build_federation
 
 
@@ -50,4 +49,3 @@ def test_param_fractions_reported(tiny_cfg):
     rep = fed.param_report()
     assert 0 < rep["travel_frac"] <= rep["trainable_frac"] < 0.1
     assert rep["bytes_up_per_client_round"] == 4 * rep["travel_params"]
-    assert get_algorithm("fedavg").local_groups == frozenset()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fedvl.algorithms.base import FitResult
-from fedvl.data.features import encode_split, image_features
+from fedvl.data.features import image_features
 from fedvl.data.world import FUNCTIONS, make_split
 from fedvl.engine.loops import batch_order, classification_metrics
 from fedvl.report.history import History

@@ -29,7 +29,8 @@ import torch
 from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, Strategy, register
 from fedvl.algorithms.losses import task_kd_loss
 from fedvl.data.features import EncodedSplit
-from fedvl.engine.loops import Batch, classification_metrics, predict
+from fedvl.engine.loops import Batch
+from fedvl.engine.loops import evaluate as evaluate_split
 from fedvl.models.params import param_group
 
 
@@ -57,25 +58,26 @@ class FedDATClient(ClientUpdate):
         model, a = ctx.model, self.cfg.algorithm
         copy_shared_to_teacher(model)
 
+        def forward(batch: Batch, mix: dict[str, float], task: str) -> torch.Tensor:
+            model.set_adapter_mix(mix)
+            return model(batch["input_ids"], batch["attention_mask"], batch["features"], task=task)
+
         def step(batch: Batch, lr: float, task: str = "vqa") -> float:
-            def forward(batch: Batch, mix: dict[str, float]) -> torch.Tensor:
-                model.set_adapter_mix(mix)
-                return model(batch["input_ids"], batch["attention_mask"], batch["features"], task=task)
 
             for g in optimizer.param_groups:
                 g["lr"] = lr
             y = batch["labels"]
             # 1. teacher pass
             with torch.no_grad():
-                z_dat = forward(batch, self._teacher_mix())
+                z_dat = forward(batch, self._teacher_mix(), task)
             # 2. A_S (+ head, connector); A_C gets no gradient here, so AdamW skips it
-            z_s = forward(batch, {"shared": 1.0})
+            z_s = forward(batch, {"shared": 1.0}, task)
             loss_s = task_kd_loss(z_s, y, z_dat, a.kd_weight, a.kd_temperature)
             optimizer.zero_grad(set_to_none=True)
             loss_s.backward()
             optimizer.step()
             # 3. A_C (+ head, connector) through the DAT mix; Â_S is frozen (not trainable)
-            z_c = forward(batch, self._dat_mix())
+            z_c = forward(batch, self._dat_mix(), task)
             teacher = z_s.detach() if a.feddat_mutual else None
             loss_c = task_kd_loss(z_c, y, teacher, a.kd_weight, a.kd_temperature)
             optimizer.zero_grad(set_to_none=True)
@@ -92,7 +94,7 @@ class FedDATClient(ClientUpdate):
         scores = {}
         for key, mix in (("", self._dat_mix()), ("_local", {"local": 1.0}), ("_shared", {"shared": 1.0})):
             model.set_adapter_mix(mix)
-            m = classification_metrics(predict(model, data), data.labels)
+            m = evaluate_split(model, data)
             if key == "":
                 scores.update(m)
             else:

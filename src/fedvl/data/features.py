@@ -9,8 +9,6 @@ the vision model's identity, so a changed image or model misses the cache.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 import torch
 
 from fedvl.data.world import Split
+from fedvl.io import atomic_write
 
 
 @dataclass
@@ -62,18 +61,6 @@ class EncodedSplit:
         )
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def image_features(model, images: np.ndarray, cache_dir: str | None, batch_size: int = 64) -> torch.Tensor:
     """Frozen vision features for every image, from the cache when possible."""
     spec = model.vision_spec
@@ -82,8 +69,7 @@ def image_features(model, images: np.ndarray, cache_dir: str | None, batch_size:
     if path is not None and path.is_file():
         try:
             feats = torch.load(path, map_location="cpu", weights_only=True)
-            expected_channels = model.connector.proj.in_features
-            if feats.shape[0] == images.shape[0] and feats.shape[1] == expected_channels:
+            if feats.shape[0] == images.shape[0] and feats.shape[1] == model.feature_channels:
                 return feats
         except Exception:  # a truncated or corrupt cache file is recomputed, not trusted
             pass
@@ -93,7 +79,7 @@ def image_features(model, images: np.ndarray, cache_dir: str | None, batch_size:
         chunks.append(model.image_features(chunk).half())
     feats = torch.cat(chunks) if chunks else torch.zeros(0)
     if path is not None:
-        _atomic_save(feats, path)
+        atomic_write(path, lambda tmp: torch.save(feats, tmp))
     return feats
 
 

@@ -238,8 +238,8 @@ def render(scene: list[Obj], domain: str, size: int, rng: np.random.Generator) -
 # --------------------------------------------------------------- questions
 
 
-def _desc(o: Obj, with_color: bool = True) -> str:
-    return f"{o.color} {o.shape}" if with_color else o.shape
+def _desc(o: Obj) -> str:
+    return f"{o.color} {o.shape}"
 
 
 def ask(scene: list[Obj], function: str, rng: np.random.Generator) -> tuple[str, str]:

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from fedvl.io import atomic_write
+
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=float)
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, default=float)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 class History:

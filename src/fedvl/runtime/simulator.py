@@ -26,7 +26,7 @@ from fedvl.data.benchmarks import NUM_ANSWERS, build_benchmark
 from fedvl.data.features import EncodedSplit, encode_split
 from fedvl.data.world import TASKS
 from fedvl.models.backbones import build_model, load_tokenizer
-from fedvl.models.params import count, get_params, names_in_groups, set_params, set_trainable, trainable_names
+from fedvl.models.params import count, get_params, nbytes, names_in_groups, set_params, set_trainable, trainable_names
 from fedvl.runtime.state import ClientStateStore
 
 
@@ -56,8 +56,7 @@ class Federation:
         travel = count(self.model, self.travel)
         return {"total_params": total, "trainable_params": trainable, "travel_params": travel,
                 "trainable_frac": trainable / total, "travel_frac": travel / total,
-                "bytes_up_per_client_round": sum(
-                    p.numel() * p.element_size() for n, p in self.model.named_parameters() if n in set(self.travel))}
+                "bytes_up_per_client_round": nbytes(get_params(self.model, self.travel))}
 
 
 def build_federation(cfg: ExperimentConfig, status=print) -> Federation:

@@ -7,24 +7,12 @@ model's trainable part) are one safetensors file, written atomically
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+from fedvl.io import atomic_write
 
 
 class ClientStateStore:
@@ -36,7 +24,8 @@ class ClientStateStore:
 
     def save(self, client_id: str, tensors: dict[str, torch.Tensor]) -> None:
         if tensors:
-            atomic_save_tensors(tensors, self._path(client_id))
+            contiguous = {k: v.contiguous() for k, v in tensors.items()}
+            atomic_write(self._path(client_id), lambda tmp: save_file(contiguous, tmp))
 
     def load(self, client_id: str) -> dict[str, torch.Tensor] | None:
         p = self._path(client_id)
