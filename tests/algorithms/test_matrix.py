@@ -57,3 +57,34 @@ def test_same_seed_same_metrics(name, tiny_cfg, tmp_path):
     assert a["eval"] == b["eval"]
     _, c, _ = _run(tiny_cfg(f"algorithm.name={name}", "run.seed=1"), tmp_path / "c")
     assert c["eval"] != a["eval"]
+
+
+# The paper's FedAvg-PEFT baselines: every PEFT option runs the whole federated loop.
+PEFT_METHODS = ["adapter", "lora", "bitfit", "layernorm", "prompt", "head", "full"]
+
+
+def test_every_peft_option_has_a_row():
+    from typing import get_args
+
+    from fedvl.config import PeftMethod
+
+    assert set(get_args(PeftMethod)) == set(PEFT_METHODS)
+
+
+@pytest.mark.parametrize("peft", PEFT_METHODS)
+def test_fedavg_peft_baseline_runs_and_learns(peft, tiny_cfg, tmp_path):
+    cfg = tiny_cfg("algorithm.name=fedavg", f"model.peft={peft}", "algorithm.rounds=3")
+    fed, final, backbone = _run(cfg, tmp_path / "a")
+    assert fed.travel == fed.trainable and fed.trainable
+    named = dict(fed.model.named_parameters())
+    changed = {n for n, before in backbone.items() if not torch.equal(named[n], before)}
+    # only full fine-tuning and the backbone-internal methods (bitfit, layernorm) touch backbone tensors
+    if peft in ("adapter", "lora", "prompt", "head"):
+        assert not changed
+    elif peft == "full":
+        assert changed
+    else:
+        assert changed and all(n in fed.trainable for n in changed)
+    hist = History.read(tmp_path / "a")
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert all(0.0 <= m["acc"] <= 1.0 for m in final["eval"].values())
