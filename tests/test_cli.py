@@ -122,6 +122,22 @@ def test_default_experiment_benchmark_smoke(tmp_path):
     assert 0 < out["rows"]["fedavg"]["travel_frac"] == out["rows"]["fedavg"]["trainable_frac"] < 0.2
 
 
+@pytest.mark.slow
+def test_feddat_cost_benchmark_smoke(tmp_path):
+    """The side-by-side FedDAT cost benchmark runs (tiny model) and reports a ratio above 1."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "feddat_cost.py"
+    env = dict(os.environ, FEDVL_BENCH_OUT=str(tmp_path / "bench.json"))
+    r = subprocess.run([sys.executable, str(script), "--repeats", "2", *TINY, f"run.cache_dir={tmp_path / 'c'}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads((tmp_path / "bench.json").read_text())
+    assert len(out["raw_s"]["feddat"]) == len(out["raw_s"]["fedavg"]) == 2
+    # FedDAT does 3 forward + 2 backward passes per batch against 1 + 1: it cannot be cheaper
+    assert out["ratio_compute"] > 1.2
+
+
 def test_missing_weights_package_one_line_exit_2(tmp_path, monkeypatch, capsys):
     import importlib.util
 
