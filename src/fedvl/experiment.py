@@ -116,8 +116,11 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
             cfg.run.output_dir, cfg.run.name = str(out), f"{m}/seed{s}"
             configs[m].append((cfg, out / m / f"seed{s}"))
     out_dir = Path(configs[methods[0]][0][0].run.output_dir)
-    for m, items in configs.items():
-        for cfg, run_dir in items:
+    # seed-major order: an interrupted comparison leaves whole seeds of every method, not all
+    # seeds of the first methods only
+    for i in range(len(seeds)):
+        for m in methods:
+            cfg, run_dir = configs[m][i]
             status = run_dir / "status.json"
             if status.is_file() and json.loads(status.read_text()).get("state") == "complete":
                 console.print(f"[dim]{m} seed {cfg.run.seed}: already complete, reused[/dim]")

@@ -46,6 +46,14 @@ def comparison_rows(runs: dict[str, list[dict[str, Any]]], metric: str = "acc") 
                    bytes_up=p["bytes_up_per_client_round"],
                    round_s=float(np.median([np.median([r["time_s"] for r in s["history"]]) for s in seeds])))
         rows.append(row)
+        # FedDAT also reports A_C alone and A_S alone (keys ``acc_local`` / ``acc_shared``)
+        for suffix, label in (("_local", "A_C alone"), ("_shared", "A_S alone")):
+            key = f"{metric}{suffix}"
+            if key in seeds[0]["final"]["avg"]:
+                sub = dict(row, method=f"{method} ({label})", sub=True, clients={
+                    cid: _mean_std([s["final"]["eval"][cid][key] for s in seeds]) for cid in clients})
+                sub["average"] = _mean_std([s["final"]["avg"][key] for s in seeds])
+                rows.append(sub)
     return rows
 
 
@@ -57,16 +65,23 @@ def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
     clients = list(rows[0]["clients"])
     head = ["method", *clients, "average", "trainable", "sent/client/round", "s/round"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    best = max(r["average"][0] for r in rows)
+    # bold marks the best federated headline row: not the centralized upper bound, not a sub-score
+    contenders = [r["average"][0] for r in rows if not r.get("sub") and r["method"] != "centralized"]
+    best = max(contenders) if contenders else None
+    local = next((r["average"][0] for r in rows if r["method"] == "local"), None)
     for r in rows:
         avg = _cell(r["average"])
-        if r["average"][0] == best:
+        if r["average"][0] == best and not r.get("sub") and r["method"] != "centralized":
             avg = f"**{avg}**"
+        if local is not None and r["method"] != "local" and r["average"][0] < local:
+            avg += " †"
         lines.append("| " + " | ".join([
             r["method"], *(_cell(r["clients"][c]) for c in clients), avg, f"{r['trainable']:,}",
             f"{r['travel']:,} ({r['bytes_up'] / 1e6:.2f} MB)", f"{r['round_s']:.1f}"]) + " |")
     return "\n".join(lines) + f"\n\n{metric} in % on each client's own test split (final round), " \
-        f"mean ± std over {rows[0]['seeds']} seed(s); average = unweighted mean over clients.\n"
+        f"mean ± std over {rows[0]['seeds']} seed(s); average = unweighted mean over clients; " \
+        "bold = best federated method (centralized is the pooled-data upper bound)." \
+        + (" † = average below local-only (no communication at all)." if local is not None else "") + "\n"
 
 
 def plot_average(runs: dict[str, list[dict[str, Any]]], path: Path, title: str, metric: str = "acc") -> None:
