@@ -104,60 +104,92 @@ def load_client(fed: Federation, store: ClientStateStore, cid: str, global_param
     set_params(fed.model, state if state is not None else fed.init_local)
 
 
-def run_round(fed: Federation, store: ClientStateStore, rnd: int, global_params: Params,
-              progress=None) -> tuple[Params, dict[str, Any]]:
-    """One round: sample -> local updates -> validate -> aggregate -> evaluate."""
-    t0 = time.perf_counter()
+def client_fit(fed: Federation, store: ClientStateStore, cid: str, rnd: int, global_params: Params,
+               on_step=None) -> FitResult:
+    """The client half of a round, as every runtime runs it: load the global
+    parameters and this client's own state, train with randomness derived from
+    (seed, round, client), keep the local state, return what travels."""
     cfg = fed.cfg
-    ids = list(fed.train)
-    rng = np.random.default_rng(derived_seed(cfg.run.seed, "sample", rnd))
-    sampled = fed.strategy.sample_clients(rnd, ids, rng)
-    results: list[FitResult] = []
+    load_client(fed, store, cid, global_params)
+    gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "batches", rnd, cid))
+    torch.manual_seed(derived_seed(cfg.run.seed, "torch", rnd, cid))  # dropout masks
+    ctx = ClientContext(cid, fed.model, fed.train[cid], cfg, rnd, global_params, fed.travel,
+                        fed.trainable, gen, on_step)
+    res = fed.client.fit(ctx)
+    store.save(cid, get_params(fed.model, fed.local))
+    return res
+
+
+def client_evaluate(fed: Federation, store: ClientStateStore, cid: str, global_params: Params) -> dict[str, float]:
+    """Personalised evaluation of one client on its own test split."""
+    # pooled (centralized) training has no per-client state: everyone uses the one model
+    load_client(fed, store, "pooled" if fed.algo.pooled else cid, global_params)
+    ctx = ClientContext(cid, fed.model, fed.test[cid], fed.cfg, 0, global_params, fed.travel, fed.trainable,
+                        torch.Generator())
+    return fed.client.evaluate(ctx, fed.test[cid])
+
+
+def sample_round(fed: Federation, rnd: int) -> list[str]:
+    rng = np.random.default_rng(derived_seed(fed.cfg.run.seed, "sample", rnd))
+    return fed.strategy.sample_clients(rnd, list(fed.train), rng)
+
+
+def server_aggregate(fed: Federation, rnd: int, global_params: Params,
+                     results: dict[str, FitResult]) -> tuple[Params, dict[str, Any]]:
+    """The server half of a round: validate every update, aggregate the accepted ones.
+    Returns the new global parameters and the round's training record."""
+    accepted: list[FitResult] = []
     train_metrics: dict[str, dict[str, float]] = {}
     rejected: dict[str, str] = {}
-    for i, cid in enumerate(sampled, 1):
-        if progress:
-            progress.client_start(rnd, cid, i, len(sampled))
-        load_client(fed, store, cid, global_params)
-        gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "batches", rnd, cid))
-        torch.manual_seed(derived_seed(cfg.run.seed, "torch", rnd, cid))  # dropout masks
-        ctx = ClientContext(cid, fed.model, fed.train[cid], cfg, rnd, global_params, fed.travel,
-                            fed.trainable, gen, progress.step if progress else None)
-        res = fed.client.fit(ctx)
-        store.save(cid, get_params(fed.model, fed.local))
+    for cid, res in results.items():
         try:
             validate_update(global_params, res.params, res.num_examples)
         except UpdateRejected as e:
             rejected[cid] = str(e)
             continue
-        results.append(res)
+        accepted.append(res)
         train_metrics[cid] = dict(res.metrics, n=res.num_examples)
-    if not results:
+    if not accepted:
         raise RuntimeError(f"round {rnd}: every client update was rejected ({rejected}); stopping")
-    global_params = fed.strategy.aggregate(rnd, global_params, results)
-    record: dict[str, Any] = {"round": rnd, "sampled": sampled, "train": train_metrics}
+    global_params = fed.strategy.aggregate(rnd, global_params, accepted)
+    record: dict[str, Any] = {"round": rnd, "sampled": list(results), "train": train_metrics}
     if rejected:
         record["rejected"] = rejected
     record["train_loss"] = float(np.mean([m["train_loss"] for m in train_metrics.values()]))
-    if rnd % cfg.run.eval_every == 0 or rnd == cfg.algorithm.rounds:
-        record["eval"] = evaluate_all(fed, store, global_params)
-        keys = [k for k in next(iter(record["eval"].values())) if k != "n"]
-        # unweighted mean over clients: each client counts once, as in FedDAT's tables
-        record["avg"] = {k: float(np.mean([m[k] for m in record["eval"].values()])) for k in keys}
-    record["time_s"] = time.perf_counter() - t0
     record["compute_s"] = float(sum(m["compute_s"] for m in train_metrics.values()))
     return global_params, record
 
 
+def wants_eval(cfg: ExperimentConfig, rnd: int) -> bool:
+    return rnd % cfg.run.eval_every == 0 or rnd == cfg.algorithm.rounds
+
+
+def add_eval(record: dict[str, Any], evals: dict[str, dict[str, float]]) -> None:
+    record["eval"] = evals
+    keys = [k for k in next(iter(evals.values())) if k != "n"]
+    # unweighted mean over clients: each client counts once, as in FedDAT's tables
+    record["avg"] = {k: float(np.mean([m[k] for m in evals.values()])) for k in keys}
+
+
+def run_round(fed: Federation, store: ClientStateStore, rnd: int, global_params: Params,
+              progress=None) -> tuple[Params, dict[str, Any]]:
+    """One round: sample -> local updates -> validate -> aggregate -> evaluate."""
+    t0 = time.perf_counter()
+    sampled = sample_round(fed, rnd)
+    results: dict[str, FitResult] = {}
+    for i, cid in enumerate(sampled, 1):
+        if progress:
+            progress.client_start(rnd, cid, i, len(sampled))
+        results[cid] = client_fit(fed, store, cid, rnd, global_params, progress.step if progress else None)
+    global_params, record = server_aggregate(fed, rnd, global_params, results)
+    if wants_eval(fed.cfg, rnd):
+        add_eval(record, evaluate_all(fed, store, global_params))
+    record["time_s"] = time.perf_counter() - t0
+    return global_params, record
+
+
 def evaluate_all(fed: Federation, store: ClientStateStore, global_params: Params) -> dict[str, dict[str, float]]:
-    out = {}
-    for cid, data in fed.test.items():
-        # pooled (centralized) training has no per-client state: everyone uses the one model
-        load_client(fed, store, "pooled" if fed.algo.pooled else cid, global_params)
-        ctx = ClientContext(cid, fed.model, data, fed.cfg, 0, global_params, fed.travel, fed.trainable,
-                            torch.Generator())
-        out[cid] = fed.client.evaluate(ctx, data)
-    return out
+    return {cid: client_evaluate(fed, store, cid, global_params) for cid in fed.test}
 
 
 def simulate(fed: Federation, run_dir: Path, history, progress=None) -> dict[str, Any]:
