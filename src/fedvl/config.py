@@ -107,7 +107,22 @@ class RunConfig:
     cache_dir: str = "results/cache"
     threads: int = 2
     eval_every: int = 1
-    runtime: Literal["simulator"] = "simulator"
+    runtime: Literal["simulator", "flower-sim"] = "simulator"
+    """simulator: clients one after another in this process; flower-sim: the same run through
+    Flower's simulation engine (a deployment is started with ``fedvl serve`` / ``fedvl join``)."""
+    flower_backend: Literal["inprocess", "ray"] = "inprocess"
+    """flower-sim: where Flower's simulation engine runs the ClientApps: in this process, one
+    at a time (starts instantly), or in Ray worker processes (Flower's default; needs ray)."""
+    flower_workers: int = 2
+    """flower-sim with the ray backend: client processes working in parallel (one CPU each)."""
+    flower_wait_s: float = 120.0
+    """Flower: how long the server waits for every client's node to connect."""
+    round_timeout_s: float = 0.0
+    """Flower: seconds to wait for a round's replies (0 = wait for all); a node silent this long is dropped."""
+    min_clients: int = 1
+    """Flower: a round with fewer answering clients than this is retried, then the run stops."""
+    round_retries: int = 1
+    """Flower: how often a round with too few answers is retried before the run stops."""
 
 
 @dataclass
@@ -241,6 +256,11 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         (0.0 <= cfg.algorithm.kd_weight <= 1.0, "algorithm.kd_weight must be in [0, 1]"),
         (cfg.algorithm.kd_temperature > 0, "algorithm.kd_temperature must be > 0"),
         (cfg.run.eval_every >= 1, "run.eval_every must be >= 1"),
+        (cfg.run.flower_workers >= 1, "run.flower_workers must be >= 1"),
+        (cfg.run.flower_wait_s > 0, "run.flower_wait_s must be > 0"),
+        (cfg.run.round_timeout_s >= 0, "run.round_timeout_s must be >= 0 (0 = no timeout)"),
+        (cfg.run.min_clients >= 1, "run.min_clients must be >= 1"),
+        (cfg.run.round_retries >= 0, "run.round_retries must be >= 0"),
         (cfg.data.dirichlet_alpha > 0 and cfg.data.quantity_alpha > 0, "data.*_alpha must be > 0"),
     ]
     for ok, msg in checks:
@@ -274,6 +294,12 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(
             f"unknown algorithm '{cfg.algorithm.name}' (available: {', '.join(available_algorithms())})"
         )
+    if cfg.run.runtime != "simulator":
+        from fedvl.algorithms import get_algorithm
+
+        if get_algorithm(cfg.algorithm.name).pooled:
+            raise ConfigError(f"algorithm {cfg.algorithm.name} pools every client's data in one place, which a "
+                              f"federation cannot do; use run.runtime=simulator for this reference")
     if cfg.data.benchmark == "task":
         # Each task's labels index its own label list, so data of different tasks cannot be pooled.
         from fedvl.algorithms import get_algorithm
@@ -311,6 +337,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for k in reversed(keys[:-1]):
             nested = {k: nested}
         _apply(cfg, nested, "", from_text=True)
+    return validate(cfg)
+
+
+def load_config_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """A config from an already-parsed mapping (e.g. the YAML text a Flower run carries)."""
+    if not isinstance(data, dict):
+        raise ConfigError("config must be a mapping of sections (model, data, algorithm, run)")
+    cfg = ExperimentConfig()
+    _apply(cfg, data, "", from_text=False)
     return validate(cfg)
 
 

@@ -26,7 +26,15 @@ def run_dir_for(cfg: ExperimentConfig, overwrite: bool = False) -> Path:
     return path
 
 
-def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_enabled: bool = True) -> dict[str, Any]:
+def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_enabled: bool = True,
+                   runner=None, server_only: bool = False) -> dict[str, Any]:
+    """Build the federation, run every round, write the results folder.
+
+    ``runner(fed, run_dir, history, progress) -> final record`` runs the rounds:
+    the in-process simulator by default, Flower's simulation for
+    ``run.runtime=flower-sim``, or a Flower deployment's grid (``server_only``:
+    the server builds the model but holds no client data).
+    """
     from rich.console import Console
 
     from fedvl.report.plots import plot_accuracy
@@ -45,10 +53,12 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     t0 = time.perf_counter()
     progress = Progress(console, cfg.algorithm.rounds, enabled=progress_enabled)
     try:
-        fed = build_federation(cfg, status=progress.status)
+        if runner is None and cfg.run.runtime == "flower-sim":
+            from fedvl.runtime.flower import flower_simulate as runner
+        fed = build_federation(cfg, status=progress.status, only=[] if server_only else None)
         setup_s = time.perf_counter() - t0
         history = History(run_dir)
-        final = simulate(fed, run_dir, history, progress)
+        final = (runner or simulate)(fed, run_dir, history, progress)
     except BaseException as e:
         progress.close()
         set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")

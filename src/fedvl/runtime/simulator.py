@@ -49,6 +49,7 @@ class Federation:
     travel: list[str]
     local: list[str]
     init_local: Params
+    client_ids: list[str]  # every client of the federation, in partition order (also those not built here)
 
     def param_report(self) -> dict[str, Any]:
         total = count(self.model)
@@ -59,7 +60,7 @@ class Federation:
                 "bytes_up_per_client_round": nbytes(get_params(self.model, self.travel))}
 
 
-def build_federation(cfg: ExperimentConfig, status=print) -> Federation:
+def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None = None) -> Federation:
     """Generate the benchmark, build the model and decide what trains, stays and travels.
 
     The model gets one answer head per task present among the clients (only
@@ -68,6 +69,9 @@ def build_federation(cfg: ExperimentConfig, status=print) -> Federation:
     task's head, and the other clients have other label spaces, so averaging a
     head with clients that never train it would only dilute it. Adapters / LoRA
     / prompts / connector travel as the algorithm says.
+
+    ``only``: encode the data of these partitions only (a Flower node holds one
+    partition; the Flower server holds none); ``None`` = every client.
     """
     torch.set_num_threads(cfg.run.threads)
     algo = get_algorithm(cfg.algorithm.name)
@@ -80,8 +84,10 @@ def build_federation(cfg: ExperimentConfig, status=print) -> Federation:
     tokenizer = load_tokenizer()
     status("encoding questions and vision features (cached)")
     enc = lambda split: encode_split(split, model, tokenizer, cfg.model.max_text_len, cfg.run.cache_dir)  # noqa: E731
-    train = {c.client_id: enc(c.train) for c in clients}
-    test = {c.client_id: enc(c.test) for c in clients}
+    client_ids = [c.client_id for c in clients]
+    built = clients if only is None else [clients[i] for i in only if 0 <= i < len(clients)]
+    train = {c.client_id: enc(c.train) for c in built}
+    test = {c.client_id: enc(c.test) for c in built}
     if algo.pooled:
         train = {"pooled": EncodedSplit.concat(list(train.values()))}
     trainable = trainable_names(model, cfg.model.peft, algo.trainable_roles)
@@ -94,7 +100,7 @@ def build_federation(cfg: ExperimentConfig, status=print) -> Federation:
     local = trainable if "*" in local_groups else names_in_groups(trainable, local_groups)
     travel = [n for n in trainable if n not in set(local)]
     return Federation(cfg, algo, model, algo.strategy(cfg), algo.client(cfg), train, test, trainable,
-                      travel, local, get_params(model, local))
+                      travel, local, get_params(model, local), client_ids)
 
 
 def load_client(fed: Federation, store: ClientStateStore, cid: str, global_params: Params) -> None:
@@ -131,7 +137,8 @@ def client_evaluate(fed: Federation, store: ClientStateStore, cid: str, global_p
 
 def sample_round(fed: Federation, rnd: int) -> list[str]:
     rng = np.random.default_rng(derived_seed(fed.cfg.run.seed, "sample", rnd))
-    return fed.strategy.sample_clients(rnd, list(fed.train), rng)
+    ids = ["pooled"] if fed.algo.pooled else fed.client_ids
+    return fed.strategy.sample_clients(rnd, ids, rng)
 
 
 def server_aggregate(fed: Federation, rnd: int, global_params: Params,

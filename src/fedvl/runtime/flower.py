@@ -1,0 +1,355 @@
+"""Flower runtime: the same Strategy and ClientUpdate inside a Flower ServerApp / ClientApp.
+
+Flower's Message API (flwr >= 1.41) carries the round; fedvl's own pieces do the
+work, so there is no second copy of any algorithm:
+
+- ServerApp (``server_main``): asks every node which partition it holds (a
+  ``query`` message), then per round samples clients with the strategy, sends
+  ``train`` messages carrying the global travelling parameters, validates and
+  aggregates the replies with ``server_aggregate``, and sends ``evaluate``
+  messages. Records go to the same ``metrics.jsonl`` as the in-process simulator.
+- ClientApp (``client_train`` / ``client_eval``): builds the model and *its own*
+  partition's data, then runs ``client_fit`` / ``client_evaluate``. Client-local
+  state (FedDAT's A_C, heads, local-only models) lives in a per-node store on
+  disk between rounds and is never sent.
+
+Randomness is derived from (seed, round, client) in every runtime, so the same
+config gives the same per-round metrics here as in the simulator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+# Flower must never phone home, check for updates, or pip-install an app's dependencies
+# (an app's torch dependency would otherwise pull a multi-GB CUDA build).
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+os.environ.update(FLOWER_ENV)
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.serverapp import Grid, ServerApp  # noqa: E402
+
+from fedvl.algorithms.aggregate import Params  # noqa: E402
+from fedvl.algorithms.base import FitResult  # noqa: E402
+from fedvl.config import ConfigError, ExperimentConfig, dump_config, load_config_dict  # noqa: E402
+from fedvl.report.history import History  # noqa: E402
+from fedvl.runtime.simulator import (  # noqa: E402
+    Federation, add_eval, build_federation, client_evaluate, client_fit, sample_round, server_aggregate, wants_eval,
+)
+from fedvl.runtime.state import ClientStateStore  # noqa: E402
+
+CONFIG_KEY = "fedvl-config"  # run_config key: the experiment config as YAML text
+RESULTS_KEY = "results-dir"  # run_config key: where the ServerApp writes the results folder
+STATE_KEY = "state-dir"  # node_config key: where a node keeps its clients' local state
+
+
+class FlowerRunError(RuntimeError):
+    """The federation cannot continue (too few clients answered); the message says why."""
+
+
+# ---------------------------------------------------------------- codec
+
+
+def to_record(params: Params) -> ArrayRecord:
+    return ArrayRecord.from_torch_state_dict(dict(params))
+
+
+def from_record(record: ArrayRecord) -> Params:
+    # a missing or extra key, a wrong shape or dtype is left for ``validate_update`` to reject
+    return {k: t.clone() for k, t in record.to_torch_state_dict().items()}
+
+
+def cfg_from_text(text: str) -> ExperimentConfig:
+    return load_config_dict(yaml.safe_load(text) or {})
+
+
+# ---------------------------------------------------------------- client side
+
+_FEDS: dict[tuple[str, int], Federation] = {}  # one built federation per (config, partition) and process
+
+
+def _partition(context: Context) -> int:
+    try:
+        return int(context.node_config["partition-id"])
+    except (KeyError, ValueError):
+        raise ConfigError("this node has no integer partition-id in its node config "
+                          "(start it with `fedvl join --partition i`)") from None
+
+
+def _client_federation(cfg_text: str, pid: int, every_partition: bool) -> Federation:
+    """A deployed node builds its own partition only; a simulation worker serves every
+    partition in turn, so it builds them all once (vision features come from the disk cache)."""
+    key = (hashlib.sha256(cfg_text.encode()).hexdigest(), -1 if every_partition else pid)
+    if key not in _FEDS:
+        _FEDS.clear()  # one run per process at a time: do not keep an old model alive
+        _FEDS[key] = build_federation(cfg_from_text(cfg_text), status=lambda s: None,
+                                      only=None if every_partition else [pid])
+    fed = _FEDS[key]
+    if not 0 <= pid < len(fed.client_ids):
+        raise ConfigError(f"this node holds partition {pid}, but the experiment has partitions "
+                          f"0..{len(fed.client_ids) - 1}")
+    return fed
+
+
+def _state_store(context: Context, cfg_text: str, default_root: str | None) -> ClientStateStore:
+    root = context.node_config.get(STATE_KEY) or default_root
+    if not root:
+        root = str(Path.home() / ".cache" / "fedvl" / "node-state")
+    # one folder per run, so a new run never starts from an old run's local state
+    run = f"run-{context.run_id}-{hashlib.sha256(cfg_text.encode()).hexdigest()[:8]}"
+    return ClientStateStore(Path(root) / run if not default_root else Path(root))
+
+
+def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
+                    fed: Federation | None = None) -> ClientApp:
+    """A ClientApp running fedvl's client half.
+
+    - ``fed`` (Flower simulation, in-process backend): every virtual node uses this one
+      built federation, one message at a time, as the simulator does;
+    - ``cfg_text`` (Flower simulation, Ray backend): each worker builds the federation once;
+    - neither (deployment): the config comes with the run, the node's partition and
+      state folder from its node config.
+    """
+    app = ClientApp()
+
+    def federation(context: Context) -> tuple[str, Federation, str]:
+        pid = _partition(context)
+        if fed is not None:
+            built, text = fed, ""
+        else:
+            text = cfg_text or str(context.run_config[CONFIG_KEY])
+            built = _client_federation(text, pid, every_partition=cfg_text is not None)
+        return text, built, built.client_ids[pid]
+
+    def setup(msg: Message, context: Context):
+        text, fed, cid = federation(context)
+        if str(msg.content["config"]["cid"]) != cid:
+            raise ConfigError(f"a message for client {msg.content['config']['cid']} reached the node of {cid}")
+        return fed, _state_store(context, text, state_root), cid, from_record(msg.content["params"])
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        _, _, cid = federation(context)
+        return Message(RecordDict({"config": ConfigRecord({"cid": cid})}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        fed, store, cid, global_params = setup(msg, context)
+        rnd = int(msg.content["config"]["round"])
+        res = client_fit(fed, store, cid, rnd, global_params)
+        metrics = {k: float(v) for k, v in res.metrics.items()}
+        metrics["num-examples"] = res.num_examples
+        return Message(RecordDict({"params": to_record(res.params), "metrics": MetricRecord(metrics)}),
+                       reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        fed, store, cid, global_params = setup(msg, context)
+        scores = client_evaluate(fed, store, cid, global_params)
+        return Message(RecordDict({"metrics": MetricRecord({k: float(v) for k, v in scores.items()})}),
+                       reply_to=msg)
+
+    return app
+
+
+# ---------------------------------------------------------------- server side
+
+
+def _send(grid: Grid, nodes: dict[str, int], cids: list[str], kind: str, rnd: int, params: Params,
+          timeout: float | None) -> tuple[dict[str, RecordDict], dict[str, str]]:
+    """Send one message per client and collect the replies: (content by client, failures by client)."""
+    out = []
+    for cid in cids:
+        content = RecordDict({"params": to_record(params), "config": ConfigRecord({"cid": cid, "round": rnd})})
+        out.append(Message(content, dst_node_id=nodes[cid], message_type=kind))
+    replies = grid.send_and_receive(out, timeout=timeout)
+    # match a reply to its request by message id (sending fills in the ids)
+    sent = {m.metadata.message_id: cid for m, cid in zip(out, cids)}
+    ok: dict[str, RecordDict] = {}
+    failed: dict[str, str] = {}
+    for r in replies:
+        cid = sent.get(r.metadata.reply_to_message_id)
+        if cid is None:
+            continue
+        if r.has_error():
+            failed[cid] = f"client error: {r.error.reason}"
+        else:
+            ok[cid] = r.content
+    for cid in cids:
+        if cid not in ok and cid not in failed:
+            failed[cid] = f"no reply within {timeout}s (disconnected?)" if timeout else "no reply"
+    return ok, failed
+
+
+def discover(grid: Grid, client_ids: list[str], wait_s: float) -> dict[str, int]:
+    """Map each client id to the node holding its partition (every node answers a ``query``)."""
+    deadline = time.monotonic() + wait_s
+    nodes: dict[str, int] = {}
+    while True:
+        node_ids = [n for n in grid.get_node_ids() if n not in nodes.values()]
+        if node_ids:
+            msgs = [Message(RecordDict({"config": ConfigRecord({"cid": "?"})}), dst_node_id=n, message_type="query")
+                    for n in node_ids]
+            replies = grid.send_and_receive(msgs, timeout=max(1.0, deadline - time.monotonic()))
+            node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
+            for r in replies:
+                if not r.has_error() and r.metadata.reply_to_message_id in node_of:
+                    nodes[str(r.content["config"]["cid"])] = node_of[r.metadata.reply_to_message_id]
+        missing = [c for c in client_ids if c not in nodes]
+        if not missing:
+            return nodes
+        if time.monotonic() > deadline:
+            raise FlowerRunError(f"after {wait_s:.0f}s no node holds client(s) {', '.join(missing)}; "
+                                 "start one `fedvl join --partition i` per client")
+        time.sleep(0.5)
+
+
+def run_rounds(grid: Grid, fed: Federation, history: History, progress=None) -> dict[str, Any]:
+    """The round loop of the Flower runtime (the counterpart of ``simulator.simulate``)."""
+    cfg = fed.cfg
+    from fedvl.models.params import get_params
+
+    ids = fed.client_ids
+    nodes = discover(grid, ids, cfg.run.flower_wait_s)
+    timeout = cfg.run.round_timeout_s or None
+    global_params = get_params(fed.model, fed.travel)
+    record: dict[str, Any] = {}
+    for rnd in range(1, cfg.algorithm.rounds + 1):
+        t0 = time.perf_counter()
+        sampled = sample_round(fed, rnd)
+        for attempt in range(cfg.run.round_retries + 1):
+            replies, failed = _send(grid, nodes, sampled, "train", rnd, global_params, timeout)
+            if len(replies) >= min(cfg.run.min_clients, len(sampled)):
+                break
+            if attempt == cfg.run.round_retries:
+                raise FlowerRunError(
+                    f"round {rnd}: {len(replies)} of {len(sampled)} clients answered, fewer than run.min_clients="
+                    f"{cfg.run.min_clients} after {cfg.run.round_retries + 1} attempt(s): {failed}")
+        results = {}
+        for cid, content in replies.items():
+            m = dict(content["metrics"])
+            n = m.pop("num-examples")
+            results[cid] = FitResult(from_record(content["params"]), int(n), m)
+        global_params, record = server_aggregate(fed, rnd, global_params, results)
+        record["sampled"] = sampled
+        if failed:
+            record["dropped"] = failed
+            if progress:
+                progress.status(f"round {rnd}: {len(failed)} client(s) dropped, continuing with "
+                                f"{len(results)}: {failed}")
+        if wants_eval(cfg, rnd):
+            evals, eval_failed = _send(grid, nodes, list(ids), "evaluate", rnd, global_params, timeout)
+            if evals:
+                add_eval(record, {cid: {k: float(v) for k, v in evals[cid]["metrics"].items()}
+                                  for cid in ids if cid in evals})
+            if eval_failed:
+                record["eval_dropped"] = eval_failed
+        record["time_s"] = time.perf_counter() - t0
+        history.append(record)
+        if progress and "eval" in record:
+            progress.round_end(record)
+    return record
+
+
+def make_server_app(fed: Federation | None = None, history: History | None = None, progress=None,
+                    outcome: dict | None = None) -> ServerApp:
+    """A ServerApp running fedvl's server half. The in-process Flower simulation passes the
+    built federation and results folder; a deployment builds them from the run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        if fed is not None:
+            try:
+                final = run_rounds(grid, fed, history, progress)
+            except Exception as e:  # Flower only logs a ServerApp's exception: hand it to the caller
+                if outcome is not None:
+                    outcome["error"] = e
+                raise
+        else:  # deployment: the ServerApp process writes the whole results folder
+            from fedvl.experiment import run_experiment
+
+            cfg = cfg_from_text(str(context.run_config[CONFIG_KEY]))
+            final = run_experiment(cfg, Path(str(context.run_config[RESULTS_KEY])), progress_enabled=False,
+                                   runner=lambda f, d, h, p: run_rounds(grid, f, h, p), server_only=True)
+        if outcome is not None:
+            outcome["final"] = final
+
+    return app
+
+
+class InProcessBackend:
+    """A Flower simulation backend that runs ClientApps in this process, one message at
+    a time. Ray (Flower's default backend) needs seconds and spare cores to start; on
+    a small CPU machine this keeps Flower's whole message path (grid, link state,
+    node-to-partition mapping, ClientApp dispatch) without it."""
+
+    def __init__(self, backend_config) -> None:
+        import threading
+
+        self.app_fn = None
+        self._busy = threading.Lock()
+
+    def build(self, app_fn) -> None:
+        self.app_fn = app_fn
+
+    @property
+    def num_workers(self) -> int:
+        return 1
+
+    def is_worker_idle(self) -> bool:
+        return not self._busy.locked()
+
+    def terminate(self) -> None:
+        pass
+
+    def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
+        with self._busy:
+            return self.app_fn()(message=message, context=context), context
+
+
+def flower_simulate(fed: Federation, run_dir: Path, history: History, progress=None) -> dict[str, Any]:
+    """Run the experiment through Flower's simulation engine (one virtual SuperNode per
+    client) and return the last round's record."""
+    from flwr.simulation import run_simulation
+
+    cfg = fed.cfg
+    outcome: dict[str, Any] = {}
+    server = make_server_app(fed, history, progress, outcome)
+    state_root = str(run_dir / "client_states")
+    backend_config: dict[str, Any] = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
+    if cfg.run.flower_backend == "ray":
+        # Ray workers are separate processes: each builds the model and data once
+        client = make_client_app(dump_config(cfg), state_root)
+        backend_config["init_args"] = {"num_cpus": cfg.run.flower_workers, "num_gpus": 0,
+                                       "include_dashboard": False, "log_to_driver": False}
+        run_simulation(server_app=server, client_app=client, num_supernodes=len(fed.client_ids),
+                       backend_config=backend_config)
+    else:
+        import flwr.server.superlink.fleet.vce.backend.raybackend as raybackend
+
+        # Flower's engine builds its backend by this name; swap ours in for this run only
+        client = make_client_app(state_root=state_root, fed=fed)
+        original = raybackend.RayBackend
+        raybackend.RayBackend = InProcessBackend
+        try:
+            run_simulation(server_app=server, client_app=client, num_supernodes=len(fed.client_ids),
+                           backend_config=backend_config)
+        finally:
+            raybackend.RayBackend = original
+    if "error" in outcome:
+        raise outcome["error"]
+    if "final" not in outcome:
+        raise FlowerRunError("the Flower simulation ended without finishing the run (see the log above)")
+    return outcome["final"]
