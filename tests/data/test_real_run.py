@@ -64,6 +64,7 @@ def test_feature_cache_is_memory_mapped_and_keyed_by_bytes_and_model(tiny_cfg, r
     fed.model.vision_spec.name += "-other"  # another model misses it too
     lazy_image_features(fed.model, paths, 32, cache, chunk=5)
     assert calls
+    first = first.clone()  # `first` maps its cache file, which is about to be overwritten in place
     for f in (tmp_path / "fc" / "features").iterdir():  # a corrupt cache file is recomputed
         f.write_bytes(b"garbage")
     calls.clear()
