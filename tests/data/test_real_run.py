@@ -9,7 +9,7 @@ from fedvl.data.real.encode import lazy_image_features
 from fedvl.report.history import History
 from fedvl.runtime.simulator import build_federation, simulate
 
-from conftest import write_image  # tests/data/conftest.py
+from real_fixtures import write_image  # tests/real_fixtures.py
 
 
 def real(tiny_cfg, root, *extra):

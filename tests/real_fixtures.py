@@ -1,4 +1,5 @@
-"""Small fixture files in each real dataset's exact format, written by the tests themselves."""
+"""Small fixture files in each real dataset's exact format, written by the tests themselves
+(the ``real_root`` fixture in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "white": (250, 250, 250)}
@@ -132,10 +132,3 @@ def write_all(root: Path, n: int = 8) -> None:
         items = colour_items(start, n)
         write_vqa(f, f"{split}_questions.json", f"{split}_annotations.json", "images", split, own,
                   [(f"img{i}", c, qq, aa) for i, c, qq, aa in items])
-
-
-@pytest.fixture
-def real_root(tmp_path) -> Path:
-    root = tmp_path / "data"
-    write_all(root)
-    return root
