@@ -89,3 +89,26 @@ def test_config_checks(tiny_cfg, real_root, extra, msg):
 
     with pytest.raises(ConfigError, match=msg):
         real(tiny_cfg, real_root, *extra)
+
+
+@pytest.mark.slow
+def test_real_data_benchmark_smoke(tmp_path):
+    """benchmarks/real_data.py at small scale: three fresh processes, the warm cache decodes no image."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "real_data.py"
+    env = dict(os.environ, FEDVL_BENCH_OUT=str(tmp_path / "bench.json"))
+    r = subprocess.run([sys.executable, str(script), "--questions", "64", "--source-px", "64", "model.name=tiny",
+                        "data.image_size=32", "run.threads=1"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads((tmp_path / "bench.json").read_text())
+    assert [run["mode"] for run in out["runs"]] == ["no_cache", "cache_cold", "cache_warm"]
+    assert out["questions"]["train"] == {"questions": 64, "images": 32}
+    for run in out["runs"]:
+        assert run["train_images"] == 32 and run["steps"] == 2  # 64 questions, batch 32: one epoch
+        assert run["peak_rss_mb"] > 0 and run["epoch_s"] > 0
