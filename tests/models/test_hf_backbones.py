@@ -84,6 +84,9 @@ def test_only_intended_parameters_train(checkpoints, kind):
     assert all(not p.requires_grad for n, p in model.named_parameters() if param_group(n) in ("vision", "backbone"))
     # the frozen vision part is named vision.* (ViLT: its patch projection, though it lives in the embeddings)
     assert any(n.startswith("vision.") and "patch" in n for n, _ in model.named_parameters())
+    for method in ("layernorm", "bitfit"):  # every family's LayerNorms / biases are found by name
+        backbone = [n for n in trainable_names(model, method) if param_group(n) == "backbone"]
+        assert len(backbone) >= 2 * LAYERS
     ids, mask, feats = _batch(model)
     model(ids, mask, feats).sum().backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None}
