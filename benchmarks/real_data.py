@@ -11,7 +11,8 @@ each), then runs, each in a fresh process so peak memory is its own:
 
 For each: setup seconds (read the files, build the vocabulary, encode
 questions and features), seconds for one local epoch of FedAvg-adapter on the
-one client, and the process's peak resident memory (``ru_maxrss``). The
+one client, the process's peak resident memory (``ru_maxrss``) and, after the
+epoch, its anonymous vs file-backed resident memory (``/proc/self/status``). The
 decoded images of the whole client (what lazy loading never holds) are
 reported for scale.
 
@@ -97,10 +98,15 @@ def worker(mode: str, data_root: Path, cache: Path, overrides: list[str]) -> dic
     res = fed.client.fit(ctx)
     epoch = time.perf_counter() - t0
     feats = data.features
+    # ru_maxrss counts memory-mapped cache pages that were read too; those are page cache the kernel can
+    # drop, so the process's own (anonymous) memory after the epoch is reported beside it.
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    kb = lambda key: int(status[key].split()[0]) / 1024 if key in status else float("nan")  # noqa: E731
     return {"mode": mode, "import_s": imports, "setup_s": setup, "epoch_s": epoch, "steps": res.metrics["steps"],
             "train_questions": len(data), "train_images": int(feats.shape[0]),
             "feature_mb": feats.numel() * feats.element_size() / 2**20,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_anon_mb_after_epoch": kb("RssAnon"), "rss_file_mb_after_epoch": kb("RssFile")}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -130,7 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
             out = subprocess.run(cmd, check=True, capture_output=True, text=True)
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"{mode:<11} setup {runs[-1]['setup_s']:7.1f}s  epoch {runs[-1]['epoch_s']:7.1f}s  "
-                  f"peak RSS {runs[-1]['peak_rss_mb']:7.0f} MB", flush=True)
+                  f"peak RSS {runs[-1]['peak_rss_mb']:7.0f} MB  anon {runs[-1]['rss_anon_mb_after_epoch']:6.0f} MB  "
+                  f"file-backed {runs[-1]['rss_file_mb_after_epoch']:6.0f} MB", flush=True)
     size = next((int(o.split("=")[1]) for o in overrides if o.startswith("data.image_size=")), 96)
     result = {"questions": counts, "per_image": args.per_image, "source_px": args.source_px,
               "jpeg_on_disk_mb": disk_mb, "write_fixture_s": write_s, "overrides": overrides,
