@@ -37,3 +37,13 @@ def tiny_cfg(tiny_overrides):
         return load_config(None, tiny_overrides + list(extra))
 
     return make
+
+
+@pytest.fixture
+def real_root(tmp_path):
+    """A folder with every supported real dataset format, 8 questions per split (tests/real_fixtures.py)."""
+    from real_fixtures import write_all
+
+    root = tmp_path / "data"
+    write_all(root)
+    return root

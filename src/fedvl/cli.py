@@ -115,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         except ModelUnavailableError as e:
             print(f"fedvl: error: {e}", file=sys.stderr)
             return EXIT_USAGE
+        if cfg.data.benchmark == "real":
+            from fedvl.data.real import check_sources
+
+            check_sources(cfg.data)  # a missing dataset folder: one line (ConfigError), no results folder
         run_dir = run_dir_for(cfg, overwrite=ns.overwrite)
         try:
             run_experiment(cfg, run_dir, progress_enabled=not ns.quiet)

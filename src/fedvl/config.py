@@ -26,8 +26,13 @@ PeftMethod = Literal["adapter", "lora", "bitfit", "layernorm", "head", "full", "
 
 @dataclass
 class ModelConfig:
-    name: Literal["default", "tiny"] = "default"
-    """default: pretrained MiniLM-L6 + ImageNet MobileNetV2; tiny: random, same structure (tests)."""
+    name: Literal["default", "tiny", "vilt", "clip", "blip"] = "default"
+    """default: pretrained MiniLM-L6 + ImageNet MobileNetV2; tiny: random, same structure (tests);
+    vilt / clip / blip: a Hugging Face checkpoint (see ``checkpoint``)."""
+    checkpoint: str = ""
+    """vilt / clip / blip: a local checkpoint directory, or a hub repo id already in the local Hugging Face
+    cache (nothing is downloaded); empty -> dandelin/vilt-b32-finetuned-vqa, openai/clip-vit-base-patch32,
+    Salesforce/blip-vqa-base."""
     peft: PeftMethod = "adapter"
     adapter_reduction: int = 16
     """Bottleneck adapter width is hidden_size // adapter_reduction (FedDAT: 16)."""
@@ -44,10 +49,28 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    benchmark: Literal["domain", "function", "scene", "task"] = "domain"
+    benchmark: Literal["domain", "function", "scene", "task", "real"] = "domain"
     """domain: one visual domain per client; function: one question function per client
     (at most 5 clients); scene: one scene composition per client (at most 6 clients);
-    task: one task per client (vqa, itm, entail; at most 3), each with its own head."""
+    task: one task per client (vqa, itm, entail; at most 3), each with its own head;
+    real: real datasets from ``root``, one source per entry of ``clients`` (docs/datasets.md)."""
+    root: str = ""
+    """real: the folder holding the datasets (layout: docs/datasets.md)."""
+    clients: list[str] = field(default_factory=lambda: ["aqua", "abstract", "vizwiz", "cocoqa", "gqa"])
+    """real: one source per client, FORMAT[:ARG] (formats: vqav2, abstract, vizwiz, gqa, cocoqa, aqua,
+    clove:<stage>, folder:<dir>); the client count is the length of this list (num_clients is not used).
+    The default is FedDAT's Domain benchmark."""
+    answer_vocab: int = 100
+    """real: the top-K training answers of each client form its answer vocabulary (FedDAT: 100)."""
+    vocab_scope: Literal["client", "shared"] = "client"
+    """real: client -> each client's labels index its own top-K (its head never travels); shared -> the union
+    of the clients' top-K lists, one head every client speaks (it travels as the algorithm says)."""
+    max_train_questions: int = 0
+    """real: keep at most this many training questions per client (a seeded sample; 0 = all)."""
+    max_test_questions: int = 0
+    """real: keep at most this many test questions per client (a seeded sample; 0 = all)."""
+    aqua_knowledge: bool = False
+    """real, AQUA: also keep the questions that need external knowledge (need_external_knowledge=true)."""
     num_clients: int = 4
     domains: list[str] = field(default_factory=lambda: ["photo", "sketch", "night", "painting"])
     """Visual domain of each client, in client order (Domain benchmark)."""
@@ -262,6 +285,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         (cfg.run.min_clients >= 1, "run.min_clients must be >= 1"),
         (cfg.run.round_retries >= 0, "run.round_retries must be >= 0"),
         (cfg.data.dirichlet_alpha > 0 and cfg.data.quantity_alpha > 0, "data.*_alpha must be > 0"),
+        (cfg.data.answer_vocab >= 1, "data.answer_vocab must be >= 1"),
+        (cfg.data.max_train_questions >= 0 and cfg.data.max_test_questions >= 0, "data.max_*_questions must be >= 0"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -288,6 +313,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for key in ("function_domain", "scene_domain", "task_domain"):
         if getattr(cfg.data, key) not in DOMAINS:
             raise ConfigError(f"data.{key}: unknown domain {getattr(cfg.data, key)!r} (known: {', '.join(DOMAINS)})")
+    if cfg.data.benchmark == "real":
+        _validate_real(cfg)
+    if cfg.model.name in ("vilt", "clip", "blip") and cfg.model.peft == "prompt":
+        raise ConfigError(f"model.peft=prompt is built for the default model only, not model.name={cfg.model.name}")
     if cfg.algorithm.name == "feddat" and cfg.model.peft != "adapter":
         raise ConfigError(f"feddat needs model.peft=adapter (its dual adapters), got model.peft={cfg.model.peft}")
     if cfg.algorithm.name not in available_algorithms():
@@ -315,6 +344,21 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
                 "(every client has its own task and label space); use data.partition=natural"
             )
     return cfg
+
+
+def _validate_real(cfg: ExperimentConfig) -> None:
+    from fedvl.algorithms import get_algorithm, available_algorithms
+
+    if not cfg.data.root:
+        raise ConfigError("data.benchmark=real needs data.root=<folder holding the datasets> (see docs/datasets.md)")
+    if not cfg.data.clients:
+        raise ConfigError("data.benchmark=real needs data.clients (one source per client, e.g. aqua,gqa)")
+    if cfg.data.partition != "natural":
+        raise ConfigError("data.benchmark=real keeps every source as one client: use data.partition=natural")
+    if cfg.data.vocab_scope == "client" and cfg.algorithm.name in available_algorithms() \
+            and get_algorithm(cfg.algorithm.name).pooled:
+        raise ConfigError(f"algorithm {cfg.algorithm.name} pools all clients' data, but with data.vocab_scope=client "
+                          "every client's labels index its own vocabulary; set data.vocab_scope=shared")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -98,8 +98,7 @@ class FedDATClient(ClientUpdate):
             if key == "":
                 scores.update(m)
             else:
-                scores[f"acc{key}"] = m["acc"]
-                scores[f"bal_acc{key}"] = m["bal_acc"]
+                scores.update({f"{k}{key}": m[k] for k in ("acc", "bal_acc", "vqa_score") if k in m})
         model.set_adapter_mix({"shared": 1.0})
         return scores
 

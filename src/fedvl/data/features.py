@@ -27,6 +27,10 @@ class EncodedSplit:
     labels: torch.Tensor  # (N,) long
     features: torch.Tensor  # (N_images, C, h, w) half
     task: str = "vqa"  # the label space of ``labels`` (a key of world.TASKS); picks the model's head
+    # Real VQA data (fedvl.data.real): the human answers of each question as (label index, VQA score)
+    # pairs, -1 = padding; ``labels`` may hold -1 there (a test answer outside the vocabulary).
+    score_idx: torch.Tensor | None = None  # (N, A) long
+    score_val: torch.Tensor | None = None  # (N, A) float
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -48,9 +52,14 @@ class EncodedSplit:
         offsets = np.cumsum([0] + [p.features.shape[0] for p in parts[:-1]])
         width = max(p.input_ids.shape[1] for p in parts)
 
-        def pad(t: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.pad(t, (0, width - t.shape[1]))
+        def pad(t: torch.Tensor, to: int = width, value: float = 0) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, to - t.shape[1]), value=value)
 
+        scored = {}
+        if all(p.score_idx is not None for p in parts):
+            a = max(p.score_idx.shape[1] for p in parts)
+            scored = {"score_idx": torch.cat([pad(p.score_idx, a, -1) for p in parts]),
+                      "score_val": torch.cat([pad(p.score_val, a) for p in parts])}
         return EncodedSplit(
             input_ids=torch.cat([pad(p.input_ids) for p in parts]),
             attention_mask=torch.cat([pad(p.attention_mask) for p in parts]),
@@ -58,6 +67,7 @@ class EncodedSplit:
             labels=torch.cat([p.labels for p in parts]),
             features=torch.cat([p.features for p in parts]),
             task=parts[0].task,
+            **scored,
         )
 
 

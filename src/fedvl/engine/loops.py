@@ -92,16 +92,29 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     Balanced accuracy is reported beside accuracy because yes/no and "0"
     answers dominate: a model stuck at the majority answer looks fine on
     accuracy alone.
+    A label of -1 (real data: a test answer outside the client's vocabulary)
+    can never be predicted: it counts as wrong in accuracy, is no class of its
+    own in balanced accuracy and has no loss term.
     """
     pred = logits.argmax(-1)
     correct = (pred == labels).float()
-    recalls = [correct[labels == c].mean().item() for c in labels.unique()]
+    recalls = [correct[labels == c].mean().item() for c in labels.unique() if c >= 0]
+    known = labels >= 0
     return {
         "acc": correct.mean().item() if len(labels) else float("nan"),
         "bal_acc": float(np.mean(recalls)) if recalls else float("nan"),
-        "loss": F.cross_entropy(logits, labels).item() if len(labels) else float("nan"),
+        "loss": F.cross_entropy(logits[known], labels[known]).item() if known.any() else float("nan"),
         "n": int(len(labels)),
     }
+
+
+def vqa_score(logits: torch.Tensor, score_idx: torch.Tensor, score_val: torch.Tensor) -> float:
+    """Mean VQA score of the argmax answers: each question scores what its humans'
+    answers give the predicted one (see fedvl.data.real.answers.vqa_score), 0 if none matches."""
+    if not len(logits):
+        return float("nan")
+    pred = logits.argmax(-1, keepdim=True)
+    return float(((score_idx == pred) * score_val).sum(-1).mean())
 
 
 @torch.no_grad()
@@ -117,7 +130,12 @@ def predict(model: torch.nn.Module, data: EncodedSplit, batch_size: int = 256) -
 
 
 def evaluate(model: torch.nn.Module, data: EncodedSplit, batch_size: int = 256) -> dict[str, float]:
-    return classification_metrics(predict(model, data, batch_size), data.labels)
+    """Classification metrics, plus ``vqa_score`` on real VQA data (human answers known)."""
+    logits = predict(model, data, batch_size)
+    metrics = classification_metrics(logits, data.labels)
+    if data.score_idx is not None:
+        metrics["vqa_score"] = vqa_score(logits, data.score_idx, data.score_val)
+    return metrics
 
 
 def cross_entropy_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -80,15 +80,67 @@ class FFNOutputWithAdapters(nn.Module):
         return self.LayerNorm(out + input_tensor)
 
 
-def inject_adapters(encoder_layers: nn.ModuleList, roles: list[str], reduction: int) -> AdapterMix:
+class ResidualFFNOutputWithAdapters(nn.Module):
+    """ViLT's FFN output block (dense -> dropout -> + residual; pre-LayerNorm layers)
+    with adapters on the FFN output before the residual sum, as FedDAT places them.
+    Child names (``dense``, ``dropout``) are kept, so pretrained names do not change."""
+
+    def __init__(self, original: nn.Module, roles: list[str], reduction: int, mix: AdapterMix):
+        super().__init__()
+        self.dense = original.dense
+        self.dropout = original.dropout
+        self.adapters = nn.ModuleDict({r: BottleneckAdapter(self.dense.out_features, reduction) for r in roles})
+        self._mix = mix
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(self.dense(hidden_states))
+        out = h
+        for role, w in self._mix.weights.items():
+            if w != 0.0:
+                out = out + w * self.adapters[role](h)
+        return out + input_tensor
+
+
+class MLPWithAdapters(nn.Module):
+    """CLIP's MLP (fc1 -> activation -> fc2) followed by adapters on its output;
+    the layer adds the residual. Child names (``fc1``, ``fc2``) are kept."""
+
+    def __init__(self, original: nn.Module, roles: list[str], reduction: int, mix: AdapterMix):
+        super().__init__()
+        self.activation_fn = original.activation_fn
+        self.fc1 = original.fc1
+        self.fc2 = original.fc2
+        self.adapters = nn.ModuleDict({r: BottleneckAdapter(self.fc2.out_features, reduction) for r in roles})
+        self._mix = mix
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        h = self.fc2(self.activation_fn(self.fc1(hidden_states)))
+        out = h
+        for role, w in self._mix.weights.items():
+            if w != 0.0:
+                out = out + w * self.adapters[role](h)
+        return out
+
+
+# Where the FFN output lives in each layer family, and the block that replaces it.
+ADAPTER_SITES: dict[str, tuple[str, type[nn.Module]]] = {
+    "bert": ("output", FFNOutputWithAdapters),  # BERT / MiniLM / BLIP text: dense -> dropout -> LayerNorm(+res)
+    "vilt": ("output", ResidualFFNOutputWithAdapters),  # ViLT: dense -> dropout -> + res
+    "clip": ("mlp", MLPWithAdapters),  # CLIP text: mlp, residual added by the layer
+}
+
+
+def inject_adapters(encoder_layers: nn.ModuleList, roles: list[str], reduction: int,
+                    family: str = "bert") -> AdapterMix:
     """Put bottleneck adapters of the given roles after the FFN of every layer.
 
-    Returns the :class:`AdapterMix` all sites share; it starts with the first
-    role fully on.
+    ``family`` names the layer type (a key of :data:`ADAPTER_SITES`). Returns the
+    :class:`AdapterMix` all sites share; it starts with the first role fully on.
     """
+    attr, block = ADAPTER_SITES[family]
     mix = AdapterMix({roles[0]: 1.0})
     for layer in encoder_layers:
-        layer.output = FFNOutputWithAdapters(layer.output, roles, reduction, mix)
+        setattr(layer, attr, block(getattr(layer, attr), roles, reduction, mix))
     return mix
 
 

@@ -53,6 +53,10 @@ def check_available(cfg: ModelConfig) -> None:
     if cfg.name == "default":
         minilm_dir()
         mobilenet_weights()
+    elif cfg.name in ("vilt", "clip", "blip"):
+        from fedvl.models.hf import resolve_checkpoint
+
+        resolve_checkpoint(cfg)
 
 
 @dataclass
@@ -242,6 +246,12 @@ def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int =
     from ``seed``; pretrained ones are loaded strictly. ``roles`` are the adapter
     (or prompt) roles the algorithm needs (FedDAT: shared, local, teacher).
     """
+    order = sorted(tasks, key=list(TASKS).index)  # vqa first, whatever order the caller gives
+    heads = {t: num_answers if t == "vqa" else len(TASKS[t]) for t in order}
+    if cfg.name in ("vilt", "clip", "blip"):
+        from fedvl.models.hf import build_hf_model
+
+        return build_hf_model(cfg, heads, image_size, seed, roles)
     torch.manual_seed(seed)
     if cfg.name == "default":
         text = _text_default()
@@ -257,8 +267,6 @@ def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int =
         raise ValueError(f"unknown model {cfg.name!r}")
     stride = 16 if cfg.vision_tokens == "s16" else 32
     tokens = (image_size // stride + (image_size % stride > 0)) ** 2
-    order = sorted(tasks, key=list(TASKS).index)  # vqa first, whatever order the caller gives
-    heads = {t: num_answers if t == "vqa" else len(TASKS[t]) for t in order}
     model = VisionLanguageModel(text, vision, spec, heads, tokens, cfg.head_hidden)
     torch.manual_seed(seed + 1)
     if cfg.peft == "adapter":
@@ -271,8 +279,13 @@ def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int =
     return model
 
 
-def load_tokenizer():
-    """The MiniLM WordPiece tokenizer (also used by the tiny model: same vocabulary)."""
+def load_tokenizer(cfg: ModelConfig | None = None):
+    """The MiniLM WordPiece tokenizer (also used by the tiny model: same vocabulary),
+    or a Hugging Face checkpoint's own tokenizer (model.name=vilt / clip / blip)."""
     from transformers import AutoTokenizer
 
+    if cfg is not None and cfg.name in ("vilt", "clip", "blip"):
+        from fedvl.models.hf import load_hf_tokenizer
+
+        return load_hf_tokenizer(cfg)
     return AutoTokenizer.from_pretrained(str(minilm_dir()))

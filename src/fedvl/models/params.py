@@ -43,8 +43,11 @@ def _is_bias(name: str) -> bool:
     return name.endswith(".bias")
 
 
+_LAYERNORM = re.compile(r"layer_?norm", re.IGNORECASE)  # BERT: LayerNorm; ViLT: layernorm_*; CLIP: layer_norm*
+
+
 def _is_layernorm(name: str) -> bool:
-    return "LayerNorm" in name
+    return _LAYERNORM.search(name) is not None
 
 
 def trainable_names(model: nn.Module, method: str, roles: tuple[str, ...] = ("shared",)) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, FitRes
 from fedvl.config import ExperimentConfig
 from fedvl.data.benchmarks import NUM_ANSWERS, build_benchmark
 from fedvl.data.features import EncodedSplit, encode_split
+from fedvl.data.real import build_real_benchmark
+from fedvl.data.real.encode import encode_real_split
 from fedvl.data.world import TASKS
 from fedvl.models.backbones import build_model, load_tokenizer
 from fedvl.models.params import count, get_params, nbytes, names_in_groups, set_params, set_trainable, trainable_names
@@ -68,22 +71,33 @@ def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None
     head is client-local for every algorithm: each client trains only its own
     task's head, and the other clients have other label spaces, so averaging a
     head with clients that never train it would only dilute it. Adapters / LoRA
-    / prompts / connector travel as the algorithm says.
+    / prompts / connector travel as the algorithm says. ``data.benchmark=real``
+    reads the clients from disk instead (:mod:`fedvl.data.real`); with
+    ``data.vocab_scope=client`` each has its own answer vocabulary, so the head
+    stays local there too.
 
     ``only``: encode the data of these partitions only (a Flower node holds one
     partition; the Flower server holds none); ``None`` = every client.
     """
     torch.set_num_threads(cfg.run.threads)
     algo = get_algorithm(cfg.algorithm.name)
-    status(f"generating the {cfg.data.benchmark} benchmark ({cfg.data.num_clients} clients)")
-    clients = build_benchmark(cfg.data, cfg.run.seed)
+    if cfg.data.benchmark == "real":
+        # real datasets from disk (fedvl.data.real): one source per client, answers from each one's files
+        status(f"reading {len(cfg.data.clients)} real datasets from {cfg.data.root}")
+        clients = build_real_benchmark(cfg.data, cfg.run.seed)
+        num_answers = max(len(c.train.vocab) for c in clients)
+        enc_fn = partial(encode_real_split, image_size=cfg.data.image_size)
+    else:
+        status(f"generating the {cfg.data.benchmark} benchmark ({cfg.data.num_clients} clients)")
+        clients = build_benchmark(cfg.data, cfg.run.seed)
+        num_answers, enc_fn = NUM_ANSWERS, encode_split
     status(f"building the {cfg.model.name} model ({cfg.model.peft})")
     tasks = tuple(t for t in TASKS if any(c.train.task == t for c in clients))
-    model = build_model(cfg.model, NUM_ANSWERS, cfg.data.image_size, cfg.run.seed, roles=algo.adapter_roles,
+    model = build_model(cfg.model, num_answers, cfg.data.image_size, cfg.run.seed, roles=algo.adapter_roles,
                         tasks=tasks)
-    tokenizer = load_tokenizer()
+    tokenizer = load_tokenizer(cfg.model)
     status("encoding questions and vision features (cached)")
-    enc = lambda split: encode_split(split, model, tokenizer, cfg.model.max_text_len, cfg.run.cache_dir)  # noqa: E731
+    enc = lambda split: enc_fn(split, model, tokenizer, cfg.model.max_text_len, cfg.run.cache_dir)  # noqa: E731
     client_ids = [c.client_id for c in clients]
     built = clients if only is None else [clients[i] for i in only if 0 <= i < len(clients)]
     train = {c.client_id: enc(c.train) for c in built}
@@ -93,9 +107,10 @@ def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None
     trainable = trainable_names(model, cfg.model.peft, algo.trainable_roles)
     set_trainable(model, trainable)
     local_groups = set(algo.local_groups)
-    if cfg.data.benchmark == "task":
+    if cfg.data.benchmark == "task" or (cfg.data.benchmark == "real" and cfg.data.vocab_scope == "client"):
         # One task (and label space) per client: a head is trained by one client
-        # only, so heads never travel (see the docstring).
+        # only, so heads never travel (see the docstring). Same with real data
+        # whose clients each have their own answer vocabulary.
         local_groups.add("head")
     local = trainable if "*" in local_groups else names_in_groups(trainable, local_groups)
     travel = [n for n in trainable if n not in set(local)]
