@@ -4,6 +4,8 @@
     fedvl compare [CONFIG] --algorithms A,B-PEFT,... --seeds 0,1,2   paper-style comparison
     fedvl show-config [CONFIG] [key=value ...]   print the resolved configuration
     fedvl algorithms                      list the registered algorithms
+    fedvl serve [CONFIG] [key=value ...]  Flower deployment: SuperLink + the fedvl ServerApp
+    fedvl join --server HOST:PORT --partition i   Flower deployment: one client node
 """
 
 from __future__ import annotations
@@ -42,6 +44,28 @@ so an interrupted comparison resumes.
 """
 
 
+SERVE_HELP = """\
+Run an experiment on a real Flower deployment. Starts a Flower SuperLink on
+--host:--port, submits the experiment (the fedvl ServerApp), waits until it ends
+and stops the SuperLink. Start one `fedvl join` per client, on the client
+machines (or here), with --partition 0..N-1. The results folder is the same as
+`fedvl run` writes.
+
+  fedvl serve configs/task-feddat.yaml --port 9092 \\
+      --ssl-certfile server.pem --ssl-keyfile server.key --ssl-ca-certfile ca.pem
+  fedvl join --server SERVER:9092 --partition 0 --root-certificates ca.pem      # on client 0
+
+Without certificates pass --insecure on both sides (no encryption: for trusted networks only).
+"""
+
+JOIN_HELP = """\
+Join a Flower deployment started by `fedvl serve` as the client holding
+partition --partition (0..N-1 in the experiment's client order): starts a Flower
+SuperNode running the fedvl ClientApp. Client-local state (e.g. FedDAT's A_C)
+stays in --state-dir and never leaves this machine. Runs until stopped (Ctrl-C).
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedvl", description="Federated fine-tuning of vision-language models.")
     p.add_argument("--version", action="version", version=f"fedvl {fedvl.__version__}")
@@ -64,7 +88,57 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show-config", help="print the resolved configuration (defaults + file + overrides)")
     show.add_argument("args", nargs="*", metavar="CONFIG|key=value")
     sub.add_parser("algorithms", help="list the registered algorithms")
+    srv = sub.add_parser("serve", help="Flower deployment: start a SuperLink and run the experiment on it",
+                         description=SERVE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    srv.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+    srv.add_argument("--host", default="0.0.0.0", help="address the SuperLink listens on (default: all)")
+    srv.add_argument("--port", type=int, default=9092, help="SuperLink port for nodes and the run (default: 9092)")
+    srv.add_argument("--ssl-certfile", help="TLS: the SuperLink's certificate (PEM)")
+    srv.add_argument("--ssl-keyfile", help="TLS: the SuperLink's private key (PEM)")
+    srv.add_argument("--ssl-ca-certfile", help="TLS: the CA certificate that signed it (PEM)")
+    srv.add_argument("--insecure", action="store_true", help="no TLS (required when no certificates are given)")
+    srv.add_argument("--overwrite", action="store_true", help="replace an existing results folder of the same name")
+    jn = sub.add_parser("join", help="Flower deployment: run a client node for one partition",
+                        description=JOIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    jn.add_argument("--server", required=True, help="the SuperLink, HOST:PORT")
+    jn.add_argument("--partition", type=int, required=True, help="which client this node is (0..N-1)")
+    jn.add_argument("--state-dir", default=None, help="client-local state folder (default: ~/.cache/fedvl/node-<i>)")
+    jn.add_argument("--root-certificates", help="TLS: the CA certificate that signed the SuperLink's (PEM)")
+    jn.add_argument("--insecure", action="store_true", help="no TLS (only if the server was started with --insecure)")
+    jn.add_argument("--port", type=int, default=None, help="local port of this node's ClientApp API (default: free)")
     return p
+
+
+def _serve(ns, path, overrides) -> int:
+    from pathlib import Path
+
+    from fedvl.config import ConfigError, load_config
+    from fedvl.experiment import run_dir_for
+    from fedvl.runtime.deploy import TLS, serve
+
+    cfg = load_config(path, overrides)
+    certs = [ns.ssl_certfile, ns.ssl_keyfile, ns.ssl_ca_certfile]
+    if any(certs) and not all(certs):
+        raise ConfigError("TLS needs all three of --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile")
+    if not any(certs) and not ns.insecure:
+        raise ConfigError("give TLS certificates (--ssl-certfile/--ssl-keyfile/--ssl-ca-certfile) or --insecure")
+    tls = TLS(Path(certs[0]), Path(certs[1]), Path(certs[2])).check() if all(certs) else None
+    run_dir = run_dir_for(cfg, overwrite=ns.overwrite)
+    code = serve(cfg, run_dir, ns.host, ns.port, tls)
+    print(f"results: {run_dir}")
+    return code
+
+
+def _join(ns) -> int:
+    from pathlib import Path
+
+    from fedvl.config import ConfigError
+    from fedvl.runtime.deploy import join
+
+    if not ns.root_certificates and not ns.insecure:
+        raise ConfigError("give --root-certificates CA.pem (TLS) or --insecure")
+    state = Path(ns.state_dir) if ns.state_dir else Path.home() / ".cache" / "fedvl" / f"node-{ns.partition}"
+    return join(ns.server, ns.partition, state, Path(ns.root_certificates) if ns.root_certificates else None, ns.port)
 
 
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -84,9 +158,13 @@ def main(argv: list[str] | None = None) -> int:
             for name, algo in sorted(registry().items()):
                 print(f"{name:<14} {algo.summary}")
             return 0
+        if ns.command == "join":
+            return _join(ns)
         from fedvl.config import dump_config, load_config
 
         path, overrides = _split_args(ns.args)
+        if ns.command == "serve":
+            return _serve(ns, path, overrides)
         if ns.command == "compare":
             from fedvl.experiment import run_comparison
 

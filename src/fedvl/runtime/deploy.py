@@ -1,0 +1,220 @@
+"""A real Flower deployment: ``fedvl serve`` (SuperLink + the fedvl ServerApp) and
+``fedvl join`` (a SuperNode running the fedvl ClientApp for one partition).
+
+``serve`` writes a Flower App folder by hand (no ``flwr new``, no hub), whose
+components are :mod:`fedvl.runtime.flower_app` and whose run config carries the
+experiment config; points a private ``FLWR_HOME`` at the SuperLink; starts
+``flower-superlink``; submits the run with ``flwr run``; and stops everything it
+started when the run ends, fails or is interrupted. The ServerApp writes the
+same results folder as the in-process simulator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedvl.config import ConfigError, ExperimentConfig, dump_config
+from fedvl.runtime.flower import CONFIG_KEY, FLOWER_ENV, RESULTS_KEY, STATE_KEY
+
+
+@dataclass
+class TLS:
+    """Certificates by path: the SuperLink's certificate and key, and the CA that signed it
+    (nodes and the ``flwr`` CLI verify the SuperLink against the CA)."""
+
+    certfile: Path
+    keyfile: Path
+    cafile: Path
+
+    def check(self) -> TLS:
+        for p in (self.certfile, self.keyfile, self.cafile):
+            if not Path(p).is_file():
+                raise ConfigError(f"TLS file not found: {p}")
+        return self
+
+
+def flower_env(home: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ, **FLOWER_ENV)
+    # Flower's processes start further Flower processes (flower-superexec, flwr-serverapp,
+    # flwr-clientapp) by name: this interpreter's scripts must come first on PATH
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if home is not None:
+        env["FLWR_HOME"] = str(home)
+    return env
+
+
+def _bin(name: str) -> str:
+    """Flower's console scripts live beside this interpreter (the project's venv)."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the process serving {host}:{port} exited with code {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+def stop(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
+    """Stop a process started with ``start_new_session`` and everything it spawned."""
+    if proc is None or proc.poll() is not None and not _group_alive(proc.pid):
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _group_alive(proc.pid):
+            proc.poll()
+            time.sleep(0.2)
+        if not _group_alive(proc.pid):
+            proc.poll()
+            return
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a group whose only members are zombies is gone for our purposes
+    try:
+        out = subprocess.run(["ps", "-o", "stat=", "-g", str(pgid)], capture_output=True, text=True).stdout
+    except OSError:
+        return True
+    return any(s.strip() and not s.strip().startswith("Z") for s in out.splitlines())
+
+
+def write_app(app_dir: Path, cfg: ExperimentConfig, run_dir: Path) -> None:
+    """A minimal Flower App: its components are fedvl's; nothing to install."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    # json.dumps gives a valid TOML basic string for any YAML text
+    (app_dir / "pyproject.toml").write_text(f"""[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "fedvl-run"
+version = "1.0.0"
+description = "fedvl experiment on a Flower deployment"
+license = "MIT"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "fedvl"
+
+[tool.flwr.app.components]
+serverapp = "fedvl.runtime.flower_app:server_app"
+clientapp = "fedvl.runtime.flower_app:client_app"
+
+[tool.flwr.app.config]
+{CONFIG_KEY} = {json.dumps(dump_config(cfg))}
+{RESULTS_KEY} = {json.dumps(str(run_dir.resolve()))}
+""")
+
+
+def write_connection(home: Path, address: str, tls: TLS | None) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    security = f"root-certificates = {json.dumps(str(Path(tls.cafile).resolve()))}" if tls else "insecure = true"
+    (home / "config.toml").write_text(f"""[superlink]
+default = "fedvl"
+
+[superlink.fedvl]
+address = {json.dumps(address)}
+{security}
+""")
+
+
+def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS | None, log=print,
+          timeout: float | None = None) -> int:
+    """Start a SuperLink, submit the experiment, wait for it, stop the SuperLink.
+    Returns 0 when the results folder says ``complete``."""
+    from fedvl.algorithms import get_algorithm
+
+    if get_algorithm(cfg.algorithm.name).pooled:
+        raise ConfigError(f"algorithm {cfg.algorithm.name} pools every client's data in one place; it has no "
+                          "federated deployment")
+    if tls:
+        tls.check()
+    scratch = Path(tempfile.mkdtemp(prefix="fedvl-serve-"))
+    home, app = scratch / "flwr-home", scratch / "app"
+    write_app(app, cfg, run_dir)
+    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    write_connection(home, f"{local}:{port}", tls)
+    env = flower_env(home)
+    link_cmd = [_bin("flower-superlink"), "--host", host, "--port", str(port)]
+    link_cmd += (["--ssl-certfile", str(tls.certfile), "--ssl-keyfile", str(tls.keyfile),
+                  "--ssl-ca-certfile", str(tls.cafile)] if tls else ["--insecure"])
+    link_log = open(scratch / "superlink.log", "w")
+    link = runner = None
+    try:
+        link = subprocess.Popen(link_cmd, env=env, stdout=link_log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_port(local, port, 60, link)
+        log(f"SuperLink listening on {host}:{port} ({'TLS' if tls else 'insecure: no TLS'}); "
+            f"on each client machine run: fedvl join --server {local}:{port} --partition i"
+            + (" --root-certificates CA.pem" if tls else " --insecure"))
+        runner = subprocess.Popen([_bin("flwr"), "run", str(app), "fedvl", "--stream"], env=env, cwd=scratch,
+                                  start_new_session=True)
+        runner.wait(timeout=timeout)
+    except BaseException:
+        stop(runner)
+        raise
+    finally:
+        stop(link)
+        link_log.close()
+    status = run_dir / "status.json"
+    state = json.loads(status.read_text()).get("state") if status.is_file() else "missing"
+    if state != "complete":
+        log(f"the deployed run did not complete (status: {state}); SuperLink log: {scratch / 'superlink.log'}")
+        return 1
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+def join_command(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int) -> list[str]:
+    """The ``flower-supernode`` command of one client node."""
+    if partition < 0:
+        raise ConfigError(f"--partition must be >= 0, got {partition}")
+    if tls_ca is not None and not Path(tls_ca).is_file():
+        raise ConfigError(f"root certificate not found: {tls_ca}")
+    node_config = f"partition-id={partition} {STATE_KEY}={json.dumps(str(Path(state_dir).resolve()))}"
+    cmd = [_bin("flower-supernode"), "--superlink", server, "--node-config", node_config, "--port", str(port)]
+    return cmd + (["--root-certificates", str(tls_ca)] if tls_ca else ["--insecure"])
+
+
+def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int | None = None) -> int:
+    """Run a SuperNode for ``partition`` in the foreground until it is stopped."""
+    cmd = join_command(server, partition, state_dir, tls_ca, port or free_port())
+    proc = subprocess.Popen(cmd, env=flower_env(), start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop(proc)

@@ -1,0 +1,98 @@
+"""A real Flower deployment on 127.0.0.1: a SuperLink and two SuperNodes as separate
+processes, FedDAT for 2 rounds on the tiny model; every process is stopped by the test."""
+
+import datetime
+import ipaddress
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedvl.report.history import History
+
+FEDVL = str(Path(sys.executable).parent / "fedvl")
+
+
+def _make_certs(d: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a SuperLink certificate for 127.0.0.1 / localhost, signed by it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedvl test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = d / "ca.pem", d / "server.pem", d / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tls", [False, True], ids=["insecure", "tls"])
+def test_real_deployment_two_supernodes_feddat(tls, tiny_overrides, tmp_path):
+    from fedvl.config import load_config
+    from fedvl.experiment import run_experiment
+    from fedvl.runtime.deploy import free_port, stop
+
+    args = tiny_overrides + ["algorithm.name=feddat", "data.num_clients=2", "data.domains=photo,sketch",
+                             "run.name=dep", "run.round_timeout_s=600"]
+    port = free_port()
+    if tls:
+        ca, cert, key = _make_certs(tmp_path)
+        server_sec = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--ssl-ca-certfile", str(ca)]
+        node_sec = ["--root-certificates", str(ca)]
+    else:
+        server_sec = node_sec = ["--insecure"]
+    procs = []
+    try:
+        server = subprocess.Popen([FEDVL, "serve", *args, "--host", "127.0.0.1", "--port", str(port), *server_sec],
+                                  cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True)
+        procs.append(server)
+        for i in range(2):
+            procs.append(subprocess.Popen(
+                [FEDVL, "join", "--server", f"127.0.0.1:{port}", "--partition", str(i),
+                 "--state-dir", str(tmp_path / f"node{i}"), *node_sec],
+                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        out, _ = server.communicate(timeout=1500)
+        assert server.returncode == 0, out[-3000:]
+    finally:
+        for p in procs:
+            stop(p, grace=5)
+    for p in procs:  # nothing this test started is left running
+        assert p.poll() is not None
+    run = tmp_path / "results" / "dep"
+    assert json.loads((run / "status.json").read_text())["state"] == "complete"
+    hist = History.read(run)
+    assert [r["round"] for r in hist] == [1, 2] and sorted(hist[-1]["eval"]) == ["c0-photo", "c1-sketch"]
+    # A_C (and the head) stayed on each node, in the node's own state folder, not on the server
+    assert len(list((tmp_path / "node0").rglob("c0-photo.safetensors"))) == 1
+    assert len(list((tmp_path / "node1").rglob("c1-sketch.safetensors"))) == 1
+    assert not list((run / "client_states").glob("*.safetensors")) if (run / "client_states").exists() else True
+    # the same numbers as the in-process simulator
+    cfg = load_config(None, [a for a in args if not a.startswith("run.name")] + ["run.name=sim"])
+    run_experiment(cfg, tmp_path / "sim", progress_enabled=False)
+    sim = History.read(tmp_path / "sim")
+    for a, b in zip(sim, hist):
+        for cid in a["eval"]:
+            for k, v in a["eval"][cid].items():
+                assert b["eval"][cid][k] == pytest.approx(v, abs=1e-5), (a["round"], cid, k)
