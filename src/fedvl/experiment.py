@@ -26,7 +26,10 @@ def run_dir_for(cfg: ExperimentConfig, overwrite: bool = False) -> Path:
     return path
 
 
-def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_enabled: bool = True) -> dict[str, Any]:
+def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_enabled: bool = True,
+                   resume: bool = False) -> dict[str, Any]:
+    """Run ``cfg`` into ``run_dir`` (replacing it), or with ``resume=True`` continue the
+    run already in ``run_dir`` from its newest good checkpoint (``fedvl run --resume``)."""
     from rich.console import Console
 
     from fedvl.report.plots import plot_accuracy
@@ -35,12 +38,13 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     from fedvl.runtime.simulator import build_federation, simulate
 
     console = console or Console()
-    if run_dir.exists():
-        import shutil
+    if not resume:
+        if run_dir.exists():
+            import shutil
 
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
     set_status(run_dir, "running")
     t0 = time.perf_counter()
     progress = Progress(console, cfg.algorithm.rounds, enabled=progress_enabled)
@@ -48,7 +52,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
         fed = build_federation(cfg, status=progress.status)
         setup_s = time.perf_counter() - t0
         history = History(run_dir)
-        final = simulate(fed, run_dir, history, progress)
+        final = simulate(fed, run_dir, history, progress, resume=resume)
     except BaseException as e:
         progress.close()
         set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
@@ -61,13 +65,25 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
         f"model {cfg.model.name}; trainable {params['trainable_params']:,} of {params['total_params']:,} "
         f"parameters ({100 * params['trainable_frac']:.2f}%); travelling {params['travel_params']:,} "
         f"({100 * params['travel_frac']:.2f}%, {params['bytes_up_per_client_round'] / 1e6:.2f} MB up per client per round)",
-        f"aggregation: {cfg.algorithm.aggregation}; average = unweighted mean over clients",
+        f"aggregation: {cfg.algorithm.aggregation}, rule {cfg.algorithm.aggregator}"
+        + (f" (update clip {cfg.algorithm.clip_update_norm:g})" if cfg.algorithm.clip_update_norm > 0 else "")
+        + (" (update clip: round median norm)" if cfg.algorithm.clip_to_median else "")
+        + "; average = unweighted mean over clients",
         f"wall time {wall:.1f}s (setup {setup_s:.1f}s); seed {cfg.run.seed}",
     ]
+    rejected = sum(len(r.get("rejected", {})) for r in history.rounds)
+    notes.append(f"rejected updates: {rejected} over {len(history.rounds)} rounds")
+    if fed.attackers:
+        notes.append(f"attack: {cfg.attack.kind} x{cfg.attack.scale:g} by {', '.join(fed.attackers)}")
+    if "privacy" in final:
+        notes.append(f"differential privacy: epsilon {final['privacy']['epsilon']:.3g} at delta "
+                     f"{final['privacy']['delta']:g} (clip {cfg.privacy.clip_norm:g}, noise multiplier "
+                     f"{cfg.privacy.noise_multiplier:g}, opacus RDP accountant)")
     (run_dir / "summary.md").write_text(markdown_summary(final, title, notes))
     plot_accuracy(history.rounds_with_eval(), run_dir / "accuracy.png", title)
     summary = {"final": final, "params": params, "wall_s": wall, "setup_s": setup_s,
-               "algorithm": cfg.algorithm.name, "peft": cfg.model.peft, "benchmark": cfg.data.benchmark}
+               "algorithm": cfg.algorithm.name, "peft": cfg.model.peft, "benchmark": cfg.data.benchmark,
+               "rejected_updates": rejected, "attackers": fed.attackers, "privacy": final.get("privacy")}
     write_json_atomic(run_dir / "summary.json", summary)
     print_summary(console, final, title)
     for n in notes:
