@@ -2,7 +2,8 @@
 
 Results folder: ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per
 round), ``summary.md`` / ``summary.json`` (final table, parameter counts, wall
-time), ``accuracy.png``, ``client_states/`` and ``status.json``, which reads
+time), ``accuracy.png``, ``client_states/``, ``checkpoints/`` (one per round,
+the newest kept, for ``fedvl run --resume``) and ``status.json``, which reads
 ``running`` until the run completes, then ``complete`` (or ``failed`` with the
 error): a crashed run is never presented as complete.
 """
