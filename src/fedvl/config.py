@@ -147,7 +147,8 @@ class PrivacyConfig:
 
     enabled: bool = False
     """Clip every client's update delta to ``clip_norm`` and add Gaussian noise at the server;
-    epsilon (opacus RDP accountant, sample rate = algorithm.fraction_fit) is reported every round."""
+    epsilon (opacus RDP accountant, sample rate = share of clients per round, i.e. algorithm.fraction_fit
+    rounded to whole clients) is reported every round."""
     clip_norm: float = 1.0
     """S: L2 bound of one client's update delta (all travelling tensors together)."""
     noise_multiplier: float = 1.0

@@ -86,11 +86,17 @@ def test_dp_round_is_dp_mean_with_seeded_noise_and_reports_epsilon(tiny_cfg, tmp
     gen = torch.Generator().manual_seed(derived_seed(0, "dp-noise", 2))
     want = dp_mean(g, [r.params for r in results.values()], 0.5, 0.8, gen)
     assert all(torch.equal(new[k], want[k]) for k in g)
-    assert rec["privacy"] == {"epsilon": epsilon_spent(0.8, 0.5, 2, 1e-5), "delta": 1e-5}
+    assert rec["privacy"] == {"epsilon": epsilon_spent(0.8, 0.5, 2, 1e-5), "delta": 1e-5, "sample_rate": 0.5}
     (tmp_path / "run").mkdir()
     simulate(fed, tmp_path / "run", History(tmp_path / "run"))
     eps = [r["privacy"]["epsilon"] for r in History.read(tmp_path / "run")]
     assert eps == [epsilon_spent(0.8, 0.5, r, 1e-5) for r in (1, 2, 3)] and eps[0] < eps[1] < eps[2]
+
+
+def test_dp_sample_rate_is_the_share_of_clients_actually_sampled(tiny_cfg):
+    # 0.4 x 4 clients rounds to 2 sampled: the accountant must use 0.5, not 0.4 (which would understate epsilon)
+    fed = _fed(tiny_cfg, "algorithm.fraction_fit=0.4")
+    assert fed.strategy.sample_rate(4) == 0.5 and fed.strategy.clients_per_round(4) == 2
 
 
 def test_default_options_leave_fedavg_unchanged(tiny_cfg, tmp_path):

@@ -95,8 +95,16 @@ class Strategy:
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
 
+    def clients_per_round(self, num_clients: int) -> int:
+        return min(num_clients, max(1, int(round(self.cfg.algorithm.fraction_fit * num_clients))))
+
+    def sample_rate(self, num_clients: int) -> float:
+        """The share of clients sampled each round (fraction_fit after rounding to whole
+        clients): the sampling rate of the DP accountant."""
+        return self.clients_per_round(num_clients) / num_clients
+
     def sample_clients(self, rnd: int, client_ids: list[str], rng: np.random.Generator) -> list[str]:
-        k = max(1, int(round(self.cfg.algorithm.fraction_fit * len(client_ids))))
+        k = self.clients_per_round(len(client_ids))
         if k >= len(client_ids):
             return list(client_ids)
         chosen = rng.choice(len(client_ids), size=k, replace=False)

@@ -4,7 +4,8 @@ McMahan et al., "Learning Differentially Private Recurrent Language Models",
 ICLR 2018, https://arxiv.org/abs/1710.06963: every round the server clips each
 sampled client's update delta to L2 norm S and adds Gaussian noise of std z·S
 to their sum (``aggregate.dp_mean``). One round is one step of the sampled
-Gaussian mechanism with sampling rate q = ``algorithm.fraction_fit``; the
+Gaussian mechanism with sampling rate q = the share of clients sampled per
+round (``algorithm.fraction_fit``, rounded to whole clients as the strategy does); the
 privacy spent after T rounds is read from opacus's RDP accountant. The
 accountant assumes Poisson sampling of clients, the usual approximation for
 the fixed-size sampling we do (as in the paper).

@@ -193,8 +193,9 @@ def server_aggregate(fed: Federation, rnd: int, global_params: Params,
     if dp.enabled and fed.travel:
         from fedvl.algorithms.privacy import epsilon_spent
 
-        record["privacy"] = {"epsilon": epsilon_spent(dp.noise_multiplier, fed.cfg.algorithm.fraction_fit, rnd,
-                                                      dp.delta), "delta": dp.delta}
+        rate = fed.strategy.sample_rate(len(fed.train))
+        record["privacy"] = {"epsilon": epsilon_spent(dp.noise_multiplier, rate, rnd, dp.delta), "delta": dp.delta,
+                             "sample_rate": rate}
     return global_params, record
 
 
