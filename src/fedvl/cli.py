@@ -39,8 +39,9 @@ COMPARE_HELP = """\
 Run every method on the same clients with the same seeds and write a paper-style
 table (compare.md / compare.json: one row per method, one column per client plus
 the average, mean ± std over seeds, trainable and communicated parameters) and
-compare.png (average accuracy per round per method). Finished runs are reused,
-so an interrupted comparison resumes.
+compare.png (average accuracy per round per method). Finished runs are reused
+and a half-done run continues from its last checkpoint, so an interrupted
+comparison resumes.
 
   fedvl compare --benchmark domain --algorithms feddat,fedavg-adapter,fedavg-lora,local,centralized --seeds 0,1,2
 """

@@ -111,8 +111,8 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
                    name: str, console=None, progress_enabled: bool = True) -> Path:
     """Run every (method, seed) on the same clients and write the paper-style table.
 
-    Finished runs (status ``complete``) are reused, so an interrupted comparison
-    resumes where it stopped.
+    Finished runs (status ``complete``) are reused and a stopped run continues
+    from its last checkpoint, so an interrupted comparison resumes where it stopped.
     """
     import json
 
@@ -143,7 +143,10 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
                 console.print(f"[dim]{m} seed {cfg.run.seed}: already complete, reused[/dim]")
                 continue
             console.rule(f"{m} · seed {cfg.run.seed}")
-            run_experiment(cfg, run_dir, console=console, progress_enabled=progress_enabled)
+            # a run stopped mid-way with the same config continues from its last checkpoint
+            saved = run_dir / "config.yaml"
+            resume = saved.is_file() and saved.read_text() == dump_config(cfg) and (run_dir / "checkpoints").is_dir()
+            run_experiment(cfg, run_dir, console=console, progress_enabled=progress_enabled, resume=resume)
     runs = load_runs({m: [d for _, d in items] for m, items in configs.items()})
     first = configs[methods[0]][0][0]
     title = f"{first.data.benchmark} benchmark · {len(seeds)} seed(s)"
