@@ -47,7 +47,10 @@ def run_one(overrides: list[str], tmp: str, name: str) -> dict:
     s = run_experiment(cfg, Path(tmp) / name, console=quiet, progress_enabled=False)
     evals = s["final"]["eval"]
     honest = [c for c in evals if c not in s["attackers"]]
-    mean = lambda key, ids: sum(evals[c][key] for c in ids) / len(ids)  # noqa: E731
+
+    def mean(key: str, ids: list[str]) -> float:
+        return sum(evals[c][key] for c in ids) / len(ids)
+
     return {"acc_honest": mean("acc", honest), "bal_acc_honest": mean("bal_acc", honest),
             "acc_all": s["final"]["avg"]["acc"], "rejected": s["rejected_updates"], "attackers": s["attackers"],
             "wall_s": time.perf_counter() - t0}

@@ -27,8 +27,8 @@ def _known_keys() -> list[str]:
 
 
 KEYS = _known_keys()
-WEIRD_TEXT = ["", " ", "none", "null", "true", "nan", "-inf", "1e999", "0x10", "1,2,,3", "[1, 2", "{a: 1}", "é∂", "\n",
-              "a=b=c", "-1", "0", "3.5", "adapter", "krum", "sign_flip", "photo,mars", "${HOME}", "'", "\x00"]
+WEIRD_TEXT = ["", " ", "none", "null", "true", "nan", "-inf", "1e999", "0x10", "1,2,,3", "[1, 2", "{a: 1}", "é∂",
+              "\n", "a=b=c", "-1", "0", "3.5", "adapter", "krum", "sign_flip", "photo,mars", "${HOME}", "'", "\x00"]
 
 
 def _value(rng: random.Random, depth: int = 0):

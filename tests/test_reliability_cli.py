@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY
+
 from fedvl.cli import main
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"

@@ -114,7 +114,7 @@ def test_epsilon_grows_with_rounds_and_matches_opacus():
     from opacus.accountants import RDPAccountant
 
     eps = [epsilon_spent(1.1, 0.5, r, 1e-5) for r in (1, 2, 5, 20)]
-    assert all(a < b for a, b in zip(eps, eps[1:]))
+    assert eps == sorted(set(eps))  # strictly increasing
     acc = RDPAccountant()
     for _ in range(5):
         acc.step(noise_multiplier=1.1, sample_rate=0.5)

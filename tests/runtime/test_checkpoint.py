@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 from safetensors.torch import save_file
 
-from conftest import TINY
 from fedvl.report.history import History
 from fedvl.runtime.checkpoint import checkpoint_dirs, commit_round, latest_checkpoint
 from fedvl.runtime.simulator import build_federation, simulate
