@@ -1,6 +1,7 @@
 """fedvl command line.
 
     fedvl run [CONFIG] [key=value ...]    run one experiment (no CONFIG: the embedded default)
+    fedvl run --resume RESULTS_DIR        continue a stopped run from its last complete round
     fedvl compare [CONFIG] --algorithms A,B-PEFT,... --seeds 0,1,2   paper-style comparison
     fedvl show-config [CONFIG] [key=value ...]   print the resolved configuration
     fedvl algorithms                      list the registered algorithms
@@ -29,6 +30,9 @@ Override any key with key=value, e.g.:
   fedvl run configs/fedavg-adapter-domain.yaml model.peft=lora run.seed=1
   fedvl run model.name=tiny data.train_images=20          (seconds, for a smoke test)
 
+A run commits a checkpoint after every round; `fedvl run --resume RESULTS_DIR`
+continues a killed run from its last complete round with the folder's config.
+
 Sections and keys: see `fedvl show-config`.
 """
 
@@ -37,8 +41,9 @@ COMPARE_HELP = """\
 Run every method on the same clients with the same seeds and write a paper-style
 table (compare.md / compare.json: one row per method, one column per client plus
 the average, mean ± std over seeds, trainable and communicated parameters) and
-compare.png (average accuracy per round per method). Finished runs are reused,
-so an interrupted comparison resumes.
+compare.png (average accuracy per round per method). Finished runs are reused
+and a half-done run continues from its last checkpoint, so an interrupted
+comparison resumes.
 
   fedvl compare --benchmark domain --algorithms feddat,fedavg-adapter,fedavg-lora,local,centralized --seeds 0,1,2
 """
@@ -76,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="an optional YAML config file first, then key=value overrides")
     run.add_argument("--overwrite", action="store_true", help="replace an existing results folder of the same name")
     run.add_argument("--quiet", action="store_true", help="no live progress bars")
+    run.add_argument("--resume", metavar="RESULTS_DIR",
+                     help="continue a stopped run from its last complete round, with the folder's config.yaml")
     cmp_ = sub.add_parser("compare", help="run several methods x seeds on the same clients, paper-style table",
                           description=COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     cmp_.add_argument("args", nargs="*", metavar="CONFIG|key=value")
@@ -147,6 +154,61 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
     return None, args
 
 
+def one_line(text: str) -> str:
+    """A user error is one line, even when it quotes a key with a line break in it."""
+    return " ".join(text.splitlines())
+
+
+def _run_and_report(cfg, run_dir, ns, resume: bool = False) -> int:
+    from fedvl.experiment import run_experiment
+    from fedvl.models.backbones import ModelUnavailableError
+
+    try:
+        run_experiment(cfg, run_dir, progress_enabled=not ns.quiet, resume=resume)
+    except ModelUnavailableError as e:
+        print(f"fedvl: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"fedvl: interrupted; partial results (status: failed) in {run_dir}; continue with "
+              f"`fedvl run --resume {run_dir}`", file=sys.stderr)
+        return 130
+    except (FloatingPointError, RuntimeError) as e:
+        # training diverged or every update was rejected: say so in one line, keep the evidence
+        print(f"fedvl: error: {e} (partial results, status: failed, in {run_dir})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _resume(ns) -> int:
+    """``fedvl run --resume RESULTS_DIR``: the folder's own config, no other arguments."""
+    import json
+    from pathlib import Path
+
+    from fedvl.config import ConfigError, load_config
+    from fedvl.models.backbones import ModelUnavailableError, check_available
+
+    if ns.args or ns.overwrite:
+        raise ConfigError("--resume takes only the results folder: its config.yaml decides everything")
+    run_dir = Path(ns.resume)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a fedvl results folder (no config.yaml)")
+    status = run_dir / "status.json"
+    try:
+        state = json.loads(status.read_text()).get("state") if status.is_file() else None
+    except (OSError, ValueError):
+        state = None  # a damaged status file does not stop a resume
+    if state == "complete":
+        print(f"fedvl: {run_dir} is already complete; nothing to resume")
+        return 0
+    cfg = load_config(run_dir / "config.yaml")
+    try:
+        check_available(cfg.model)
+    except ModelUnavailableError as e:
+        print(f"fedvl: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return _run_and_report(cfg, run_dir, ns, resume=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     from fedvl.config import ConfigError
 
@@ -181,11 +243,13 @@ def main(argv: list[str] | None = None) -> int:
             run_comparison(path, overrides, methods, seeds, ns.name or f"compare-{bench}",
                            progress_enabled=not ns.quiet)
             return 0
+        if ns.command == "run" and ns.resume:
+            return _resume(ns)
         cfg = load_config(path, overrides)
         if ns.command == "show-config":
             print(dump_config(cfg), end="")
             return 0
-        from fedvl.experiment import run_dir_for, run_experiment
+        from fedvl.experiment import run_dir_for
         from fedvl.models.backbones import ModelUnavailableError, check_available
 
         try:
@@ -198,21 +262,9 @@ def main(argv: list[str] | None = None) -> int:
 
             check_sources(cfg.data)  # a missing dataset folder: one line (ConfigError), no results folder
         run_dir = run_dir_for(cfg, overwrite=ns.overwrite)
-        try:
-            run_experiment(cfg, run_dir, progress_enabled=not ns.quiet)
-        except ModelUnavailableError as e:
-            print(f"fedvl: error: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        except KeyboardInterrupt:
-            print(f"fedvl: interrupted; partial results (status: failed) in {run_dir}", file=sys.stderr)
-            return 130
-        except (FloatingPointError, RuntimeError) as e:
-            # training diverged or every update was rejected: say so in one line, keep the evidence
-            print(f"fedvl: error: {e} (partial results, status: failed, in {run_dir})", file=sys.stderr)
-            return 1
-        return 0
+        return _run_and_report(cfg, run_dir, ns)
     except ConfigError as e:
-        print(f"fedvl: error: {e}", file=sys.stderr)
+        print(f"fedvl: error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     except (FloatingPointError, RuntimeError) as e:  # from `compare`; `run` reports its folder above
         from fedvl.models.backbones import ModelUnavailableError

@@ -119,6 +119,23 @@ class AlgorithmConfig:
     """FedDAT ablation: "local" replaces the DAT teacher by A_C alone (no DAT)."""
     feddat_mutual: bool = True
     """FedDAT ablation: False trains A_C with the task loss only (one-way KD)."""
+    aggregator: Literal["mean", "median", "trimmed_mean", "krum"] = "mean"
+    """Server rule for the travelling parameters, for every algorithm: mean (FedAvg, weighted as
+    ``aggregation`` says), median (coordinate-wise), trimmed_mean (coordinate-wise, ``trim_ratio``)
+    or krum (``krum_byzantine``, ``krum_select``). The robust rules ignore sample counts."""
+    trim_ratio: float = 0.1
+    """trimmed_mean: share beta of the values dropped at each end, per coordinate (in [0, 0.5))."""
+    krum_byzantine: int = 1
+    """krum: f, the number of malicious updates it must tolerate (needs clients per round >= f + 3)."""
+    krum_select: int = 1
+    """krum: 1 = Krum (the single best update); m > 1 = multi-Krum (mean of the m best)."""
+    clip_update_norm: float = 0.0
+    """Norm clipping defence: scale every update delta down to this L2 norm before aggregating (0 = off)."""
+    clip_to_median: bool = False
+    """Norm clipping defence with no tuning: clip every update delta to the round's median delta norm."""
+    max_update_norm: float = 10.0
+    """Validation: reject an update whose delta norm exceeds this many times the global parameters'
+    norm (floored at 1); 0 = no norm check. Generous: honest deltas are a small fraction of it."""
 
 
 @dataclass
@@ -146,6 +163,36 @@ class RunConfig:
     """Flower: a round with fewer answering clients than this is retried, then the run stops."""
     round_retries: int = 1
     """Flower: how often a round with too few answers is retried before the run stops."""
+    keep_checkpoints: int = 2
+    """Round checkpoints kept under checkpoints/ (for --resume); 2 keeps a good one if the newest is damaged."""
+
+
+@dataclass
+class AttackConfig:
+    """Model poisoning for robustness experiments; see ``fedvl.algorithms.attacks``."""
+
+    kind: Literal["none", "sign_flip", "scaled", "noise"] = "none"
+    """What the attacking clients send: g - scale·Δ (sign_flip), g + scale·Δ (scaled) or
+    g + Gaussian noise of scale x the honest delta's RMS (noise)."""
+    fraction: float = 0.25
+    """Share of the clients that attack, round(fraction x num_clients), chosen once from run.seed."""
+    scale: float = 5.0
+
+
+@dataclass
+class PrivacyConfig:
+    """Client-level differential privacy (DP-FedAvg, McMahan et al. 2018, https://arxiv.org/abs/1710.06963)."""
+
+    enabled: bool = False
+    """Clip every client's update delta to ``clip_norm`` and add Gaussian noise at the server;
+    epsilon (opacus RDP accountant, sample rate = share of clients per round, i.e. algorithm.fraction_fit
+    rounded to whole clients) is reported every round."""
+    clip_norm: float = 1.0
+    """S: L2 bound of one client's update delta (all travelling tensors together)."""
+    noise_multiplier: float = 1.0
+    """z: the noise added to the sum of clipped deltas has std z·S (z·S/m on the mean of m clients)."""
+    delta: float = 1e-5
+    """The delta at which epsilon is reported."""
 
 
 @dataclass
@@ -154,6 +201,8 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -291,6 +340,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    _check_finite(cfg, "")
+    _check_reliability(cfg)
     from fedvl.data.world import DOMAINS, FUNCTIONS, SCENES, TASKS
 
     if cfg.data.benchmark == "domain" and len(cfg.data.domains) < cfg.data.num_clients:
@@ -361,6 +412,60 @@ def _validate_real(cfg: ExperimentConfig) -> None:
                           "every client's labels index its own vocabulary; set data.vocab_scope=shared")
 
 
+def _check_finite(obj: Any, prefix: str) -> None:
+    """No NaN or infinity in any number: every float option is a size, a rate or a bound."""
+    import math
+
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{f.name} must be a finite number, got {value}")
+
+
+def _check_reliability(cfg: ExperimentConfig) -> None:
+    """Robust aggregation, attack and privacy options (issue 6)."""
+    from fedvl.algorithms import available_algorithms, get_algorithm
+
+    a, atk, dp = cfg.algorithm, cfg.attack, cfg.privacy
+    checks = [
+        (0.0 <= a.trim_ratio < 0.5, "algorithm.trim_ratio must be in [0, 0.5)"),
+        (a.krum_byzantine >= 0 and a.krum_select >= 1, "algorithm.krum_byzantine must be >= 0, krum_select >= 1"),
+        (a.clip_update_norm >= 0, "algorithm.clip_update_norm must be >= 0 (0 = off)"),
+        (not (a.clip_update_norm > 0 and a.clip_to_median),
+         "set algorithm.clip_update_norm or algorithm.clip_to_median, not both"),
+        (a.max_update_norm >= 0, "algorithm.max_update_norm must be >= 0 (0 = no norm check)"),
+        (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+        (0.0 <= atk.fraction <= 1.0, "attack.fraction must be in [0, 1]"),
+        (atk.scale > 0, "attack.scale must be > 0"),
+        (dp.clip_norm > 0, "privacy.clip_norm must be > 0"),
+        (dp.noise_multiplier > 0, "privacy.noise_multiplier must be > 0"),
+        (0.0 < dp.delta < 1.0, "privacy.delta must be in (0, 1)"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    if atk.kind != "none" and round(atk.fraction * cfg.data.num_clients) < 1:
+        raise ConfigError(f"attack.kind={atk.kind} with attack.fraction={atk.fraction} of {cfg.data.num_clients} "
+                          "clients selects no attacker; raise attack.fraction")
+    if dp.enabled:
+        if a.aggregator != "mean" or a.aggregation != "uniform":
+            raise ConfigError("privacy.enabled needs algorithm.aggregator=mean and algorithm.aggregation=uniform "
+                              "(DP-FedAvg's noise is calibrated to a uniform mean of clipped updates)")
+        if a.clip_update_norm > 0 or a.clip_to_median:
+            raise ConfigError("privacy.enabled clips with privacy.clip_norm; unset algorithm.clip_update_norm / "
+                              "clip_to_median")
+    if a.aggregator == "krum" and a.name in available_algorithms() and not get_algorithm(a.name).pooled:
+        per_round = max(1, round(a.fraction_fit * cfg.data.num_clients))
+        if per_round < a.krum_byzantine + 3:
+            raise ConfigError(f"algorithm.aggregator=krum with krum_byzantine={a.krum_byzantine} needs at least "
+                              f"{a.krum_byzantine + 3} clients per round, got {per_round}")
+        if a.krum_select > per_round - a.krum_byzantine:
+            raise ConfigError(f"algorithm.krum_select must be <= clients per round - krum_byzantine "
+                              f"({per_round - a.krum_byzantine}), got {a.krum_select}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Defaults <- YAML file (if given) <- ``key=value`` overrides, then validate."""
     cfg = ExperimentConfig()
@@ -372,8 +477,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {p} cannot be read as text: {type(e).__name__}") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of sections (model, data, algorithm, run)")
+            raise ConfigError(f"config file {p} must hold a mapping of sections "
+                              "(model, data, algorithm, run, attack, privacy)")
         _apply(cfg, data, "", from_text=False)
     for text in overrides or []:
         keys, value = parse_override(text)

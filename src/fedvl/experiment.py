@@ -2,7 +2,8 @@
 
 Results folder: ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per
 round), ``summary.md`` / ``summary.json`` (final table, parameter counts, wall
-time), ``accuracy.png``, ``client_states/`` and ``status.json``, which reads
+time), ``accuracy.png``, ``client_states/``, ``checkpoints/`` (one per round,
+the newest kept, for ``fedvl run --resume``) and ``status.json``, which reads
 ``running`` until the run completes, then ``complete`` (or ``failed`` with the
 error): a crashed run is never presented as complete.
 """
@@ -27,13 +28,15 @@ def run_dir_for(cfg: ExperimentConfig, overwrite: bool = False) -> Path:
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_enabled: bool = True,
-                   runner=None, server_only: bool = False) -> dict[str, Any]:
+                   runner=None, server_only: bool = False, resume: bool = False) -> dict[str, Any]:
     """Build the federation, run every round, write the results folder.
 
     ``runner(fed, run_dir, history, progress) -> final record`` runs the rounds:
     the in-process simulator by default, Flower's simulation for
     ``run.runtime=flower-sim``, or a Flower deployment's grid (``server_only``:
-    the server builds the model but holds no client data).
+    the server builds the model but holds no client data). ``resume=True``
+    continues the run already in ``run_dir`` from its newest good checkpoint
+    (``fedvl run --resume``; in-process simulator only).
     """
     from rich.console import Console
 
@@ -43,12 +46,13 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     from fedvl.runtime.simulator import build_federation, simulate
 
     console = console or Console()
-    if run_dir.exists():
-        import shutil
+    if not resume:
+        if run_dir.exists():
+            import shutil
 
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
     set_status(run_dir, "running")
     t0 = time.perf_counter()
     progress = Progress(console, cfg.algorithm.rounds, enabled=progress_enabled)
@@ -58,7 +62,10 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
         fed = build_federation(cfg, status=progress.status, only=[] if server_only else None)
         setup_s = time.perf_counter() - t0
         history = History(run_dir)
-        final = (runner or simulate)(fed, run_dir, history, progress)
+        if runner is None:
+            final = simulate(fed, run_dir, history, progress, resume=resume)
+        else:
+            final = runner(fed, run_dir, history, progress)
     except BaseException as e:
         progress.close()
         set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
@@ -71,13 +78,25 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
         f"model {cfg.model.name}; trainable {params['trainable_params']:,} of {params['total_params']:,} "
         f"parameters ({100 * params['trainable_frac']:.2f}%); travelling {params['travel_params']:,} "
         f"({100 * params['travel_frac']:.2f}%, {params['bytes_up_per_client_round'] / 1e6:.2f} MB up per client per round)",
-        f"aggregation: {cfg.algorithm.aggregation}; average = unweighted mean over clients",
+        f"aggregation: {cfg.algorithm.aggregation}, rule {cfg.algorithm.aggregator}"
+        + (f" (update clip {cfg.algorithm.clip_update_norm:g})" if cfg.algorithm.clip_update_norm > 0 else "")
+        + (" (update clip: round median norm)" if cfg.algorithm.clip_to_median else "")
+        + "; average = unweighted mean over clients",
         f"wall time {wall:.1f}s (setup {setup_s:.1f}s); seed {cfg.run.seed}",
     ]
+    rejected = sum(len(r.get("rejected", {})) for r in history.rounds)
+    notes.append(f"rejected updates: {rejected} over {len(history.rounds)} rounds")
+    if fed.attackers:
+        notes.append(f"attack: {cfg.attack.kind} x{cfg.attack.scale:g} by {', '.join(fed.attackers)}")
+    if "privacy" in final:
+        notes.append(f"differential privacy: epsilon {final['privacy']['epsilon']:.3g} at delta "
+                     f"{final['privacy']['delta']:g} (clip {cfg.privacy.clip_norm:g}, noise multiplier "
+                     f"{cfg.privacy.noise_multiplier:g}, opacus RDP accountant)")
     (run_dir / "summary.md").write_text(markdown_summary(final, title, notes))
     plot_accuracy(history.rounds_with_eval(), run_dir / "accuracy.png", title)
     summary = {"final": final, "params": params, "wall_s": wall, "setup_s": setup_s,
-               "algorithm": cfg.algorithm.name, "peft": cfg.model.peft, "benchmark": cfg.data.benchmark}
+               "algorithm": cfg.algorithm.name, "peft": cfg.model.peft, "benchmark": cfg.data.benchmark,
+               "rejected_updates": rejected, "attackers": fed.attackers, "privacy": final.get("privacy")}
     write_json_atomic(run_dir / "summary.json", summary)
     print_summary(console, final, title)
     for n in notes:
@@ -104,8 +123,8 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
                    name: str, console=None, progress_enabled: bool = True) -> Path:
     """Run every (method, seed) on the same clients and write the paper-style table.
 
-    Finished runs (status ``complete``) are reused, so an interrupted comparison
-    resumes where it stopped.
+    Finished runs (status ``complete``) are reused and a stopped run continues
+    from its last checkpoint, so an interrupted comparison resumes where it stopped.
     """
     import json
 
@@ -136,7 +155,10 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
                 console.print(f"[dim]{m} seed {cfg.run.seed}: already complete, reused[/dim]")
                 continue
             console.rule(f"{m} · seed {cfg.run.seed}")
-            run_experiment(cfg, run_dir, console=console, progress_enabled=progress_enabled)
+            # a run stopped mid-way with the same config continues from its last checkpoint
+            saved = run_dir / "config.yaml"
+            resume = saved.is_file() and saved.read_text() == dump_config(cfg) and (run_dir / "checkpoints").is_dir()
+            run_experiment(cfg, run_dir, console=console, progress_enabled=progress_enabled, resume=resume)
     runs = load_runs({m: [d for _, d in items] for m, items in configs.items()})
     first = configs[methods[0]][0][0]
     title = f"{first.data.benchmark} benchmark · {len(seeds)} seed(s)"

@@ -78,8 +78,10 @@ def test_real_deployment_two_supernodes_feddat(tls, tiny_overrides, tmp_path):
     finally:
         for p in procs:
             stop(p, grace=5)
-    for p in procs:  # nothing this test started is left running
+    for p in procs:  # nothing this test started is left running, children included
         assert p.poll() is not None
+    leftover = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}"], capture_output=True, text=True).stdout.split()
+    assert not leftover, f"processes still running: {leftover}"
     run = tmp_path / "results" / "dep"
     assert json.loads((run / "status.json").read_text())["state"] == "complete"
     hist = History.read(run)

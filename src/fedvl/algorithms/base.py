@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedvl.algorithms.aggregate import Params, fedavg
+from fedvl.algorithms.aggregate import Params, aggregate_updates, dp_mean
 from fedvl.config import ExperimentConfig
 from fedvl.data.features import EncodedSplit
 from fedvl.engine.loops import TrainResult, cross_entropy_step, evaluate, train_local
+from fedvl.seeding import derived_seed
 
 
 @dataclass
@@ -94,18 +95,46 @@ class Strategy:
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
 
+    def clients_per_round(self, num_clients: int) -> int:
+        return min(num_clients, max(1, int(round(self.cfg.algorithm.fraction_fit * num_clients))))
+
+    def sample_rate(self, num_clients: int) -> float:
+        """The share of clients sampled each round (fraction_fit after rounding to whole
+        clients): the sampling rate of the DP accountant."""
+        return self.clients_per_round(num_clients) / num_clients
+
     def sample_clients(self, rnd: int, client_ids: list[str], rng: np.random.Generator) -> list[str]:
-        k = max(1, int(round(self.cfg.algorithm.fraction_fit * len(client_ids))))
+        k = self.clients_per_round(len(client_ids))
         if k >= len(client_ids):
             return list(client_ids)
         chosen = rng.choice(len(client_ids), size=k, replace=False)
         return [client_ids[i] for i in sorted(chosen)]
 
     def aggregate(self, rnd: int, global_params: Params, results: list[FitResult]) -> Params:
+        """The configured rule over the accepted updates: FedAvg by default, optional
+        norm clipping and a robust rule (``algorithm.aggregator``), or DP-FedAvg's
+        clipped and noised mean when ``privacy.enabled``. Never modifies ``global_params``."""
         if not global_params:
             return global_params
-        return fedavg([r.params for r in results], [r.num_examples for r in results],
-                      self.cfg.algorithm.aggregation)
+        a, dp = self.cfg.algorithm, self.cfg.privacy
+        updates = [r.params for r in results]
+        if dp.enabled:
+            # noise from (seed, round): the same in every runtime and after a resume
+            gen = torch.Generator().manual_seed(derived_seed(self.cfg.run.seed, "dp-noise", rnd))
+            return dp_mean(global_params, updates, dp.clip_norm, dp.noise_multiplier, gen)
+        return aggregate_updates(global_params, updates, [r.num_examples for r in results],
+                                 aggregator=a.aggregator, weighting=a.aggregation, trim_ratio=a.trim_ratio,
+                                 krum_byzantine=a.krum_byzantine, krum_select=a.krum_select,
+                                 clip_norm=a.clip_update_norm, clip_to_median=a.clip_to_median)
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable server state carried across rounds, saved in every checkpoint.
+        The built-in strategies keep none (all randomness is derived from (seed, round))."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(state)}")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,12 @@ class History:
             f.flush()
             os.fsync(f.fileno())
 
+    def reset(self, records: list[dict[str, Any]]) -> None:
+        """Replace the file by ``records`` (a resumed run: drop rounds after its checkpoint)."""
+        self.rounds = list(records)
+        text = "".join(json.dumps(r, default=float) + "\n" for r in self.rounds)
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+
     def rounds_with_eval(self) -> list[dict[str, Any]]:
         return [r for r in self.rounds if "eval" in r]
 

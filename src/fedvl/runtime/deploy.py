@@ -208,13 +208,25 @@ def join_command(server: str, partition: int, state_dir: Path, tls_ca: Path | No
     return cmd + (["--root-certificates", str(tls_ca)] if tls_ca else ["--insecure"])
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int | None = None) -> int:
     """Run a SuperNode for ``partition`` in the foreground until it is stopped."""
     cmd = join_command(server, partition, state_dir, tls_ca, port or free_port())
-    proc = subprocess.Popen(cmd, env=flower_env(), start_new_session=True)
+    # the SuperNode stays in our process group, so whoever stops `fedvl join` stops it too;
+    # SIGTERM becomes an exception so the finally below always runs
+    signal.signal(signal.SIGTERM, _interrupt)
+    proc = subprocess.Popen(cmd, env=flower_env())
     try:
         return proc.wait()
     except KeyboardInterrupt:
         return 130
     finally:
-        stop(proc)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -9,10 +9,11 @@ deterministic and every round sees a new batch order.
 
 from __future__ import annotations
 
+import math
+import sys
 import time
-import zlib
+from dataclasses import dataclass, field
 from functools import partial
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 
 from fedvl.algorithms import get_algorithm
 from fedvl.algorithms.aggregate import Params, UpdateRejected, validate_update
+from fedvl.algorithms.attacks import attack_update, choose_attackers
 from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, FitResult, Strategy
 from fedvl.config import ExperimentConfig
 from fedvl.data.benchmarks import NUM_ANSWERS, build_benchmark
@@ -29,12 +31,10 @@ from fedvl.data.real import build_real_benchmark
 from fedvl.data.real.encode import encode_real_split
 from fedvl.data.world import TASKS
 from fedvl.models.backbones import build_model, load_tokenizer
-from fedvl.models.params import count, get_params, nbytes, names_in_groups, set_params, set_trainable, trainable_names
+from fedvl.models.params import count, get_params, names_in_groups, nbytes, set_params, set_trainable, trainable_names
+from fedvl.runtime.checkpoint import commit_round, latest_checkpoint
 from fedvl.runtime.state import ClientStateStore
-
-
-def derived_seed(*parts: object) -> int:
-    return zlib.crc32("/".join(map(str, parts)).encode())
+from fedvl.seeding import derived_seed
 
 
 @dataclass
@@ -53,6 +53,8 @@ class Federation:
     local: list[str]
     init_local: Params
     client_ids: list[str]  # every client of the federation, in partition order (also those not built here)
+    attackers: list[str] = field(default_factory=list)
+    """Clients that send poisoned updates (``attack`` section; experiments only)."""
 
     def param_report(self) -> dict[str, Any]:
         total = count(self.model)
@@ -114,8 +116,10 @@ def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None
         local_groups.add("head")
     local = trainable if "*" in local_groups else names_in_groups(trainable, local_groups)
     travel = [n for n in trainable if n not in set(local)]
+    attackers = [] if cfg.attack.kind == "none" or algo.pooled else \
+        choose_attackers(client_ids, cfg.attack.fraction, cfg.run.seed)
     return Federation(cfg, algo, model, algo.strategy(cfg), algo.client(cfg), train, test, trainable,
-                      travel, local, get_params(model, local), client_ids)
+                      travel, local, get_params(model, local), client_ids, attackers)
 
 
 def load_client(fed: Federation, store: ClientStateStore, cid: str, global_params: Params) -> None:
@@ -138,6 +142,11 @@ def client_fit(fed: Federation, store: ClientStateStore, cid: str, rnd: int, glo
                         fed.trainable, gen, on_step)
     res = fed.client.fit(ctx)
     store.save(cid, get_params(fed.model, fed.local))
+    if cid in fed.attackers and fed.travel:
+        # the attacker trains honestly, then sends a poisoned update instead (experiments only)
+        gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "attack", rnd, cid))
+        res.params = attack_update(global_params, res.params, cfg.attack.kind, cfg.attack.scale, gen)
+        res.metrics["attacker"] = 1.0
     return res
 
 
@@ -156,18 +165,41 @@ def sample_round(fed: Federation, rnd: int) -> list[str]:
     return fed.strategy.sample_clients(rnd, ids, rng)
 
 
+def check_result(fed: Federation, cid: str, res: Any, global_params: Params) -> None:
+    """Raise UpdateRejected unless ``res`` is a well-formed FitResult whose update passes
+    :func:`validate_update` (with the client's data size as the sample-count bound,
+    since the simulator knows it) and whose metrics are plain numbers."""
+    if not isinstance(res, FitResult):
+        raise UpdateRejected(f"not a FitResult but {type(res).__name__}")
+    known = fed.train.get(cid)
+    validate_update(global_params, res.params, res.num_examples, max_update_norm=fed.cfg.algorithm.max_update_norm,
+                    max_examples=len(known) if known is not None else None)
+    if not isinstance(res.metrics, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+            for k, v in res.metrics.items()):
+        raise UpdateRejected("metrics must map names to numbers")
+
+
+def _mean_of(train_metrics: dict[str, dict[str, float]], key: str) -> float:
+    values = [float(m[key]) for m in train_metrics.values() if key in m and math.isfinite(m[key])]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def server_aggregate(fed: Federation, rnd: int, global_params: Params,
                      results: dict[str, FitResult]) -> tuple[Params, dict[str, Any]]:
     """The server half of a round: validate every update, aggregate the accepted ones.
-    Returns the new global parameters and the round's training record."""
+    Returns the new global parameters and the round's training record. A rejected
+    update is logged with its reason (``record["rejected"]``) and the round goes on
+    with the others; ``global_params`` itself is never modified."""
     accepted: list[FitResult] = []
     train_metrics: dict[str, dict[str, float]] = {}
     rejected: dict[str, str] = {}
     for cid, res in results.items():
         try:
-            validate_update(global_params, res.params, res.num_examples)
+            check_result(fed, cid, res, global_params)
         except UpdateRejected as e:
             rejected[cid] = str(e)
+            print(f"fedvl: round {rnd}: rejected the update of {cid}: {e}", file=sys.stderr)
             continue
         accepted.append(res)
         train_metrics[cid] = dict(res.metrics, n=res.num_examples)
@@ -177,8 +209,15 @@ def server_aggregate(fed: Federation, rnd: int, global_params: Params,
     record: dict[str, Any] = {"round": rnd, "sampled": list(results), "train": train_metrics}
     if rejected:
         record["rejected"] = rejected
-    record["train_loss"] = float(np.mean([m["train_loss"] for m in train_metrics.values()]))
-    record["compute_s"] = float(sum(m["compute_s"] for m in train_metrics.values()))
+    record["train_loss"] = _mean_of(train_metrics, "train_loss")
+    record["compute_s"] = float(sum(m.get("compute_s", 0.0) for m in train_metrics.values()))
+    dp = fed.cfg.privacy
+    if dp.enabled and fed.travel:
+        from fedvl.algorithms.privacy import epsilon_spent
+
+        rate = fed.strategy.sample_rate(len(fed.train))
+        record["privacy"] = {"epsilon": epsilon_spent(dp.noise_multiplier, rate, rnd, dp.delta), "delta": dp.delta,
+                             "sample_rate": rate}
     return global_params, record
 
 
@@ -214,13 +253,35 @@ def evaluate_all(fed: Federation, store: ClientStateStore, global_params: Params
     return {cid: client_evaluate(fed, store, cid, global_params) for cid in fed.test}
 
 
-def simulate(fed: Federation, run_dir: Path, history, progress=None) -> dict[str, Any]:
+def simulate(fed: Federation, run_dir: Path, history, progress=None, resume: bool = False,
+             warn=lambda msg: print(msg, file=sys.stderr)) -> dict[str, Any]:
+    """Run every round, committing a checkpoint after each (``runtime.checkpoint``).
+
+    ``resume=True`` continues from the newest good checkpoint in ``run_dir``
+    (damaged ones are reported with ``warn`` and skipped), puts the clients'
+    states and the round records of that round back, and runs the rest; with
+    the same config the result is the same as an uninterrupted run."""
     store = ClientStateStore(run_dir / "client_states")
     global_params = get_params(fed.model, fed.travel)
     record: dict[str, Any] = {}
-    for rnd in range(1, fed.cfg.algorithm.rounds + 1):
+    start = 1
+    if resume:
+        ckpt = latest_checkpoint(run_dir, fed.travel, warn)
+        store.restore(ckpt.path / "clients" if ckpt else None)
+        history.reset(ckpt.history if ckpt else [])
+        if ckpt is not None:
+            global_params, start = ckpt.global_params, ckpt.round + 1
+            fed.strategy.load_state_dict(ckpt.strategy_state)
+            torch.set_rng_state(ckpt.rng_state)
+            record = ckpt.history[-1]
+            warn(f"fedvl: resuming from round {ckpt.round} of {fed.cfg.algorithm.rounds}")
+        else:
+            warn("fedvl: no complete round to resume from; starting at round 1")
+    for rnd in range(start, fed.cfg.algorithm.rounds + 1):
         global_params, record = run_round(fed, store, rnd, global_params, progress)
-        history.append(record)
+        history.append(record)  # before the commit: a resume truncates metrics.jsonl to the checkpoint's records
+        commit_round(run_dir, rnd, global_params, store, history.rounds, fed.strategy.state_dict(),
+                     fed.cfg.run.keep_checkpoints)
         if progress and "eval" in record:
             progress.round_end(record)
     return record

@@ -1,0 +1,145 @@
+"""Round checkpoints: crash-safe commits and resume with fallback.
+
+After every round the runtime commits ``checkpoints/round-NNNNN/``:
+
+* ``global.safetensors``: the global travelling parameters after the round;
+* ``clients/<cid>.safetensors``: every client's local state as of the round
+  (hard links to the state files, which are never modified in place);
+* ``rng.safetensors``: torch's global RNG state (belt and braces: every draw
+  is re-seeded from (seed, round, client), and clients build a fresh optimiser
+  each round, so nothing else carries over between rounds);
+* ``meta.json``: the round, the strategy's state, every round record so far
+  (the content of metrics.jsonl) and the SHA-256 of every file above.
+
+The folder is written under a temporary name and renamed into place, so it
+exists complete or not at all; the ``keep`` newest are kept. On resume the
+newest checkpoint that passes the checksums and loads is used; a damaged one is
+reported in one line and the previous one is used instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fedvl.algorithms.aggregate import Params
+from fedvl.runtime.state import ClientStateStore
+
+FORMAT = 1
+_NAME = re.compile(r"^round-(\d{5,})$")
+
+
+class CheckpointDamaged(Exception):
+    """A checkpoint that must not be resumed from; the message says why."""
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    path: Path
+    global_params: Params
+    history: list[dict[str, Any]]
+    strategy_state: dict[str, Any]
+    rng_state: torch.Tensor
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """(round, folder) of every committed checkpoint, newest first."""
+    root = Path(run_dir) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()] \
+        if root.is_dir() else []
+    return sorted(found, reverse=True)
+
+
+def commit_round(run_dir: Path, rnd: int, global_params: Params, store: ClientStateStore,
+                 history: list[dict[str, Any]], strategy_state: dict[str, Any], keep: int = 2) -> Path:
+    """Write round ``rnd``'s checkpoint atomically and drop all but the ``keep`` newest."""
+    root = Path(run_dir) / "checkpoints"
+    final, tmp = root / f"round-{rnd:05d}", root / f".tmp-round-{rnd:05d}"
+    if tmp.exists():  # left by a run killed while writing
+        shutil.rmtree(tmp)
+    (tmp / "clients").mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in global_params.items()}, tmp / "global.safetensors")
+    save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+    store.export(tmp / "clients")
+    files = {}
+    for p in sorted(tmp.rglob("*.safetensors")):
+        _fsync(p)
+        files[p.relative_to(tmp).as_posix()] = _sha256(p)
+    meta = {"format": FORMAT, "round": rnd, "files": files, "strategy": strategy_state, "history": history}
+    (tmp / "meta.json").write_text(json.dumps(meta, default=float))
+    _fsync(tmp / "meta.json")
+    if final.exists():  # a damaged checkpoint of this round, skipped by the resume that got us here
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(root)
+    for _, old in checkpoint_dirs(run_dir)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_checkpoint(path: Path, travel: list[str]) -> Checkpoint:
+    """Load and verify one checkpoint folder; raise :class:`CheckpointDamaged` on any problem."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointDamaged(f"meta.json unreadable ({type(e).__name__})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("files"), dict):
+        raise CheckpointDamaged("meta.json is not a fedvl checkpoint description")
+    for rel, digest in meta["files"].items():
+        p = path / rel
+        if not p.is_file():
+            raise CheckpointDamaged(f"{rel} is missing")
+        if _sha256(p) != digest:
+            raise CheckpointDamaged(f"{rel}: checksum mismatch")
+    try:
+        loaded = load_file(path / "global.safetensors")
+        rng = load_file(path / "rng.safetensors")["torch"]
+        for rel in meta["files"]:
+            if rel.startswith("clients/"):
+                load_file(path / rel)
+    except Exception as e:  # noqa: BLE001  (safetensors raises several types for a garbled file)
+        raise CheckpointDamaged(f"safetensors load failed ({type(e).__name__}: {str(e)[:80]})") from None
+    if set(loaded) != set(travel):
+        raise CheckpointDamaged("its global parameters do not match this run's travelling parameters")
+    history = meta.get("history")
+    if not isinstance(history, list) or len(history) != meta.get("round"):
+        raise CheckpointDamaged("its round records do not match its round")
+    # the runtime's own order (not the file's): key order decides e.g. the order DP noise is drawn in
+    return Checkpoint(meta["round"], path, {n: loaded[n] for n in travel}, history, meta.get("strategy") or {}, rng)
+
+
+def latest_checkpoint(run_dir: Path, travel: list[str], warn: Callable[[str], None]) -> Checkpoint | None:
+    """The newest checkpoint that verifies; every damaged newer one is reported with ``warn``."""
+    for rnd, path in checkpoint_dirs(run_dir):
+        try:
+            return read_checkpoint(path, travel)
+        except CheckpointDamaged as e:
+            warn(f"fedvl: warning: checkpoint of round {rnd} is damaged ({e}); using the previous one")
+    return None
