@@ -119,6 +119,9 @@ class AlgorithmConfig:
     """FedDAT ablation: "local" replaces the DAT teacher by A_C alone (no DAT)."""
     feddat_mutual: bool = True
     """FedDAT ablation: False trains A_C with the task loss only (one-way KD)."""
+    also_travel: list[str] = field(default_factory=list)
+    """Parameter groups that travel (are averaged) even though the algorithm keeps them on the
+    client, e.g. ``connector`` or ``head`` for feddat; never ``adapter.local``."""
     aggregator: Literal["mean", "median", "trimmed_mean", "krum"] = "mean"
     """Server rule for the travelling parameters, for every algorithm: mean (FedAvg, weighted as
     ``aggregation`` says), median (coordinate-wise), trimmed_mean (coordinate-wise, ``trim_ratio``)
@@ -328,6 +331,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         (0.0 <= cfg.algorithm.kd_weight <= 1.0, "algorithm.kd_weight must be in [0, 1]"),
         (cfg.algorithm.kd_temperature > 0, "algorithm.kd_temperature must be > 0"),
         (cfg.run.eval_every >= 1, "run.eval_every must be >= 1"),
+        (all(g in ("connector", "head") for g in cfg.algorithm.also_travel),
+         "algorithm.also_travel may list connector and/or head only"),
         (cfg.run.flower_workers >= 1, "run.flower_workers must be >= 1"),
         (cfg.run.flower_wait_s > 0, "run.flower_wait_s must be > 0"),
         (cfg.run.round_timeout_s >= 0, "run.round_timeout_s must be >= 0 (0 = no timeout)"),

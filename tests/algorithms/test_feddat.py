@@ -139,3 +139,14 @@ def test_ablations_run_and_differ(tiny_cfg, tmp_path, extra):
     (tmp_path / "b").mkdir()
     b = simulate(abl, tmp_path / "b", History(tmp_path / "b"))
     assert a["train_loss"] != b["train_loss"]
+
+
+def test_also_travel_shares_the_connector_but_never_a_c(tiny_cfg):
+    from fedvl.runtime.simulator import build_federation
+
+    fed = build_federation(tiny_cfg("algorithm.name=feddat", "algorithm.also_travel=connector"), status=lambda s: None)
+    groups = {param_group(n) for n in fed.travel}
+    assert groups == {"adapter.shared", "connector"}
+    assert not any(param_group(n) == "adapter.local" for n in fed.travel)
+    with pytest.raises(ConfigError, match="also_travel"):
+        tiny_cfg("algorithm.name=feddat", "algorithm.also_travel=adapter.local")
