@@ -91,13 +91,16 @@ def plot_average(runs: dict[str, list[dict[str, Any]]], path: Path, title: str, 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for method, seeds in runs.items():
+    colors = plt.get_cmap("tab20").colors  # 11+ methods: the default 10-colour cycle would repeat
+    for i, (method, seeds) in enumerate(runs.items()):
         curves = [[(r["round"], r["avg"][metric]) for r in s["history"] if "avg" in r] for s in seeds]
         xs = [x for x, _ in curves[0]]
         ys = np.array([[y for _, y in c] for c in curves]) * 100
-        ax.plot(xs, ys.mean(0), marker="o", ms=3, label=method)
+        # the first ten methods get tab20's dark shades, the next ten its light shades, dashed
+        color = colors[(2 * i) % 20 + (i // 10) % 2]
+        ax.plot(xs, ys.mean(0), marker="o", ms=3, label=method, color=color, linestyle="-" if i < 10 else "--")
         if len(seeds) > 1:
-            ax.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), alpha=0.15)
+            ax.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), alpha=0.15, color=color)
     ax.set_xlabel("round")
     ax.set_ylabel(f"average test {metric} (%)")
     ax.set_title(title)

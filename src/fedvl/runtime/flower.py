@@ -102,13 +102,15 @@ def _client_federation(cfg_text: str, pid: int, every_partition: bool) -> Federa
     return fed
 
 
-def _state_store(context: Context, cfg_text: str, default_root: str | None) -> ClientStateStore:
-    root = context.node_config.get(STATE_KEY) or default_root
-    if not root:
-        root = str(Path.home() / ".cache" / "fedvl" / "node-state")
-    # one folder per run, so a new run never starts from an old run's local state
+def _state_store(context: Context, cfg_text: str, sim_root: str | None) -> ClientStateStore:
+    """Where this node keeps its clients' local state: the run folder's ``client_states``
+    in a simulation; in a deployment, a folder per run under the node's ``state-dir``, so
+    a new run never starts from an old run's local state."""
+    if sim_root:
+        return ClientStateStore(Path(sim_root))
+    root = context.node_config.get(STATE_KEY) or str(Path.home() / ".cache" / "fedvl" / "node-state")
     run = f"run-{context.run_id}-{hashlib.sha256(cfg_text.encode()).hexdigest()[:8]}"
-    return ClientStateStore(Path(root) / run if not default_root else Path(root))
+    return ClientStateStore(Path(str(root)) / run)
 
 
 def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
@@ -133,10 +135,10 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
         return text, built, built.client_ids[pid]
 
     def setup(msg: Message, context: Context):
-        text, fed, cid = federation(context)
+        text, built, cid = federation(context)
         if str(msg.content["config"]["cid"]) != cid:
             raise ConfigError(f"a message for client {msg.content['config']['cid']} reached the node of {cid}")
-        return fed, _state_store(context, text, state_root), cid, from_record(msg.content["params"])
+        return built, _state_store(context, text, state_root), cid, from_record(msg.content["params"])
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -330,6 +332,11 @@ def flower_simulate(fed: Federation, run_dir: Path, history: History, progress=N
     state_root = str(run_dir / "client_states")
     backend_config: dict[str, Any] = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
     if cfg.run.flower_backend == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("run.flower_backend=ray needs Ray: pip install 'flwr[simulation]' "
+                              "(or use run.flower_backend=inprocess)")
         # Ray workers are separate processes: each builds the model and data once
         client = make_client_app(dump_config(cfg), state_root)
         backend_config["init_args"] = {"num_cpus": cfg.run.flower_workers, "num_gpus": 0,
