@@ -217,7 +217,8 @@ def server_aggregate(fed: Federation, rnd: int, global_params: Params,
     if dp.enabled and fed.travel:
         from fedvl.algorithms.privacy import epsilon_spent
 
-        rate = fed.strategy.sample_rate(len(fed.train))
+        # every client of the federation, also on a Flower server that holds no client data
+        rate = fed.strategy.sample_rate(1 if fed.algo.pooled else len(fed.client_ids))
         record["privacy"] = {"epsilon": epsilon_spent(dp.noise_multiplier, rate, rnd, dp.delta), "delta": dp.delta,
                              "sample_rate": rate}
     return global_params, record
