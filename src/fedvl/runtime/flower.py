@@ -43,6 +43,7 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from fedvl.algorithms.aggregate import Params  # noqa: E402
 from fedvl.algorithms.base import FitResult  # noqa: E402
 from fedvl.config import ConfigError, ExperimentConfig, dump_config, load_config_dict  # noqa: E402
+from fedvl.models.params import get_params  # noqa: E402
 from fedvl.report.history import History  # noqa: E402
 from fedvl.runtime.simulator import (  # noqa: E402
     Federation, add_eval, build_federation, client_evaluate, client_fit, sample_round, server_aggregate, wants_eval,
@@ -220,8 +221,6 @@ def discover(grid: Grid, client_ids: list[str], wait_s: float) -> dict[str, int]
 def run_rounds(grid: Grid, fed: Federation, history: History, progress=None) -> dict[str, Any]:
     """The round loop of the Flower runtime (the counterpart of ``simulator.simulate``)."""
     cfg = fed.cfg
-    from fedvl.models.params import get_params
-
     ids = fed.client_ids
     nodes = discover(grid, ids, cfg.run.flower_wait_s)
     timeout = cfg.run.round_timeout_s or None
@@ -239,10 +238,16 @@ def run_rounds(grid: Grid, fed: Federation, history: History, progress=None) -> 
                     f"round {rnd}: {len(replies)} of {len(sampled)} clients answered, fewer than run.min_clients="
                     f"{cfg.run.min_clients} after {cfg.run.round_retries + 1} attempt(s): {failed}")
         results = {}
-        for cid, content in replies.items():
-            m = dict(content["metrics"])
-            n = m.pop("num-examples")
-            results[cid] = FitResult(from_record(content["params"]), int(n), m)
+        for cid, content in list(replies.items()):
+            try:
+                m = dict(content["metrics"])
+                n = m.pop("num-examples")
+                results[cid] = FitResult(from_record(content["params"]), int(n), m)
+            except (KeyError, TypeError, ValueError) as e:  # a malformed reply never crashes the server
+                failed[cid] = f"malformed reply: {type(e).__name__}: {e}"
+                del replies[cid]
+        if not results:
+            raise FlowerRunError(f"round {rnd}: no usable client reply: {failed}")
         global_params, record = server_aggregate(fed, rnd, global_params, results)
         record["sampled"] = sampled
         if failed:
