@@ -46,6 +46,22 @@ def _make_certs(d: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
+def _running_with(text: str) -> list[int]:
+    """Live (non-zombie) processes whose command line contains ``text`` (Linux /proc)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (d / "stat").read_text().split(") ", 1)[1][0]
+        except OSError:
+            continue
+        if text in cmd and state != "Z":
+            found.append(int(d.name))
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("tls", [False, True], ids=["insecure", "tls"])
 def test_real_deployment_two_supernodes_feddat(tls, tiny_overrides, tmp_path):
@@ -80,8 +96,7 @@ def test_real_deployment_two_supernodes_feddat(tls, tiny_overrides, tmp_path):
             stop(p, grace=5)
     for p in procs:  # nothing this test started is left running, children included
         assert p.poll() is not None
-    leftover = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}"], capture_output=True, text=True).stdout.split()
-    assert not leftover, f"processes still running: {leftover}"
+    assert not _running_with(f"127.0.0.1:{port}"), "a process this test started is still running"
     run = tmp_path / "results" / "dep"
     assert json.loads((run / "status.json").read_text())["state"] == "complete"
     hist = History.read(run)
