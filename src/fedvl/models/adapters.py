@@ -52,6 +52,16 @@ class AdapterMix:
         self.weights = dict(weights)
 
 
+def with_adapters(h: torch.Tensor, adapters: nn.ModuleDict, mix: AdapterMix) -> torch.Tensor:
+    """h + sum_role w_role * A_role(h): every active adapter reads the same block output h
+    (parallel, not stacked), which is what the Dual-Adapter Teacher mix needs."""
+    out = h
+    for role, w in mix.weights.items():
+        if w != 0.0:
+            out = out + w * adapters[role](h)
+    return out
+
+
 class FFNOutputWithAdapters(nn.Module):
     """BERT's FFN output block with adapters after the feed-forward projection.
 
@@ -72,12 +82,7 @@ class FFNOutputWithAdapters(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         h = self.dropout(self.dense(hidden_states))
-        out = h
-        # Every active adapter reads the same FFN output h (parallel, not stacked).
-        for role, w in self._mix.weights.items():
-            if w != 0.0:
-                out = out + w * self.adapters[role](h)
-        return self.LayerNorm(out + input_tensor)
+        return self.LayerNorm(with_adapters(h, self.adapters, self._mix) + input_tensor)
 
 
 class ResidualFFNOutputWithAdapters(nn.Module):
@@ -94,11 +99,7 @@ class ResidualFFNOutputWithAdapters(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         h = self.dropout(self.dense(hidden_states))
-        out = h
-        for role, w in self._mix.weights.items():
-            if w != 0.0:
-                out = out + w * self.adapters[role](h)
-        return out + input_tensor
+        return with_adapters(h, self.adapters, self._mix) + input_tensor
 
 
 class MLPWithAdapters(nn.Module):
@@ -115,11 +116,7 @@ class MLPWithAdapters(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         h = self.fc2(self.activation_fn(self.fc1(hidden_states)))
-        out = h
-        for role, w in self._mix.weights.items():
-            if w != 0.0:
-                out = out + w * self.adapters[role](h)
-        return out
+        return with_adapters(h, self.adapters, self._mix)
 
 
 # Where the FFN output lives in each layer family, and the block that replaces it.
