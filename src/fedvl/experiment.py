@@ -59,7 +59,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     try:
         if runner is None and cfg.run.runtime == "flower-sim":
             from fedvl.runtime.flower import flower_simulate as runner
-        fed = build_federation(cfg, status=progress.status, only=[] if server_only else None)
+        # the server side holds no client data when the clients build their own (deployment, Ray workers)
+        ray_workers = cfg.run.runtime == "flower-sim" and cfg.run.flower_backend == "ray"
+        fed = build_federation(cfg, status=progress.status, only=[] if server_only or ray_workers else None)
         setup_s = time.perf_counter() - t0
         history = History(run_dir)
         if runner is None:

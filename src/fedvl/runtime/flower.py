@@ -172,9 +172,10 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
 def _send(grid: Grid, nodes: dict[str, int], cids: list[str], kind: str, rnd: int, params: Params,
           timeout: float | None) -> tuple[dict[str, RecordDict], dict[str, str]]:
     """Send one message per client and collect the replies: (content by client, failures by client)."""
+    record = to_record(params)  # serialise once: every client gets the same global parameters
     out = []
     for cid in cids:
-        content = RecordDict({"params": to_record(params), "config": ConfigRecord({"cid": cid, "round": rnd})})
+        content = RecordDict({"params": record, "config": ConfigRecord({"cid": cid, "round": rnd})})
         out.append(Message(content, dst_node_id=nodes[cid], message_type=kind))
     replies = grid.send_and_receive(out, timeout=timeout)
     # match a reply to its request by message id (sending fills in the ids)
