@@ -74,3 +74,27 @@ def test_pooled_algorithms_cannot_be_federated(tiny_cfg):
 
     with pytest.raises(ConfigError, match="pools every client's data"):
         tiny_cfg("algorithm.name=centralized", "run.runtime=flower-sim")
+
+
+def test_ray_backend_without_ray_is_one_clear_line_and_inprocess_needs_no_ray(tiny_cfg, tmp_path, monkeypatch):
+    """Ray is not a dependency: the default in-process backend must never import it, and asking
+    for the Ray backend without it installed stops with one line (CI has no Ray)."""
+    import importlib.util
+    import sys
+
+    from fedvl.config import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ray" else real(n, *a))
+    monkeypatch.setitem(sys.modules, "ray", None)  # any `import ray` now fails, as on a clean machine
+    with pytest.raises(ConfigError, match="flower_backend=ray needs Ray"):
+        run_experiment(tiny_cfg("run.runtime=flower-sim", "run.flower_backend=ray", "algorithm.rounds=1"),
+                       tmp_path / "ray", progress_enabled=False)
+    out = run_experiment(tiny_cfg("run.runtime=flower-sim", "algorithm.rounds=1"), tmp_path / "inproc",
+                         progress_enabled=False)
+    assert 0.0 <= out["final"]["avg"]["acc"] <= 100.0
+    from fedvl.runtime.flower import InProcessBackend
+
+    # the stand-in backend module is gone again after the run
+    left = sys.modules.get("flwr.server.superlink.fleet.vce.backend.raybackend")
+    assert getattr(left, "RayBackend", None) is not InProcessBackend

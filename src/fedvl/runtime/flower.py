@@ -350,17 +350,28 @@ def flower_simulate(fed: Federation, run_dir: Path, history: History, progress=N
         run_simulation(server_app=server, client_app=client, num_supernodes=len(fed.client_ids),
                        backend_config=backend_config)
     else:
-        import flwr.server.superlink.fleet.vce.backend.raybackend as raybackend
+        import sys
+        import types
 
-        # Flower's engine builds its backend by this name; swap ours in for this run only
+        # Flower's engine builds its backend with `from .backend.raybackend import RayBackend`
+        # (vce_api.backend_fn). Importing the real module needs Ray, which is not a
+        # dependency, so a stand-in module holding our backend takes its place for this run.
+        name = "flwr.server.superlink.fleet.vce.backend.raybackend"
+        stand_in = types.ModuleType(name)
+        stand_in.RayBackend = InProcessBackend  # type: ignore[attr-defined]
         client = make_client_app(state_root=state_root, fed=fed)
-        original = raybackend.RayBackend
-        raybackend.RayBackend = InProcessBackend
+        original = sys.modules.get(name)
+        sys.modules[name] = stand_in
         try:
+            # any name but "ray" skips run_simulation's early exit when Ray is not installed;
+            # the engine itself ignores the name (flwr 1.41 start_vce)
             run_simulation(server_app=server, client_app=client, num_supernodes=len(fed.client_ids),
-                           backend_config=backend_config)
+                           backend_name="fedvl-inprocess", backend_config=backend_config)
         finally:
-            raybackend.RayBackend = original
+            if original is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = original
     if "error" in outcome:
         raise outcome["error"]
     if "final" not in outcome:
