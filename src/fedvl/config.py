@@ -104,6 +104,9 @@ class AlgorithmConfig:
     """If > 0, each client trains exactly this many steps per round instead of epochs."""
     batch_size: int = 32
     lr: float = 1e-3
+    full_lr: float = 1e-5
+    """model.peft=full: learning rate of the pretrained backbone weights (connector and head keep
+    ``lr``; follows the same schedule). 0 = use ``lr`` for everything."""
     weight_decay: float = 0.0
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """cosine decays over the whole run (never restarts each round)."""
@@ -322,6 +325,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         (cfg.algorithm.rounds >= 1, "algorithm.rounds must be >= 1"),
         (cfg.algorithm.batch_size >= 1, "algorithm.batch_size must be >= 1"),
         (cfg.algorithm.lr > 0, "algorithm.lr must be > 0"),
+        (cfg.algorithm.full_lr >= 0, "algorithm.full_lr must be >= 0 (0 = same as algorithm.lr)"),
         (cfg.algorithm.local_epochs >= 1 or cfg.algorithm.local_steps >= 1, "set algorithm.local_epochs or algorithm.local_steps >= 1"),
         (cfg.model.adapter_reduction >= 1, "model.adapter_reduction must be >= 1"),
         (cfg.model.lora_rank >= 1, "model.lora_rank must be >= 1"),

@@ -65,3 +65,31 @@ def test_fraction_fit_samples_a_subset_deterministically(tiny_cfg, tmp_path):
     assert [r["sampled"] for r in ha] == [r["sampled"] for r in hb]
     assert all(len(r["sampled"]) == 2 for r in ha)
     assert len({tuple(r["sampled"]) for r in ha}) > 1  # different clients in different rounds
+
+
+def test_full_fine_tuning_gives_the_backbone_its_own_learning_rate_on_the_same_schedule(tiny_cfg):
+    """peft=full: pretrained weights train at algorithm.full_lr, new modules at algorithm.lr, and a
+    cosine schedule scales both alike (no group silently keeps the other's rate)."""
+    from fedvl.algorithms.base import ClientContext
+    from fedvl.engine.loops import set_lr
+    from fedvl.models.params import param_group
+
+    fed = build_federation(tiny_cfg("model.peft=full", "algorithm.lr=1e-3", "algorithm.full_lr=1e-5"),
+                           status=lambda s: None)
+    cid = next(iter(fed.train))
+    ctx = ClientContext(cid, fed.model, fed.train[cid], fed.cfg, 1, {}, fed.travel, fed.trainable,
+                        torch.Generator().manual_seed(0))
+    opt = fed.client.optimizer(ctx)
+    names = {id(p): n for n, p in fed.model.named_parameters()}
+    set_lr(opt, 5e-4)  # e.g. halfway down a cosine
+    by_group = {}
+    for g in opt.param_groups:
+        for p in g["params"]:
+            by_group.setdefault(param_group(names[id(p)]), set()).add(round(g["lr"], 12))
+    assert by_group["backbone"] == {5e-6}
+    assert by_group["head"] == by_group["connector"] == {5e-4}
+    # full_lr=0 means one rate for everything
+    fed0 = build_federation(tiny_cfg("model.peft=full", "algorithm.full_lr=0"), status=lambda s: None)
+    opt0 = fed0.client.optimizer(ClientContext(cid, fed0.model, fed0.train[cid], fed0.cfg, 1, {}, fed0.travel,
+                                               fed0.trainable, torch.Generator().manual_seed(0)))
+    assert len(opt0.param_groups) == 1 and opt0.param_groups[0]["lr"] == fed0.cfg.algorithm.lr

@@ -19,6 +19,7 @@ from fedvl.algorithms.aggregate import Params, aggregate_updates, dp_mean
 from fedvl.config import ExperimentConfig
 from fedvl.data.features import EncodedSplit
 from fedvl.engine.loops import TrainResult, cross_entropy_step, evaluate, train_local
+from fedvl.models.params import param_group
 from fedvl.seeding import derived_seed
 
 
@@ -56,9 +57,18 @@ class ClientUpdate:
         self.cfg = cfg
 
     def optimizer(self, ctx: ClientContext) -> torch.optim.Optimizer:
+        a = self.cfg.algorithm
         named = dict(ctx.model.named_parameters())
+        if self.cfg.model.peft == "full" and a.full_lr > 0:
+            # pretrained weights diverge at the learning rate new modules need (the paper's
+            # full fine-tuning baseline uses a far smaller one), so they get their own
+            backbone = [n for n in ctx.trainable_names if param_group(n) == "backbone"]
+            rest = [n for n in ctx.trainable_names if param_group(n) != "backbone"]
+            groups = [{"params": [named[n] for n in rest]},
+                      {"params": [named[n] for n in backbone], "lr_scale": a.full_lr / a.lr}]
+            return torch.optim.AdamW([g for g in groups if g["params"]], lr=a.lr, weight_decay=a.weight_decay)
         params = [named[n] for n in ctx.trainable_names]
-        return torch.optim.AdamW(params, lr=self.cfg.algorithm.lr, weight_decay=self.cfg.algorithm.weight_decay)
+        return torch.optim.AdamW(params, lr=a.lr, weight_decay=a.weight_decay)
 
     def make_step(self, ctx: ClientContext, optimizer: torch.optim.Optimizer):
         return cross_entropy_step(ctx.model, optimizer)

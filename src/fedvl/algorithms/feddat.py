@@ -29,7 +29,7 @@ import torch
 from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, Strategy, register
 from fedvl.algorithms.losses import task_kd_loss
 from fedvl.data.features import EncodedSplit
-from fedvl.engine.loops import Batch
+from fedvl.engine.loops import Batch, set_lr
 from fedvl.engine.loops import evaluate as evaluate_split
 from fedvl.models.params import param_group
 
@@ -64,8 +64,7 @@ class FedDATClient(ClientUpdate):
 
         def step(batch: Batch, lr: float, task: str = "vqa") -> float:
 
-            for g in optimizer.param_groups:
-                g["lr"] = lr
+            set_lr(optimizer, lr)
             y = batch["labels"]
             # 1. teacher pass
             with torch.no_grad():

@@ -138,13 +138,19 @@ def evaluate(model: torch.nn.Module, data: EncodedSplit, batch_size: int = 256) 
     return metrics
 
 
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the scheduled learning rate; a group with ``lr_scale`` (the full backbone under
+    ``algorithm.full_lr``) keeps its ratio to it, so one schedule drives every group."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
 def cross_entropy_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                        extra_loss: Callable[[], torch.Tensor] | None = None) -> StepFn:
     """The plain supervised step; ``extra_loss`` adds a regulariser (FedProx)."""
 
     def step(batch: Batch, lr: float, task: str = "vqa") -> float:
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        set_lr(optimizer, lr)
         logits = model(batch["input_ids"], batch["attention_mask"], batch["features"], task=task)
         loss = F.cross_entropy(logits, batch["labels"])
         total = loss + extra_loss() if extra_loss is not None else loss
