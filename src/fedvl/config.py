@@ -87,6 +87,9 @@ class DataConfig:
     max_objects: int = 2
     """Objects per scene are drawn from 1..max_objects (at most 4: counting answers stop at 4)."""
     image_size: int = 96
+    cycle_variants: bool = False
+    """Cross-device scale: allow more clients than the benchmark has domains / functions / scenes /
+    tasks; client k takes variant k mod n, with its own images (natural partition only)."""
     partition: Literal["natural", "dirichlet", "quantity"] = "natural"
     """natural: the benchmark's own split; dirichlet / quantity: re-partition the pooled data."""
     dirichlet_alpha: float = 0.5
@@ -153,6 +156,12 @@ class RunConfig:
     cache_dir: str = "results/cache"
     threads: int = 2
     eval_every: int = 1
+    eval_clients: int = 0
+    """Evaluate this many clients (a fixed set drawn once from run.seed) instead of all (0 = all):
+    with thousands of clients, evaluating every one would dwarf the round."""
+    clients_in_memory: int = 32
+    """Simulator: keep at most this many clients' encoded data in memory; others are regenerated
+    (synthetic world) or re-read when next sampled, so memory does not grow with the client count."""
     runtime: Literal["simulator", "flower-sim"] = "simulator"
     """simulator: clients one after another in this process; flower-sim: the same run through
     Flower's simulation engine (a deployment is started with ``fedvl serve`` / ``fedvl join``)."""
@@ -325,6 +334,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         (cfg.algorithm.rounds >= 1, "algorithm.rounds must be >= 1"),
         (cfg.algorithm.batch_size >= 1, "algorithm.batch_size must be >= 1"),
         (cfg.algorithm.lr > 0, "algorithm.lr must be > 0"),
+        (cfg.run.eval_clients >= 0, "run.eval_clients must be >= 0 (0 = every client)"),
+        (cfg.run.clients_in_memory >= 1, "run.clients_in_memory must be >= 1"),
         (cfg.algorithm.full_lr >= 0, "algorithm.full_lr must be >= 0 (0 = same as algorithm.lr)"),
         (cfg.algorithm.local_epochs >= 1 or cfg.algorithm.local_steps >= 1, "set algorithm.local_epochs or algorithm.local_steps >= 1"),
         (cfg.model.adapter_reduction >= 1, "model.adapter_reduction must be >= 1"),
@@ -353,19 +364,23 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check_reliability(cfg)
     from fedvl.data.world import DOMAINS, FUNCTIONS, SCENES, TASKS
 
-    if cfg.data.benchmark == "domain" and len(cfg.data.domains) < cfg.data.num_clients:
+    if cfg.data.cycle_variants and cfg.data.partition != "natural":
+        raise ConfigError("data.cycle_variants needs data.partition=natural (the partitioners re-split pooled data)")
+    if cfg.data.benchmark == "domain" and len(cfg.data.domains) < cfg.data.num_clients and \
+            not cfg.data.cycle_variants:
         raise ConfigError(
-            f"data.domains lists {len(cfg.data.domains)} domains for {cfg.data.num_clients} clients; give one per client"
+            f"data.domains lists {len(cfg.data.domains)} domains for {cfg.data.num_clients} clients; give one per "
+            "client (or data.cycle_variants=true)"
         )
     # Function / Scene give each client one function / composition, so they cap the client count.
     per_client = {"function": ("question functions", FUNCTIONS), "scene": ("scene compositions", SCENES),
                   "task": ("tasks (vqa, itm, entail)", TASKS)}
     if cfg.data.benchmark in per_client:
         what, kinds = per_client[cfg.data.benchmark]
-        if cfg.data.num_clients > len(kinds):
+        if cfg.data.num_clients > len(kinds) and not cfg.data.cycle_variants:
             raise ConfigError(
                 f"data.benchmark={cfg.data.benchmark} has {len(kinds)} {what}, one per client: "
-                f"data.num_clients must be <= {len(kinds)}, got {cfg.data.num_clients}"
+                f"data.num_clients must be <= {len(kinds)}, got {cfg.data.num_clients} (or data.cycle_variants=true)"
             )
     for d in cfg.data.domains:
         if d not in DOMAINS:

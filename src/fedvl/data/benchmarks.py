@@ -5,8 +5,10 @@ benchmark gives each client one VQA source. Function and Scene mirror FedDAT's
 CLOVE-function / CLOVE-scene: one shared domain, and each client differs only in
 the kind of question it asks or the kind of scene it sees. Task mirrors FedDAT's
 Task benchmark (VQAv2 / NLVR2 / SNLI-VE): one shared domain, and each client has
-a different task with its own head and label space. Every benchmark is a
-function returning one :class:`ClientSplits` per client.
+a different task with its own head and label space. :func:`make_client` makes
+any one client from (config, seed, client index) alone, so the simulator can
+generate a client's data when it is first sampled (1,000 clients cost the memory
+of the few in use).
 """
 
 from __future__ import annotations
@@ -35,79 +37,52 @@ def _seed(*parts: object) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode())
 
 
-def domain_benchmark(cfg: DataConfig, seed: int) -> list[ClientSplits]:
-    clients = []
-    for k in range(cfg.num_clients):
-        dom = cfg.domains[k]
-        cid = f"c{k}-{dom}"
-        train = make_split(dom, cfg.train_images, cfg.questions_per_image, cfg.image_size, FUNCTIONS,
-                           _seed(seed, "domain", k, dom, "train"), cfg.max_objects)
-        test = make_split(dom, cfg.test_images, cfg.questions_per_image, cfg.image_size, FUNCTIONS,
-                          _seed(seed, "domain", k, dom, "test"), cfg.max_objects)
-        clients.append(ClientSplits(cid, train, test))
-    return clients
+def _variant(cfg: DataConfig, k: int) -> str:
+    """What makes client k different: its domain, function, composition or task. With
+    ``data.cycle_variants`` client k takes variant k mod n (many clients per variant, each
+    with its own images: the cross-device setting)."""
+    kinds = {"domain": cfg.domains, "function": FUNCTIONS, "scene": list(SCENES), "task": list(TASKS)}[cfg.benchmark]
+    return kinds[k % len(kinds)] if cfg.cycle_variants else kinds[k]
 
 
-def function_benchmark(cfg: DataConfig, seed: int) -> list[ClientSplits]:
-    """Client k asks only FUNCTIONS[k] questions, all in ``cfg.function_domain``.
+def benchmark_client_ids(cfg: DataConfig) -> list[str]:
+    """Every client's id without generating any data."""
+    return [f"c{k}-{_variant(cfg, k)}" for k in range(cfg.num_clients)]
 
-    The pixels come from one distribution, so the heterogeneity is purely in the
-    questions and their answer sets (FedDAT's CLOVE-function).
+
+def benchmark_tasks(cfg: DataConfig) -> set[str]:
+    """The tasks present among the clients (the model needs one head per task)."""
+    return {_variant(cfg, k) for k in range(min(cfg.num_clients, len(TASKS)))} if cfg.benchmark == "task" else {"vqa"}
+
+
+def make_client(cfg: DataConfig, seed: int, k: int) -> ClientSplits:
+    """Generate client k of a natural benchmark; depends only on (cfg, seed, k), so a client's
+    data can be made on demand, in any order, in any process.
+
+    Domain: one visual domain per client. Function (FedDAT's CLOVE-function): client k asks
+    only one question function, all in ``cfg.function_domain``, so the heterogeneity is
+    purely in the questions and their answer sets. Scene (CLOVE-scene): every function,
+    but only scenes of one composition (count, layout, palette, shapes) in
+    ``cfg.scene_domain``. Task (VQAv2 / NLVR2 / SNLI-VE): one task (vqa, itm, entail) per
+    client, each with its own label space (``Split.task``), in ``cfg.task_domain``.
     """
-    dom = cfg.function_domain
-    clients = []
-    for k in range(cfg.num_clients):
-        fn = FUNCTIONS[k]
-        cid = f"c{k}-{fn}"
-        train = make_split(dom, cfg.train_images, cfg.questions_per_image, cfg.image_size, [fn],
-                           _seed(seed, "function", k, fn, "train"), cfg.max_objects)
-        test = make_split(dom, cfg.test_images, cfg.questions_per_image, cfg.image_size, [fn],
-                          _seed(seed, "function", k, fn, "test"), cfg.max_objects)
-        clients.append(ClientSplits(cid, train, test))
-    return clients
+    return ClientSplits(f"c{k}-{_variant(cfg, k)}", make_client_split(cfg, seed, k, "train"),
+                        make_client_split(cfg, seed, k, "test"))
 
 
-def scene_benchmark(cfg: DataConfig, seed: int) -> list[ClientSplits]:
-    """Client k sees only scenes of the k-th composition in SCENES, all in ``cfg.scene_domain``.
-
-    Every client asks every function; what differs is what the scenes contain
-    (count, layout, palette, shapes), as FedDAT's CLOVE-scene.
-    """
-    dom = cfg.scene_domain
-    names = list(SCENES)
-    clients = []
-    for k in range(cfg.num_clients):
-        comp = names[k]
-        cid = f"c{k}-{comp}"
-        train = make_split(dom, cfg.train_images, cfg.questions_per_image, cfg.image_size, FUNCTIONS,
-                           _seed(seed, "scene", k, comp, "train"), cfg.max_objects, composition=comp)
-        test = make_split(dom, cfg.test_images, cfg.questions_per_image, cfg.image_size, FUNCTIONS,
-                          _seed(seed, "scene", k, comp, "test"), cfg.max_objects, composition=comp)
-        clients.append(ClientSplits(cid, train, test))
-    return clients
-
-
-def task_benchmark(cfg: DataConfig, seed: int) -> list[ClientSplits]:
-    """Client k does the k-th task of TASKS (vqa, itm, entail), all in ``cfg.task_domain``.
-
-    Every task has its own label space (``Split.task`` names it), so each client
-    needs its own head (FedDAT's Task benchmark: VQAv2 / NLVR2 / SNLI-VE).
-    """
-    dom = cfg.task_domain
-    clients = []
-    for k in range(cfg.num_clients):
-        task = list(TASKS)[k]
-        cid = f"c{k}-{task}"
-        train = make_task_split(task, dom, cfg.train_images, cfg.questions_per_image, cfg.image_size,
-                                _seed(seed, "task", k, task, "train"), cfg.max_objects)
-        test = make_task_split(task, dom, cfg.test_images, cfg.questions_per_image, cfg.image_size,
-                               _seed(seed, "task", k, task, "test"), cfg.max_objects)
-        clients.append(ClientSplits(cid, train, test))
-    return clients
-
-
-BENCHMARKS = {"domain": domain_benchmark, "function": function_benchmark, "scene": scene_benchmark,
-              "task": task_benchmark}
+def make_client_split(cfg: DataConfig, seed: int, k: int, which: str) -> Split:
+    """One split (``train`` or ``test``) of client k (see :func:`make_client`)."""
+    v, b = _variant(cfg, k), cfg.benchmark
+    n = {"train": cfg.train_images, "test": cfg.test_images}[which]
+    s = _seed(seed, b, k, v, which)
+    if b == "task":
+        return make_task_split(v, cfg.task_domain, n, cfg.questions_per_image, cfg.image_size, s, cfg.max_objects)
+    if b == "domain":
+        return make_split(v, n, cfg.questions_per_image, cfg.image_size, FUNCTIONS, s, cfg.max_objects)
+    if b == "function":
+        return make_split(cfg.function_domain, n, cfg.questions_per_image, cfg.image_size, [v], s, cfg.max_objects)
+    return make_split(cfg.scene_domain, n, cfg.questions_per_image, cfg.image_size, FUNCTIONS, s, cfg.max_objects,
+                      composition=v)
 
 
 def _subset(split: Split, sample_idx: np.ndarray) -> Split:
@@ -148,7 +123,8 @@ def repartition(clients: list[ClientSplits], cfg: DataConfig, seed: int) -> list
 
 
 def build_benchmark(cfg: DataConfig, seed: int) -> list[ClientSplits]:
-    return repartition(BENCHMARKS[cfg.benchmark](cfg, seed), cfg, seed)
+    """Every client's splits, generated now (the partitioners need the pooled data)."""
+    return repartition([make_client(cfg, seed, k) for k in range(cfg.num_clients)], cfg, seed)
 
 
 NUM_ANSWERS = len(ANSWERS)

@@ -46,7 +46,8 @@ from fedvl.config import ConfigError, ExperimentConfig, dump_config, load_config
 from fedvl.models.params import get_params  # noqa: E402
 from fedvl.report.history import History  # noqa: E402
 from fedvl.runtime.simulator import (  # noqa: E402
-    Federation, add_eval, build_federation, client_evaluate, client_fit, sample_round, server_aggregate, wants_eval,
+    Federation, add_eval, build_federation, client_evaluate, client_fit, eval_client_ids, sample_round,
+    server_aggregate, wants_eval,
 )
 from fedvl.runtime.state import ClientStateStore  # noqa: E402
 
@@ -257,10 +258,11 @@ def run_rounds(grid: Grid, fed: Federation, history: History, progress=None) -> 
                 progress.status(f"round {rnd}: {len(failed)} client(s) dropped, continuing with "
                                 f"{len(results)}: {failed}")
         if wants_eval(cfg, rnd):
-            evals, eval_failed = _send(grid, nodes, list(ids), "evaluate", rnd, global_params, timeout)
+            targets = eval_client_ids(fed)
+            evals, eval_failed = _send(grid, nodes, targets, "evaluate", rnd, global_params, timeout)
             if evals:
                 add_eval(record, {cid: {k: float(v) for k, v in evals[cid]["metrics"].items()}
-                                  for cid in ids if cid in evals})
+                                  for cid in targets if cid in evals})
             if eval_failed:
                 record["eval_dropped"] = eval_failed
         record["time_s"] = time.perf_counter() - t0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,8 +26,10 @@ from fedvl.algorithms.aggregate import Params, UpdateRejected, validate_update
 from fedvl.algorithms.attacks import attack_update, choose_attackers
 from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, FitResult, Strategy
 from fedvl.config import ExperimentConfig
-from fedvl.data.benchmarks import NUM_ANSWERS, build_benchmark
+from fedvl.data.benchmarks import (NUM_ANSWERS, benchmark_client_ids, benchmark_tasks, build_benchmark,
+                                   make_client_split)
 from fedvl.data.features import EncodedSplit, encode_split
+from fedvl.data.lazy import LazyClientData
 from fedvl.data.real import build_real_benchmark
 from fedvl.data.real.encode import encode_real_split
 from fedvl.data.world import TASKS
@@ -46,8 +49,8 @@ class Federation:
     model: torch.nn.Module
     strategy: Strategy
     client: ClientUpdate
-    train: dict[str, EncodedSplit]  # the clients that train (one "pooled" client if centralized)
-    test: dict[str, EncodedSplit]  # every client's own test split
+    train: Mapping[str, EncodedSplit]  # the clients that train (one "pooled" client if centralized)
+    test: Mapping[str, EncodedSplit]  # every client's own test split (both may be LazyClientData)
     trainable: list[str]
     travel: list[str]
     local: list[str]
@@ -83,29 +86,45 @@ def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None
     """
     torch.set_num_threads(cfg.run.threads)
     algo = get_algorithm(cfg.algorithm.name)
+    lazy = cfg.data.benchmark != "real" and cfg.data.partition == "natural" and not algo.pooled
     if cfg.data.benchmark == "real":
         # real datasets from disk (fedvl.data.real): one source per client, answers from each one's files
         status(f"reading {len(cfg.data.clients)} real datasets from {cfg.data.root}")
         clients = build_real_benchmark(cfg.data, cfg.run.seed)
         num_answers = max(len(c.train.vocab) for c in clients)
         enc_fn = partial(encode_real_split, image_size=cfg.data.image_size)
+        client_ids, tasks_present = [c.client_id for c in clients], {c.train.task for c in clients}
+    elif lazy:
+        # each client's data is made when first used (fedvl.data.lazy): memory stays flat in the client count
+        status(f"the {cfg.data.benchmark} benchmark: {cfg.data.num_clients} clients, data made on first use")
+        num_answers, enc_fn = NUM_ANSWERS, encode_split
+        client_ids, tasks_present = benchmark_client_ids(cfg.data), benchmark_tasks(cfg.data)
     else:
         status(f"generating the {cfg.data.benchmark} benchmark ({cfg.data.num_clients} clients)")
         clients = build_benchmark(cfg.data, cfg.run.seed)
         num_answers, enc_fn = NUM_ANSWERS, encode_split
+        client_ids, tasks_present = [c.client_id for c in clients], {c.train.task for c in clients}
     status(f"building the {cfg.model.name} model ({cfg.model.peft})")
-    tasks = tuple(t for t in TASKS if any(c.train.task == t for c in clients))
+    tasks = tuple(t for t in TASKS if t in tasks_present)
     model = build_model(cfg.model, num_answers, cfg.data.image_size, cfg.run.seed, roles=algo.adapter_roles,
                         tasks=tasks)
     tokenizer = load_tokenizer(cfg.model)
-    status("encoding questions and vision features (cached)")
     enc = lambda split: enc_fn(split, model, tokenizer, cfg.model.max_text_len, cfg.run.cache_dir)  # noqa: E731
-    client_ids = [c.client_id for c in clients]
-    built = clients if only is None else [clients[i] for i in only if 0 <= i < len(clients)]
-    train = {c.client_id: enc(c.train) for c in built}
-    test = {c.client_id: enc(c.test) for c in built}
-    if algo.pooled:
-        train = {"pooled": EncodedSplit.concat(list(train.values()))}
+    keep = client_ids if only is None else [client_ids[i] for i in only if 0 <= i < len(client_ids)]
+    train: Mapping[str, EncodedSplit]
+    test: Mapping[str, EncodedSplit]
+    if lazy:
+        index = {cid: k for k, cid in enumerate(client_ids)}
+        made = lambda which: lambda cid: enc(make_client_split(cfg.data, cfg.run.seed, index[cid], which))  # noqa: E731
+        train = LazyClientData(keep, made("train"), cfg.run.clients_in_memory)
+        test = LazyClientData(keep, made("test"), cfg.run.clients_in_memory)
+    else:
+        status("encoding questions and vision features (cached)")
+        built = [c for c in clients if c.client_id in set(keep)]
+        train = {c.client_id: enc(c.train) for c in built}
+        test = {c.client_id: enc(c.test) for c in built}
+        if algo.pooled:
+            train = {"pooled": EncodedSplit.concat(list(train.values()))}
     trainable = trainable_names(model, cfg.model.peft, algo.trainable_roles)
     set_trainable(model, trainable)
     local_groups = set(algo.local_groups)
@@ -252,8 +271,18 @@ def run_round(fed: Federation, store: ClientStateStore, rnd: int, global_params:
     return global_params, record
 
 
+def eval_client_ids(fed: Federation) -> list[str]:
+    """The clients every evaluation covers: all, or ``run.eval_clients`` of them drawn once from
+    the seed (the same set every round, in partition order, so rounds are comparable)."""
+    k = fed.cfg.run.eval_clients
+    if not k or k >= len(fed.client_ids):
+        return list(fed.client_ids)
+    rng = np.random.default_rng(derived_seed(fed.cfg.run.seed, "eval-clients"))
+    return [fed.client_ids[i] for i in sorted(rng.choice(len(fed.client_ids), size=k, replace=False))]
+
+
 def evaluate_all(fed: Federation, store: ClientStateStore, global_params: Params) -> dict[str, dict[str, float]]:
-    return {cid: client_evaluate(fed, store, cid, global_params) for cid in fed.test}
+    return {cid: client_evaluate(fed, store, cid, global_params) for cid in eval_client_ids(fed) if cid in fed.test}
 
 
 def simulate(fed: Federation, run_dir: Path, history, progress=None, resume: bool = False,
