@@ -156,6 +156,9 @@ class RunConfig:
     cache_dir: str = "results/cache"
     threads: int = 2
     eval_every: int = 1
+    transport_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Precision of the client updates on the wire: float16 / bfloat16 halve the bytes sent up;
+    the server upcasts before aggregating (the global model stays float32)."""
     eval_clients: int = 0
     """Evaluate this many clients (a fixed set drawn once from run.seed) instead of all (0 = all):
     with thousands of clients, evaluating every one would dwarf the round."""

@@ -65,7 +65,7 @@ class Federation:
         travel = count(self.model, self.travel)
         return {"total_params": total, "trainable_params": trainable, "travel_params": travel,
                 "trainable_frac": trainable / total, "travel_frac": travel / total,
-                "bytes_up_per_client_round": nbytes(get_params(self.model, self.travel))}
+                "bytes_up_per_client_round": nbytes(to_wire(get_params(self.model, self.travel), self.cfg))}
 
 
 def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None = None) -> Federation:
@@ -168,7 +168,20 @@ def client_fit(fed: Federation, store: ClientStateStore, cid: str, rnd: int, glo
         gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "attack", rnd, cid))
         res.params = attack_update(global_params, res.params, cfg.attack.kind, cfg.attack.scale, gen)
         res.metrics["attacker"] = 1.0
+    res.params = to_wire(res.params, cfg)  # half-precision transport: what leaves the client is already cast
     return res
+
+
+def transport_dtype(cfg: ExperimentConfig) -> torch.dtype:
+    return getattr(torch, cfg.run.transport_dtype)
+
+
+def to_wire(params: Params, cfg: ExperimentConfig) -> Params:
+    """Floating tensors in ``run.transport_dtype`` (unchanged objects at float32)."""
+    wire = transport_dtype(cfg)
+    if wire == torch.float32:
+        return params
+    return {k: v.to(wire) if v.is_floating_point() else v for k, v in params.items()}
 
 
 def client_evaluate(fed: Federation, store: ClientStateStore, cid: str, global_params: Params) -> dict[str, float]:
@@ -193,7 +206,9 @@ def check_result(fed: Federation, cid: str, res: Any, global_params: Params) -> 
     if not isinstance(res, FitResult):
         raise UpdateRejected(f"not a FitResult but {type(res).__name__}")
     known = fed.train.get(cid)
-    validate_update(global_params, res.params, res.num_examples, max_update_norm=fed.cfg.algorithm.max_update_norm,
+    # an update arrives in the transport dtype; validate it against the global model in that dtype
+    validate_update(to_wire(global_params, fed.cfg), res.params, res.num_examples,
+                    max_update_norm=fed.cfg.algorithm.max_update_norm,
                     max_examples=len(known) if known is not None else None)
     if not isinstance(res.metrics, dict) or not all(
             isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -222,6 +237,8 @@ def server_aggregate(fed: Federation, rnd: int, global_params: Params,
             rejected[cid] = str(e)
             print(f"fedvl: round {rnd}: rejected the update of {cid}: {e}", file=sys.stderr)
             continue
+        if transport_dtype(fed.cfg) != torch.float32:  # aggregate in the global model's precision
+            res.params = {k: v.to(global_params[k].dtype) for k, v in res.params.items()}
         accepted.append(res)
         train_metrics[cid] = dict(res.metrics, n=res.num_examples)
     if not accepted:
