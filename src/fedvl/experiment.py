@@ -54,7 +54,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
         run_dir.mkdir(parents=True)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
     set_status(run_dir, "running")
-    t0 = time.perf_counter()
+    t0, started_unix = time.perf_counter(), time.time()
     progress = Progress(console, cfg.algorithm.rounds, enabled=progress_enabled)
     try:
         if runner is None and cfg.run.runtime == "flower-sim":
@@ -98,7 +98,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     plot_accuracy(history.rounds_with_eval(), run_dir / "accuracy.png", title)
     summary = {"final": final, "params": params, "wall_s": wall, "setup_s": setup_s,
                "algorithm": cfg.algorithm.name, "peft": cfg.model.peft, "benchmark": cfg.data.benchmark,
-               "rejected_updates": rejected, "attackers": fed.attackers, "privacy": final.get("privacy")}
+               "rejected_updates": rejected, "attackers": fed.attackers, "privacy": final.get("privacy"),
+               # wall clock at the end of this process's first training step (startup benchmark)
+               "started_unix": started_unix, "first_step_unix": progress.first_step_unix}
     write_json_atomic(run_dir / "summary.json", summary)
     print_summary(console, final, title)
     for n in notes:

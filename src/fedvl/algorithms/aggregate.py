@@ -20,13 +20,15 @@ class UpdateRejected(ValueError):
 
 
 def validate_update(reference: Params, update: Params, num_examples: int, *, max_examples: int | None = None,
-                    max_update_norm: float = 0.0) -> None:
+                    max_update_norm: float = 0.0, reference_norm: float | None = None) -> None:
     """Raise :class:`UpdateRejected` unless ``update`` has exactly the keys, shapes,
     dtypes and devices of ``reference``, only finite values, a positive integer
     sample count (at most ``max_examples`` when the server knows the client's
     data size) and, if ``max_update_norm`` > 0, an update delta whose L2 norm is
     at most ``max_update_norm`` times the global parameters' norm (floored at 1,
-    so a zero-initialised global does not reject everything)."""
+    so a zero-initialised global does not reject everything). ``reference_norm``:
+    that norm if the caller already has it (the server checks many updates
+    against one global model per round)."""
     if isinstance(num_examples, bool) or not isinstance(num_examples, numbers.Integral) or num_examples <= 0:
         raise UpdateRejected(f"num_examples must be a positive integer, got {num_examples!r}"[:200])
     if max_examples is not None and num_examples > max_examples:
@@ -52,7 +54,9 @@ def validate_update(reference: Params, update: Params, num_examples: int, *, max
         if not torch.isfinite(t).all():
             raise UpdateRejected(f"{k}: contains NaN or Inf")
     if max_update_norm > 0:
-        delta, ref_norm = global_norm(deltas(reference, [update])[0]), global_norm(reference)
+        delta = math.sqrt(sum(float(torch.linalg.vector_norm(update[k].to(torch.float64) - g.to(torch.float64))) ** 2
+                              for k, g in reference.items()))
+        ref_norm = global_norm(reference) if reference_norm is None else reference_norm
         if not delta <= max_update_norm * max(ref_norm, 1.0):
             raise UpdateRejected(f"update norm {delta:.3g} is more than {max_update_norm:g} x the global "
                                  f"parameters' norm {ref_norm:.3g} (algorithm.max_update_norm)")
@@ -71,7 +75,7 @@ def weighted_average(updates: list[Params], weights: list[float]) -> Params:
     for k, ref in updates[0].items():
         acc = torch.zeros(ref.shape, dtype=torch.float64)
         for u, w in zip(updates, weights):
-            acc += u[k].to(torch.float64) * (w / total)
+            acc.add_(u[k], alpha=w / total)  # promotes into the float64 accumulator without a copy
         out[k] = acc.to(ref.dtype)
     return out
 
@@ -105,7 +109,7 @@ def deltas(reference: Params, updates: list[Params]) -> list[Params]:
 
 def global_norm(params: Params) -> float:
     """L2 norm of all tensors together."""
-    return math.sqrt(sum(float((t.to(torch.float64) ** 2).sum()) for t in params.values()))
+    return math.sqrt(sum(float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2 for t in params.values()))
 
 
 def clip_update(reference: Params, update: Params, max_norm: float) -> Params:

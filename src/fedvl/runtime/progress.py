@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -10,6 +11,7 @@ class Progress:
         self.console = console
         self.live = enabled and console.is_terminal
         self._bar = None
+        self.first_step_unix: float | None = None
         if self.live:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
@@ -33,6 +35,8 @@ class Progress:
                              completed=0, total=1, info="")
 
     def step(self, done: int, total: int, loss: float) -> None:
+        if self.first_step_unix is None:  # startup time: `fedvl bench` reads it from summary.json
+            self.first_step_unix = time.time()
         if self.live:
             self._bar.update(self._steps, completed=done, total=total, info=f"loss {loss:.3f}")
 

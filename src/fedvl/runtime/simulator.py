@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fedvl.algorithms import get_algorithm
-from fedvl.algorithms.aggregate import Params, UpdateRejected, validate_update
+from fedvl.algorithms.aggregate import Params, UpdateRejected, global_norm, validate_update
 from fedvl.algorithms.attacks import attack_update, choose_attackers
 from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, FitResult, Strategy
 from fedvl.config import ExperimentConfig
@@ -199,7 +199,8 @@ def sample_round(fed: Federation, rnd: int) -> list[str]:
     return fed.strategy.sample_clients(rnd, ids, rng)
 
 
-def check_result(fed: Federation, cid: str, res: Any, global_params: Params) -> None:
+def check_result(fed: Federation, cid: str, res: Any, global_params: Params,
+                 reference_norm: float | None = None) -> None:
     """Raise UpdateRejected unless ``res`` is a well-formed FitResult whose update passes
     :func:`validate_update` (with the client's data size as the sample-count bound,
     since the simulator knows it) and whose metrics are plain numbers."""
@@ -208,7 +209,7 @@ def check_result(fed: Federation, cid: str, res: Any, global_params: Params) -> 
     known = fed.train.get(cid)
     # an update arrives in the transport dtype; validate it against the global model in that dtype
     validate_update(to_wire(global_params, fed.cfg), res.params, res.num_examples,
-                    max_update_norm=fed.cfg.algorithm.max_update_norm,
+                    max_update_norm=fed.cfg.algorithm.max_update_norm, reference_norm=reference_norm,
                     max_examples=len(known) if known is not None else None)
     if not isinstance(res.metrics, dict) or not all(
             isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -230,9 +231,11 @@ def server_aggregate(fed: Federation, rnd: int, global_params: Params,
     accepted: list[FitResult] = []
     train_metrics: dict[str, dict[str, float]] = {}
     rejected: dict[str, str] = {}
+    # one global model per round: its norm (the scale of the update-norm check) is computed once
+    ref_norm = global_norm(to_wire(global_params, fed.cfg)) if fed.cfg.algorithm.max_update_norm > 0 else None
     for cid, res in results.items():
         try:
-            check_result(fed, cid, res, global_params)
+            check_result(fed, cid, res, global_params, ref_norm)
         except UpdateRejected as e:
             rejected[cid] = str(e)
             print(f"fedvl: round {rnd}: rejected the update of {cid}: {e}", file=sys.stderr)
