@@ -158,10 +158,20 @@ def fig_communication(base: list[str]) -> dict[str, Any]:
             "bytes_up_per_client_round"]
     half = _fed(base, ["algorithm.name=fedavg", "model.peft=adapter", "run.transport_dtype=float16"]).param_report()[
         "bytes_up_per_client_round"]
+    # FedDAT sends its shared adapter only; FedAvg also sends the new connector and answer head
+    feddat = _fed(base, ["algorithm.name=feddat", "model.peft=adapter"])
+    sizes["feddat (A_S)"] = feddat.param_report()["bytes_up_per_client_round"]
+    from fedvl.models.params import get_params, nbytes, param_group
+
+    by_group: dict[str, int] = {}
+    for n, t in get_params(feddat.model, feddat.trainable).items():
+        g = param_group(n).split(".")[0]
+        by_group[g] = by_group.get(g, 0) + nbytes({n: t})
     rel = {k: v / sizes["full"] for k, v in sizes.items()}
     worst = max(rel["adapter"], rel["lora"])
     return {"value": worst, "target": "adapter methods <= 0.03 of full", "holds": worst <= 0.03, "bytes_up": sizes,
-            "relative_to_full": rel, "adapter_float16_bytes_up": half, "float16_over_float32": half / sizes["adapter"]}
+            "relative_to_full": rel, "adapter_float16_bytes_up": half, "float16_over_float32": half / sizes["adapter"],
+            "trainable_bytes_by_group": by_group}
 
 
 def _scale_worker(n: int, base: list[str], cache: str) -> dict[str, Any]:
