@@ -98,6 +98,10 @@ def test_compare_writes_paper_style_table_and_resumes(tmp_path):
     again = fedvl(*args, cwd=tmp_path)  # everything complete -> reused, same table
     assert again.returncode == 0 and again.stdout.count("already complete") == 6
     assert (out / "compare.md").read_text() == table
+    assert "differs" not in again.stdout
+    # a finished run made with other settings is still reused, but the user is told
+    changed = fedvl(args[0], *TINY, "algorithm.lr=0.01", *args[1 + len(TINY):], cwd=tmp_path)
+    assert changed.returncode == 0 and changed.stdout.count("differs from this comparison") == 6
 
 
 def test_compare_rejects_unknown_method_before_running(tmp_path):

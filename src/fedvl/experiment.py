@@ -123,6 +123,18 @@ def parse_method(spec: str) -> tuple[str, str | None]:
     return algo, peft
 
 
+def _same_config(saved: Path, cfg: ExperimentConfig) -> bool:
+    """Whether a finished run used ``cfg`` (fields added since it ran count with their defaults)."""
+    from fedvl.config import load_config
+
+    try:
+        old = load_config(str(saved), [])
+    except (ConfigError, OSError):
+        return False
+    old.run.output_dir, old.run.name = cfg.run.output_dir, cfg.run.name
+    return dump_config(old) == dump_config(cfg)
+
+
 def run_comparison(config_path: str | None, overrides: list[str], methods: list[str], seeds: list[int],
                    name: str, console=None, progress_enabled: bool = True) -> Path:
     """Run every (method, seed) on the same clients and write the paper-style table.
@@ -157,6 +169,9 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
             status = run_dir / "status.json"
             if status.is_file() and json.loads(status.read_text()).get("state") == "complete":
                 console.print(f"[dim]{m} seed {cfg.run.seed}: already complete, reused[/dim]")
+                if not _same_config(run_dir / "config.yaml", cfg):
+                    console.print(f"[yellow]{m} seed {cfg.run.seed}: its config.yaml differs from this comparison's; "
+                                  f"delete {run_dir} to run it again[/yellow]")
                 continue
             console.rule(f"{m} · seed {cfg.run.seed}")
             # a run stopped mid-way with the same config continues from its last checkpoint
