@@ -71,6 +71,65 @@ stays in --state-dir and never leaves this machine. Runs until stopped (Ctrl-C).
 """
 
 
+PRETRAIN_HELP = """\
+Pretrain the server's text-to-image model (a diffusers UNet conditioned on the real
+MiniLM-L6 text encoder) on the public source domain of the synthetic world, with the
+t2i.* settings of CONFIG, and report its loss curve and the source-domain judge
+accuracy of its samples. Seeded: the same settings give the same weights. The result
+is cached under run.cache_dir/t2i/<key> (key = hash of the settings); FedMMKT runs
+use the artifact shipped in the package when their settings match it, else the cache,
+else pretrain first.
+
+  fedvl pretrain t2i configs/fedmmkt.yaml
+  fedvl pretrain t2i configs/fedmmkt.yaml --force --out t2i.safetensors   (reproduce the shipped artifact)
+"""
+
+
+def _pretrain(ns) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from fedvl.config import load_config
+    from fedvl.generation.pretrain import load_or_pretrain, save_generator
+    from fedvl.runtime.progress import Progress
+
+    path, overrides = _split_args(ns.args)
+    cfg = load_config(path, overrides)
+    import torch
+
+    torch.set_num_threads(cfg.run.threads)
+    console = Console()
+    progress = Progress(console, 1, enabled=not ns.quiet)
+
+    def step(done: int, total: int, loss: float) -> None:
+        progress.client_start(0, "pretraining", 1, 1)
+        progress.step(done, total, loss)
+        if not progress.live and (done % 100 == 0 or done == total):
+            console.print(f"step {done}/{total}: loss {loss:.4f}")
+
+    try:
+        gen, meta = load_or_pretrain(cfg.t2i, cfg.fedmmkt, Path(cfg.run.cache_dir), progress.status, step,
+                                     force=ns.force)
+    finally:
+        progress.close()
+    if "loss" in meta:
+        losses = meta["loss"]
+        k = max(1, len(losses) // 10)
+        curve = [sum(losses[i:i + k]) / len(losses[i:i + k]) for i in range(0, len(losses), k)]
+        console.print("loss curve (mean per tenth): " + " ".join(f"{v:.4f}" for v in curve))
+    if "source_fidelity" in meta:
+        f = meta["source_fidelity"]
+        console.print(f"source-domain judge accuracy on generated images: {100 * f['judge_acc']:.1f}% "
+                      f"(real images: {100 * f['judge_real_acc']:.1f}%), feature distance {f['feature_distance']:.2f}")
+    if "pretrain_seconds" in meta:
+        console.print(f"pretraining took {meta['pretrain_seconds']:.0f}s")
+    if ns.out:
+        save_generator(gen, Path(ns.out), meta)
+        console.print(f"written: {ns.out}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedvl", description="Federated fine-tuning of vision-language models.")
     p.add_argument("--version", action="version", version=f"fedvl {fedvl.__version__}")
@@ -105,6 +164,13 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--ssl-ca-certfile", help="TLS: the CA certificate that signed it (PEM)")
     srv.add_argument("--insecure", action="store_true", help="no TLS (required when no certificates are given)")
     srv.add_argument("--overwrite", action="store_true", help="replace an existing results folder of the same name")
+    pre = sub.add_parser("pretrain", help="pretrain the FedMMKT server generator on the public source domain",
+                         description=PRETRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pre.add_argument("what", choices=["t2i"], help="what to pretrain (t2i: the server text-to-image model)")
+    pre.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+    pre.add_argument("--out", help="also write the weights here (safetensors + .json beside)")
+    pre.add_argument("--force", action="store_true", help="pretrain even if matching weights exist")
+    pre.add_argument("--quiet", action="store_true", help="no live progress bar")
     jn = sub.add_parser("join", help="Flower deployment: run a client node for one partition",
                         description=JOIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     jn.add_argument("--server", required=True, help="the SuperLink, HOST:PORT")
@@ -201,6 +267,11 @@ def _resume(ns) -> int:
         print(f"fedvl: {run_dir} is already complete; nothing to resume")
         return 0
     cfg = load_config(run_dir / "config.yaml")
+    from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
+
+    if cfg.algorithm.name in KT_ALGORITHMS:
+        raise ConfigError(f"--resume is not available for {cfg.algorithm.name} runs (they keep no round "
+                          "checkpoints); start the run again")
     try:
         check_available(cfg.model)
     except ModelUnavailableError as e:
@@ -216,10 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.command == "algorithms":
             from fedvl.algorithms import registry
+            from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
 
             for name, algo in sorted(registry().items()):
                 print(f"{name:<14} {algo.summary}")
+            for name, kt in KT_ALGORITHMS.items():
+                print(f"{name:<14} {kt.summary}")
             return 0
+        if ns.command == "pretrain":
+            return _pretrain(ns)
         if ns.command == "join":
             return _join(ns)
         from fedvl.config import dump_config, load_config

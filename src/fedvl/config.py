@@ -16,6 +16,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from fedvl.kt.config import FedMMKTConfig, T2IConfig
+
 
 class ConfigError(ValueError):
     """A configuration problem the user can fix; the CLI prints it on one line, exit 2."""
@@ -221,6 +223,10 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    t2i: T2IConfig = field(default_factory=T2IConfig)
+    """FedMMKT only: the server's text-to-image model."""
+    fedmmkt: FedMMKTConfig = field(default_factory=FedMMKTConfig)
+    """FedMMKT only: clients, task models, distillation, feedback."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -364,6 +370,13 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         if not ok:
             raise ConfigError(msg)
     _check_finite(cfg, "")
+    from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
+
+    if cfg.algorithm.name in KT_ALGORITHMS:  # the knowledge-transfer family has its own sections
+        from fedvl.kt.validate import validate_kt
+
+        validate_kt(cfg)
+        return cfg
     _check_reliability(cfg)
     from fedvl.data.world import DOMAINS, FUNCTIONS, SCENES, TASKS
 
@@ -508,7 +521,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {p} cannot be read as text: {type(e).__name__}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping of sections "
-                              "(model, data, algorithm, run, attack, privacy)")
+                              "(model, data, algorithm, run, attack, privacy, t2i, fedmmkt)")
         _apply(cfg, data, "", from_text=False)
     for text in overrides or []:
         keys, value = parse_override(text)

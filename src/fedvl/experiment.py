@@ -61,6 +61,10 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
             from fedvl.runtime.flower import flower_simulate as runner
         # the server side holds no client data when the clients build their own (deployment, Ray workers)
         ray_workers = cfg.run.runtime == "flower-sim" and cfg.run.flower_backend == "ray"
+        from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
+
+        if cfg.algorithm.name in KT_ALGORITHMS:  # knowledge transfer: its own loop and results
+            return _finish_kt(cfg, run_dir, console, progress, t0)
         fed = build_federation(cfg, status=progress.status, only=[] if server_only or ray_workers else None)
         setup_s = time.perf_counter() - t0
         history = History(run_dir)
@@ -101,6 +105,29 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
                "rejected_updates": rejected, "attackers": fed.attackers, "privacy": final.get("privacy"),
                # wall clock at the end of this process's first training step (startup benchmark)
                "started_unix": started_unix, "first_step_unix": progress.first_step_unix}
+    write_json_atomic(run_dir / "summary.json", summary)
+    print_summary(console, final, title)
+    for n in notes:
+        console.print(f"  {n}")
+    console.print(f"results: {run_dir}")
+    set_status(run_dir, "complete", wall_s=wall)
+    return summary
+
+
+def _finish_kt(cfg: ExperimentConfig, run_dir: Path, console, progress, t0: float) -> dict[str, Any]:
+    """A FedMMKT-family run (:mod:`fedvl.kt.experiment`), with the same summary files as any run."""
+    from fedvl.kt.experiment import run_kt
+    from fedvl.report.tables import markdown_summary, print_summary
+
+    final, params, notes = run_kt(cfg, run_dir, progress)
+    progress.close()
+    wall = time.perf_counter() - t0
+    title = f"{cfg.algorithm.name} · knowledge transfer · {len(cfg.fedmmkt.domains)} clients"
+    notes.append(f"wall time {wall:.1f}s (setup {params['setup_s']:.1f}s); seed {cfg.run.seed}")
+    (run_dir / "summary.md").write_text(markdown_summary(final, title, notes))
+    summary = {"final": final, "params": params, "wall_s": wall, "setup_s": params["setup_s"],
+               "algorithm": cfg.algorithm.name, "benchmark": "fedmmkt", "generator": final.get("generator"),
+               "rejected_updates": sum(len(r.get("rejected", {})) for r in History.read(run_dir))}
     write_json_atomic(run_dir / "summary.json", summary)
     print_summary(console, final, title)
     for n in notes:

@@ -156,7 +156,11 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
     """Start a SuperLink, submit the experiment, wait for it, stop the SuperLink.
     Returns 0 when the results folder says ``complete``."""
     from fedvl.algorithms import get_algorithm
+    from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
 
+    if cfg.algorithm.name in KT_ALGORITHMS:
+        raise ConfigError(f"algorithm {cfg.algorithm.name} runs on the in-process simulator only; "
+                          "it has no Flower deployment yet")
     if get_algorithm(cfg.algorithm.name).pooled:
         raise ConfigError(f"algorithm {cfg.algorithm.name} pools every client's data in one place; it has no "
                           "federated deployment")

@@ -1,0 +1,1 @@
+"""The server's text-to-image model (diffusers UNet conditioned on MiniLM text) and its judge."""

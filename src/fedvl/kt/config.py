@@ -1,0 +1,78 @@
+"""Typed configuration of FedMMKT runs: the server generator (``t2i``) and the knowledge
+transfer federation (``fedmmkt``). Sections of :class:`fedvl.config.ExperimentConfig`;
+the round count, seed, threads and output folder come from ``algorithm`` and ``run``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class T2IConfig:
+    source: str = "fedvl"
+    """``fedvl``: our pixel-space UNet conditioned on MiniLM; or a folder holding a diffusers
+    Stable Diffusion style pipeline (unet/, text_encoder/, tokenizer/, optional vae/), read from disk."""
+    text: Literal["minilm", "tiny"] = "minilm"
+    """Text encoder of ``source=fedvl``: the real MiniLM-L6 or a tiny random BERT (tests)."""
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    image_size: int = 32
+    max_text_len: int = 12
+    side_rank: int = 16
+    """Rank of the trainable residual adapter on the text side (zero at the start)."""
+    prediction: Literal["epsilon", "v_prediction"] = "epsilon"
+    weights: str = ""
+    """A pretrained generator file (``fedvl pretrain t2i`` output). Empty: the shipped artifact when
+    the pretraining settings match it, else the cache (``run.cache_dir``), else pretrain now."""
+    pretrain_steps: int = 1200
+    pretrain_batch: int = 64
+    pretrain_lr: float = 2e-3
+    pretrain_per_class: int = 100
+    """Public source-domain images per class for pretraining."""
+    cond_dropout: float = 0.1
+    """Share of prompts dropped to "" in training (the unconditional model for guidance)."""
+    sample_steps: int = 10
+    """DDIM denoising steps per sample."""
+    guidance: float = 2.0
+    """Classifier-free guidance scale (1 = none, half the sampling cost)."""
+    sample_batch: int = 64
+    lora_rank: int = 8
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    lr: float = 1e-3
+    """Learning rate of the generator's LoRA + text-side adapter in federation."""
+    server_steps: int = 30
+    """Generator update steps per round."""
+    server_batch: int = 32
+
+
+@dataclass
+class FedMMKTConfig:
+    colors: list[str] = field(default_factory=lambda: ["red", "green", "blue"])
+    shapes: list[str] = field(default_factory=lambda: ["circle", "square", "triangle", "diamond", "cross"])
+    """The classes are every (colour, shape) pair; the prompt of a class is "a <colour> <shape>"."""
+    domains: list[str] = field(default_factory=lambda: ["night", "sketch", "painting", "photo"])
+    """One private visual domain per client (the generator is pretrained on ``source`` only)."""
+    archs: list[str] = field(default_factory=lambda: ["cnn", "mlp", "mixer", "cnn"])
+    """One task-model architecture per client (cnn, cnn-wide, mlp, mixer)."""
+    train_per_class: int = 4
+    test_per_class: int = 10
+    judge_per_class: int = 30
+    """Held-out real images per class and client domain that train the fidelity judge."""
+    synthetic_per_class: int = 8
+    eval_per_class: int = 4
+    """Generated images per class for the fidelity scores (fixed noise every round)."""
+    proto_dim: int = 64
+    lr: float = 2e-3
+    batch_size: int = 32
+    local_epochs: int = 3
+    kd_weight: float = 1.0
+    kd_temperature: float = 3.0
+    proto_weight: float = 0.1
+    """Weight of the client's pull of its features toward the global prototypes (FedProto-style)."""
+    filter_threshold: float = 0.0
+    """Quality control: keep a synthetic sample only if the ensemble's top class is its prompt's and its
+    probability is at least this."""
+    confidence_weighting: bool = True
+    """Weight each client's vote by its confidence on the class it predicts (else a plain mean)."""
+    align_weight: float = 0.1
+    align_temperature: float = 0.1

@@ -1,0 +1,259 @@
+"""The round loop of the knowledge-transfer family (FedMMKT and its baselines), written once.
+
+Clients here hold task models of their own architectures, so nothing like a shared
+global model exists: what travels up is logits and prototypes on the synthetic set
+(or, for ``kt-fedavg`` only, weights within an architecture group). Every strategy is a
+:class:`fedvl.algorithms.fedmmkt.KTStrategy` whose flags this loop reads. Client task
+models live on disk between rounds (:class:`ClientStateStore`); randomness is derived
+from (seed, purpose, round, client).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedvl.algorithms.aggregate import UpdateRejected
+from fedvl.algorithms.fedmmkt import (KT_ALGORITHMS, DistillSet, KTClient, KTStrategy, alignment_loss, ensemble,
+                                      global_prototypes, quality_filter)
+from fedvl.config import ExperimentConfig
+from fedvl.generation.judge import fidelity, judge_outputs, train_judge
+from fedvl.generation.t2i import Sampling, T2IGenerator
+from fedvl.kt.data import ImageTextSet, class_names, make_set, prompt
+from fedvl.kt.models import build_task_model
+from fedvl.runtime.state import ClientStateStore
+from fedvl.seeding import derived_seed
+
+
+@dataclass
+class KTFederation:
+    cfg: ExperimentConfig
+    strategy: KTStrategy
+    client: KTClient
+    classes: list[str]
+    train: dict[str, ImageTextSet]
+    test: dict[str, ImageTextSet]
+    archs: dict[str, str]
+    store: ClientStateStore
+    generator: T2IGenerator | None = None
+    judge: torch.nn.Module | None = None
+    judge_real: torch.Tensor | None = None  # judge features of held-out real client-domain images
+    align_head: torch.nn.Module | None = None
+    gen_opt: torch.optim.Optimizer | None = None
+    pretrain_meta: dict = field(default_factory=dict)
+
+    @property
+    def client_ids(self) -> list[str]:
+        return list(self.train)
+
+
+@dataclass
+class ServerState:
+    """What the server carries from one round to the next."""
+
+    synthetic: ImageTextSet | None = None
+    distill: DistillSet | None = None
+    protos: torch.Tensor | None = None
+    seen: torch.Tensor | None = None
+    samples: dict[str, torch.Tensor] = field(default_factory=dict)  # generated eval images per round (grids)
+
+
+def client_ids(kt) -> list[str]:
+    return [f"c{i}-{d}-{a}" for i, (d, a) in enumerate(zip(kt.domains, kt.archs))]
+
+
+def build(cfg: ExperimentConfig, run_dir: Path, status=print, on_pretrain_step=None) -> KTFederation:
+    """Client data, the fidelity judge and, if the strategy uses one, the pretrained generator."""
+    torch.set_num_threads(cfg.run.threads)
+    kt, seed = cfg.fedmmkt, cfg.run.seed
+    classes = class_names(kt.colors, kt.shapes)
+    size = cfg.t2i.image_size
+    strategy = KT_ALGORITHMS[cfg.algorithm.name]
+    ids = client_ids(kt)
+    status(f"making {len(ids)} clients' private image-text data ({len(classes)} classes)")
+    train = {cid: make_set(classes, d, kt.train_per_class, size, derived_seed(seed, "kt-train", cid))
+             for cid, d in zip(ids, kt.domains)}
+    test = {cid: make_set(classes, d, kt.test_per_class, size, derived_seed(seed, "kt-test", cid))
+            for cid, d in zip(ids, kt.domains)}
+    fed = KTFederation(cfg, strategy, KTClient(kt), classes, train, test, dict(zip(ids, kt.archs)),
+                       ClientStateStore(run_dir / "client_states"))
+    if strategy.synthetic:
+        from fedvl.generation.pretrain import load_or_pretrain
+
+        fed.generator, fed.pretrain_meta = load_or_pretrain(cfg.t2i, kt, Path(cfg.run.cache_dir), status,
+                                                            on_pretrain_step)
+        status("training the fidelity judge on held-out real client-domain images")
+        held = [make_set(classes, d, kt.judge_per_class, size, derived_seed(seed, "kt-judge", d))
+                for d in dict.fromkeys(kt.domains)]
+        images, labels = torch.cat([h.images for h in held]), torch.cat([h.labels for h in held])
+        fed.judge = train_judge(images, labels, len(classes), derived_seed(seed, "judge"))
+        fed.judge_real = judge_outputs(fed.judge, images)[0]
+        if strategy.update_generator:
+            gen = fed.generator
+            gen.add_lora(cfg.t2i.lora_rank, cfg.t2i.lora_targets)
+            torch.manual_seed(derived_seed(seed, "align-head"))
+            fed.align_head = torch.nn.Linear(gen.cond.dim, kt.proto_dim)
+            gen.set_trainable(gen.federated_names())
+            params = [p for p in gen.parameters() if p.requires_grad] + list(fed.align_head.parameters())
+            fed.gen_opt = torch.optim.AdamW(params, lr=cfg.t2i.lr)
+        else:
+            fed.generator.set_trainable([])
+    for cid, arch in fed.archs.items():
+        model = build_task_model(arch, len(classes), size, kt.proto_dim, derived_seed(seed, "task-model", cid))
+        fed.store.save(cid, model.state_dict())
+    return fed
+
+
+def task_model(fed: KTFederation, cid: str) -> torch.nn.Module:
+    model = build_task_model(fed.archs[cid], len(fed.classes), fed.cfg.t2i.image_size, fed.cfg.fedmmkt.proto_dim, 0)
+    model.load_state_dict(fed.store.load(cid))
+    return model
+
+
+def generate(fed: KTFederation, per_class: int, seed: int) -> ImageTextSet:
+    labels = torch.arange(len(fed.classes)).repeat(per_class)
+    captions = [prompt(fed.classes[k]) for k in labels.tolist()]
+    t = fed.cfg.t2i
+    images = fed.generator.sample(captions, Sampling(t.sample_steps, t.guidance, t.sample_batch),
+                                  torch.Generator().manual_seed(seed))
+    return ImageTextSet(images, labels, captions)
+
+
+def check_report(msg: Any, n: int, classes: int, dim: int) -> None:
+    """What a client sends must be exactly logits (n, C), prototypes (C, D) and counts (C,), finite."""
+    want = {"logits": (n, classes), "protos": (classes, dim), "proto_counts": (classes,)}
+    if not isinstance(msg, dict) or set(msg) != set(want):
+        raise UpdateRejected(f"expected keys {sorted(want)}, got {sorted(msg) if isinstance(msg, dict) else type(msg)}")
+    for k, shape in want.items():
+        v = msg[k]
+        if not isinstance(v, torch.Tensor) or tuple(v.shape) != shape:
+            raise UpdateRejected(f"{k}: expected a tensor of shape {shape}")
+        if not bool(torch.isfinite(v).all()):
+            raise UpdateRejected(f"{k}: NaN or Inf")
+
+
+def update_generator(fed: KTFederation, synthetic: ImageTextSet, keep: torch.Tensor, probs: torch.Tensor,
+                     state: ServerState, rnd: int) -> dict[str, float]:
+    """Feedback-weighted denoising on the accepted samples + prototype alignment of the text side."""
+    t, kt, gen = fed.cfg.t2i, fed.cfg.fedmmkt, fed.generator
+    idx = keep.nonzero().flatten()
+    weights = probs[idx, synthetic.labels[idx]]  # how strongly the clients recognise the prompt's class
+    g = torch.Generator().manual_seed(derived_seed(fed.cfg.run.seed, "gen-update", rnd))
+    class_prompts = [prompt(c) for c in fed.classes]
+    gen.train()
+    total_d, total_a = 0.0, 0.0
+    for _ in range(t.server_steps):
+        loss = torch.zeros(())
+        if len(idx):
+            j = idx[torch.randint(0, len(idx), (min(t.server_batch, len(idx)),), generator=g)]
+            w = probs[j, synthetic.labels[j]]
+            d = gen.loss(synthetic.images[j], [synthetic.captions[i] for i in j.tolist()], weights=w,
+                         cond_dropout=t.cond_dropout, generator=g)
+            loss, total_d = loss + d, total_d + float(d)
+        if kt.align_weight > 0 and state.protos is not None:
+            _, _, pooled = gen.cond(class_prompts)
+            a = alignment_loss(fed.align_head(pooled), state.protos, state.seen, kt.align_temperature)
+            loss, total_a = loss + kt.align_weight * a, total_a + float(a)
+        if not loss.requires_grad:
+            break
+        fed.gen_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        fed.gen_opt.step()
+    steps = max(t.server_steps, 1)
+    return {"denoise_loss": total_d / steps, "align_loss": total_a / steps, "accepted": int(len(idx)),
+            "feedback_weight": float(weights.mean()) if len(idx) else 0.0}
+
+
+def average_by_arch(fed: KTFederation, states: dict[str, dict[str, torch.Tensor]]) -> None:
+    """kt-fedavg: sample-weighted FedAvg of the task-model weights within each architecture."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for cid in states:
+        groups[fed.archs[cid]].append(cid)
+    for members in groups.values():
+        n = torch.tensor([float(len(fed.train[c])) for c in members])
+        w = n / n.sum()
+        avg = {k: sum(w[i] * states[c][k].double() for i, c in enumerate(members)).to(states[members[0]][k].dtype)
+               for k in states[members[0]]}
+        for c in members:
+            fed.store.save(c, avg)
+
+
+def eval_generator(fed: KTFederation) -> tuple[dict[str, float], ImageTextSet]:
+    kt = fed.cfg.fedmmkt
+    # the same noise every round: the change in the scores is the generator's, not the draw's
+    imgs = generate(fed, kt.eval_per_class, derived_seed(fed.cfg.run.seed, "eval-noise"))
+    return fidelity(fed.judge, imgs.images, imgs.labels, fed.judge_real), imgs
+
+
+def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) -> dict[str, Any]:
+    cfg, kt, strat = fed.cfg, fed.cfg.fedmmkt, fed.strategy
+    t0 = time.perf_counter()
+    timing: dict[str, float] = {}
+    if strat.synthetic and (state.synthetic is None or strat.regenerate):
+        tg = time.perf_counter()
+        state.synthetic = generate(fed, kt.synthetic_per_class, derived_seed(cfg.run.seed, "synthetic", rnd))
+        timing["generate_s"] = time.perf_counter() - tg
+    reports: dict[str, dict[str, torch.Tensor]] = {}
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    train_metrics: dict[str, dict[str, float]] = {}
+    rejected: dict[str, str] = {}
+    tc = time.perf_counter()
+    for i, cid in enumerate(fed.client_ids, 1):
+        if progress:
+            progress.client_start(rnd, cid, i, len(fed.client_ids))
+        model = task_model(fed, cid)
+        gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "batches", rnd, cid))
+        torch.manual_seed(derived_seed(cfg.run.seed, "torch", rnd, cid))
+        data = fed.train[cid]
+        train_metrics[cid] = fed.client.train(model, data.images, data.labels, state.distill, state.protos, gen)
+        states[cid] = model.state_dict()
+        fed.store.save(cid, states[cid])
+        if strat.synthetic:
+            msg = fed.client.report(model, state.synthetic.images, state.synthetic.labels, len(fed.classes))
+            try:
+                check_report(msg, len(state.synthetic), len(fed.classes), kt.proto_dim)
+                reports[cid] = msg
+            except UpdateRejected as e:
+                rejected[cid] = str(e)
+    timing["clients_s"] = time.perf_counter() - tc
+    record: dict[str, Any] = {"round": rnd, "sampled": fed.client_ids, "train": train_metrics}
+    if strat.average_weights:
+        average_by_arch(fed, states)
+    server: dict[str, float] = {}
+    if strat.synthetic:
+        if not reports:
+            raise RuntimeError(f"round {rnd}: every client report was rejected ({rejected}); stopping")
+        probs = ensemble({k: v["logits"] for k, v in reports.items()}, kt.confidence_weighting)
+        keep = quality_filter(probs, state.synthetic.labels, kt.filter_threshold)
+        state.protos = global_prototypes({k: v["protos"] for k, v in reports.items()},
+                                         {k: v["proto_counts"] for k, v in reports.items()})
+        state.seen = torch.stack([v["proto_counts"] for v in reports.values()]).sum(0) > 0
+        server = {"accepted_frac": float(keep.float().mean()),
+                  "ensemble_agrees": float((probs.argmax(1) == state.synthetic.labels).float().mean())}
+        if strat.update_generator:
+            tu = time.perf_counter()
+            server.update(update_generator(fed, state.synthetic, keep, probs, state, rnd))
+            timing["generator_update_s"] = time.perf_counter() - tu
+        # the accepted samples and their ensemble labels are next round's distillation set
+        state.distill = DistillSet(state.synthetic.images[keep], probs[keep])
+    if rejected:
+        record["rejected"] = rejected
+    record["server"] = server
+    record["train_loss"] = sum(m["train_loss"] for m in train_metrics.values()) / len(train_metrics)
+    te = time.perf_counter()
+    evals = {cid: fed.client.evaluate(task_model(fed, cid), fed.test[cid].images, fed.test[cid].labels)
+             for cid in fed.client_ids}
+    record["eval"] = evals
+    record["avg"] = {k: sum(m[k] for m in evals.values()) / len(evals) for k in ("acc", "bal_acc")}
+    if fed.judge is not None and (rnd == 1 or strat.update_generator or rnd == cfg.algorithm.rounds):
+        record["generator"], imgs = eval_generator(fed)
+        state.samples[f"round{rnd}"] = imgs.images
+    timing["eval_s"] = time.perf_counter() - te
+    record["timing"] = timing
+    record["time_s"] = time.perf_counter() - t0
+    return record
