@@ -4,16 +4,20 @@ import pytest
 import torch
 
 from fedvl.algorithms import available_algorithms, get_algorithm
+from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
 from fedvl.models.params import param_group
 from fedvl.report.history import History
 from fedvl.runtime.simulator import build_federation, simulate
 
 # what each algorithm must send: "all" trainable, or nothing
 EXPECTED_TRAVEL = {"fedavg": "all", "fedprox": "all", "centralized": "all", "local": "none", "feddat": "shared"}
+KT_TRAVEL = {"fedmmkt": "report", "kt-distill": "report", "kt-local": "none", "kt-fedavg": "weights"}
 
 
 def test_every_registered_algorithm_has_a_row():
-    assert set(available_algorithms()) == set(EXPECTED_TRAVEL)
+    # the knowledge-transfer family runs its own matrix in tests/runtime/test_kt.py
+    assert set(available_algorithms()) == set(EXPECTED_TRAVEL) | set(KT_TRAVEL)
+    assert set(KT_TRAVEL) == set(KT_ALGORITHMS)
 
 
 def _run(cfg, run_dir):

@@ -132,7 +132,7 @@ class KTClient:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                steps, total = steps + 1, total + float(loss)
+                steps, total = steps + 1, total + loss.item()
         if not torch.isfinite(torch.tensor(total)):
             raise FloatingPointError("client training diverged (loss is not finite)")
         return {"train_loss": total / max(steps, 1), "steps": steps}

@@ -66,7 +66,7 @@ def pretrain(gen: T2IGenerator, t2i: T2IConfig, classes: list[str], seed: int = 
         sched.step()
         losses.append(loss.item())
         if on_step:
-            on_step(step, t2i.pretrain_steps, float(loss))
+            on_step(step, t2i.pretrain_steps, losses[-1])
     return losses
 
 

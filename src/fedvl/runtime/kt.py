@@ -154,11 +154,11 @@ def update_generator(fed: KTFederation, synthetic: ImageTextSet, keep: torch.Ten
             w = probs[j, synthetic.labels[j]]
             d = gen.loss(synthetic.images[j], [synthetic.captions[i] for i in j.tolist()], weights=w,
                          cond_dropout=t.cond_dropout, generator=g)
-            loss, total_d = loss + d, total_d + float(d)
+            loss, total_d = loss + d, total_d + d.item()
         if kt.align_weight > 0 and state.protos is not None:
             _, _, pooled = gen.cond(class_prompts)
             a = alignment_loss(fed.align_head(pooled), state.protos, state.seen, kt.align_temperature)
-            loss, total_a = loss + kt.align_weight * a, total_a + float(a)
+            loss, total_a = loss + kt.align_weight * a, total_a + a.item()
         if not loss.requires_grad:
             break
         fed.gen_opt.zero_grad(set_to_none=True)

@@ -1,0 +1,180 @@
+"""FedMMKT and its baselines end to end on a tiny generator and tiny task models."""
+
+import json
+
+import pytest
+import torch
+
+from fedvl.algorithms.aggregate import UpdateRejected
+from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
+from fedvl.config import ConfigError, load_config
+from fedvl.runtime.kt import ServerState, build, check_report, run_round, task_model
+
+KT_TINY = [
+    "run.threads=1",
+    "algorithm.rounds=2",
+    "t2i.text=tiny", "t2i.channels=8,16", "t2i.image_size=16", "t2i.pretrain_steps=3", "t2i.pretrain_per_class=2",
+    "t2i.sample_steps=2", "t2i.server_steps=2", "t2i.server_batch=8",
+    "fedmmkt.colors=red,blue", "fedmmkt.shapes=circle,square", "fedmmkt.domains=night,sketch,night",
+    "fedmmkt.archs=cnn,mlp,cnn", "fedmmkt.train_per_class=2", "fedmmkt.test_per_class=2",
+    "fedmmkt.judge_per_class=3", "fedmmkt.synthetic_per_class=2", "fedmmkt.eval_per_class=2",
+    "fedmmkt.local_epochs=1",
+]
+# what each knowledge-transfer algorithm sends up (the fine-tuning family's matrix is tests/algorithms/test_matrix.py)
+KT_TRAVEL = {"fedmmkt": "report", "kt-distill": "report", "kt-local": "none", "kt-fedavg": "weights"}
+
+
+@pytest.fixture
+def kt_cfg(tmp_path):
+    def make(name="fedmmkt", *extra):
+        return load_config(None, KT_TINY + [f"algorithm.name={name}", f"run.output_dir={tmp_path / 'results'}",
+                                            f"run.cache_dir={tmp_path / 'cache'}", *extra])
+    return make
+
+
+def test_matrix_covers_every_kt_algorithm():
+    assert set(KT_TRAVEL) == set(KT_ALGORITHMS)
+
+
+@pytest.mark.parametrize("name", sorted(KT_TRAVEL))
+def test_kt_algorithm_runs_two_rounds(name, kt_cfg, tmp_path):
+    fed = build(kt_cfg(name), tmp_path / name, status=lambda s: None)
+    state = ServerState()
+    records = [run_round(fed, r, state) for r in (1, 2)]
+    for rec in records:
+        assert set(rec["eval"]) == set(fed.client_ids)
+        assert all(0.0 <= m["acc"] <= 1.0 and m["n"] == 8 for m in rec["eval"].values())
+    uses_synthetic = KT_TRAVEL[name] == "report"
+    assert ("generator" in records[0]) == uses_synthetic
+    assert (state.distill is not None) == uses_synthetic
+    if name == "kt-fedavg":  # the two cnn clients hold the same averaged weights; the mlp its own
+        a, b = (task_model(fed, c).state_dict() for c in (fed.client_ids[0], fed.client_ids[2]))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    if name == "kt-local":  # nothing shared: same-architecture clients stay different
+        a, b = (task_model(fed, c).state_dict() for c in (fed.client_ids[0], fed.client_ids[2]))
+        assert not all(torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+def test_what_travels_is_logits_and_prototypes_only(kt_cfg, tmp_path):
+    fed = build(kt_cfg(), tmp_path / "r", status=lambda s: None)
+    state = ServerState()
+    sent = {}
+    orig = fed.client.report
+
+    def spy(model, synthetic, labels, num_classes):
+        out = orig(model, synthetic, labels, num_classes)
+        sent[id(model)] = (out, {k: v.clone() for k, v in model.state_dict().items()})
+        return out
+
+    fed.client.report = spy
+    run_round(fed, 1, state)
+    assert len(sent) == 3
+    n_syn, classes = len(state.synthetic), len(fed.classes)
+    for msg, weights in sent.values():
+        assert set(msg) == {"logits", "protos", "proto_counts"}
+        assert msg["logits"].shape == (n_syn, classes)
+        assert msg["protos"].shape == (classes, fed.cfg.fedmmkt.proto_dim)
+        # no weight and no private image is among what is sent (by value, not only by shape)
+        for v in msg.values():
+            assert not any(w.shape == v.shape and torch.equal(w, v) for w in weights.values())
+            assert v.numel() < fed.train[fed.client_ids[0]].images[0].numel()
+        assert msg["proto_counts"].sum() == n_syn
+
+
+def test_generator_lora_changes_and_base_stays_frozen(kt_cfg, tmp_path):
+    fed = build(kt_cfg(), tmp_path / "g", status=lambda s: None)
+    gen = fed.generator
+    lora = set(gen.federated_names())
+    assert lora and any("lora_" in n for n in lora) and any(n.startswith("cond.side.") for n in lora)
+    before = {n: p.detach().clone() for n, p in gen.named_parameters()}
+    state = ServerState()
+    rec = run_round(fed, 1, state)
+    assert rec["server"]["accepted"] >= 0
+    rec = run_round(fed, 2, state)  # round 2 also has prototypes: the alignment loss acts
+    after = dict(gen.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    base = set(before) - lora
+    assert not changed & base, "the frozen base generator changed"
+    # the text-side adapter moves through the alignment loss (accepted samples or not)
+    assert any(n.startswith("cond.side.") for n in changed)
+    assert "align_loss" in rec["server"] and rec["server"]["align_loss"] > 0
+
+
+def test_fixed_generator_baseline_keeps_one_synthetic_set(kt_cfg, tmp_path):
+    fed = build(kt_cfg("kt-distill"), tmp_path / "d", status=lambda s: None)
+    base = {n: p.detach().clone() for n, p in fed.generator.named_parameters()}
+    state = ServerState()
+    run_round(fed, 1, state)
+    first = state.synthetic.images.clone()
+    run_round(fed, 2, state)
+    assert torch.equal(first, state.synthetic.images)
+    assert all(torch.equal(base[n], p) for n, p in fed.generator.named_parameters())
+
+
+def test_malformed_client_reports_are_rejected():
+    good = {"logits": torch.zeros(4, 3), "protos": torch.zeros(3, 5), "proto_counts": torch.ones(3)}
+    check_report(good, 4, 3, 5)
+    bad = [dict(good, logits=torch.full((4, 3), float("nan"))), dict(good, protos=torch.zeros(3, 6)),
+           {**good, "weights": torch.zeros(2)}, {"logits": good["logits"]}, [1, 2], dict(good, proto_counts=[1, 1, 1])]
+    for msg in bad:
+        with pytest.raises(UpdateRejected):
+            check_report(msg, 4, 3, 5)
+
+
+def test_a_rejected_client_is_recorded_and_the_round_goes_on(kt_cfg, tmp_path):
+    fed = build(kt_cfg(), tmp_path / "x", status=lambda s: None)
+    orig = fed.client.report
+    calls = []
+
+    def poisoned(model, synthetic, labels, num_classes):
+        out = orig(model, synthetic, labels, num_classes)
+        calls.append(1)
+        if len(calls) == 2:
+            out["logits"] = out["logits"] * float("nan")
+        return out
+
+    fed.client.report = poisoned
+    rec = run_round(fed, 1, ServerState())
+    assert list(rec["rejected"]) == [fed.client_ids[1]] and "NaN" in rec["rejected"][fed.client_ids[1]]
+    assert "generator" in rec
+
+
+@pytest.mark.parametrize("override, message", [
+    ("fedmmkt.archs=cnn,mlp", "give one per client"),
+    ("fedmmkt.archs=cnn,resnet9000,cnn", "unknown architecture"),
+    ("fedmmkt.domains=source,night,night", "public domain"),
+    ("run.runtime=flower-sim", "in-process simulator only"),
+    ("t2i.source=/nonexistent/sd", "neither 'fedvl' nor a folder"),
+    ("t2i.image_size=17", "divisible"),
+])
+def test_bad_kt_configs_fail_with_one_line(override, message, kt_cfg):
+    with pytest.raises(ConfigError, match=message):
+        kt_cfg("fedmmkt", override)
+
+
+@pytest.mark.slow
+def test_cli_run_writes_results_with_sample_grids(tmp_path):
+    from fedvl.cli import main
+
+    out = tmp_path / "results"
+    rc = main(["run", "--quiet", *KT_TINY, "algorithm.name=fedmmkt", f"run.output_dir={out}", "run.name=kt",
+               f"run.cache_dir={tmp_path / 'cache'}"])
+    assert rc == 0
+    run = out / "kt"
+    for f in ("metrics.jsonl", "summary.json", "summary.md", "accuracy.png", "fidelity.png", "samples-first.png",
+              "samples-last.png", "pretrain.json"):
+        assert (run / f).is_file(), f
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in lines] == [1, 2]
+    assert all({"generate_s", "clients_s", "generator_update_s"} <= set(r["timing"]) for r in lines)
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0 <= summary["generator"]["judge_acc"] <= 1 and summary["generator"]["feature_distance"] >= 0
+    # 2x4 synthetic samples x 4 classes of logits + 4 prototypes of 64 + 4 counts
+    assert summary["params"]["travel_params"] == 8 * 4 + 4 * 65
+    assert json.loads((run / "status.json").read_text())["state"] == "complete"
+    # the second run finds the pretrained generator in the cache instead of pretraining again
+    rc = main(["run", "--quiet", *KT_TINY, "algorithm.name=kt-distill", f"run.output_dir={out}", "run.name=kt2",
+               f"run.cache_dir={tmp_path / 'cache'}"])
+    assert rc == 0
+    assert json.loads((out / "kt2" / "pretrain.json").read_text())["key"] == \
+        json.loads((run / "pretrain.json").read_text())["key"]
