@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import fedvl  # noqa: F401  (sets thread wait policy before torch loads)
+import fedvl
 
 EXIT_USAGE = 2
 
@@ -283,7 +283,13 @@ def _resume(ns) -> int:
 def main(argv: list[str] | None = None) -> int:
     from fedvl.config import ConfigError
 
-    ns = _parser().parse_args(argv)
+    parser = _parser()
+    ns, extra = parser.parse_known_args(argv)
+    # key=value overrides after a flag (`fedvl run CONFIG --quiet a.b=1`) are still overrides
+    if extra and hasattr(ns, "args") and all("=" in e and not e.startswith("-") for e in extra):
+        ns.args = list(ns.args) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if ns.command == "algorithms":
             from fedvl.algorithms import registry
@@ -315,7 +321,10 @@ def main(argv: list[str] | None = None) -> int:
             methods = [m for m in ns.methods.split(",") if m]
             if not methods or not seeds:
                 raise ConfigError("--algorithms and --seeds must name at least one method and one seed")
-            bench = load_config(path, overrides).data.benchmark
+            from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
+
+            # a knowledge-transfer comparison is not on a data.benchmark: its own folder name
+            bench = "fedmmkt" if all(m in KT_ALGORITHMS for m in methods) else load_config(path, overrides).data.benchmark
             run_comparison(path, overrides, methods, seeds, ns.name or f"compare-{bench}",
                            progress_enabled=not ns.quiet)
             return 0

@@ -207,7 +207,10 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
             run_experiment(cfg, run_dir, console=console, progress_enabled=progress_enabled, resume=resume)
     runs = load_runs({m: [d for _, d in items] for m, items in configs.items()})
     first = configs[methods[0]][0][0]
-    title = f"{first.data.benchmark} benchmark · {len(seeds)} seed(s)"
+    from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
+
+    bench = "FedMMKT" if first.algorithm.name in KT_ALGORITHMS else f"{first.data.benchmark} benchmark"
+    title = f"{bench} · {len(seeds)} seed(s)"
     rows = {metric: comparison_rows(runs, metric) for metric in ("acc", "bal_acc")}
     parts = [f"# Comparison: {title}", ""]
     for metric, metric_rows in rows.items():

@@ -49,7 +49,7 @@ def ensemble(logits: dict[str, torch.Tensor], confidence_weighting: bool = True)
     if not confidence_weighting:
         return probs.mean(0)
     top, pred = probs.max(2)  # (K, N)
-    k, n, c = probs.shape
+    k, _, c = probs.shape
     sums = torch.zeros(k, c).scatter_add_(1, pred, top)
     counts = torch.zeros(k, c).scatter_add_(1, pred, torch.ones_like(top))
     conf = sums / counts.clamp_min(1)  # (K, C): per-class confidence, 0 for classes never predicted
@@ -111,10 +111,9 @@ class KTClient:
         self.cfg = cfg
 
     def train(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-              distill: DistillSet | None, protos: torch.Tensor | None, gen: torch.Generator,
-              lr_scale: float = 1.0) -> dict[str, float]:
+              distill: DistillSet | None, protos: torch.Tensor | None, gen: torch.Generator) -> dict[str, float]:
         c = self.cfg
-        opt = torch.optim.AdamW(model.parameters(), lr=c.lr * lr_scale)
+        opt = torch.optim.AdamW(model.parameters(), lr=c.lr)
         model.train()
         steps, total, n = 0, 0.0, len(labels)
         for _ in range(c.local_epochs):
@@ -159,7 +158,7 @@ class KTClient:
         pred = torch.cat([model(images[s:s + 256])[1].argmax(1) for s in range(0, len(labels), 256)])
         per_class = [float((pred[labels == k] == k).float().mean()) for k in labels.unique()]
         return {"acc": float((pred == labels).float().mean()), "bal_acc": float(sum(per_class) / len(per_class)),
-                "n": int(len(labels))}
+                "n": len(labels)}
 
 
 # ------------------------------------------------------------------ the server halves

@@ -211,7 +211,10 @@ def build_generator(t2i, seed: int = 0) -> T2IGenerator:
     if t2i.source == "fedvl":
         if t2i.text == "minilm":
             from transformers import BertModel
+            from transformers.utils import logging as hf_logging
 
+            hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected
+            hf_logging.disable_progress_bar()
             encoder = BertModel.from_pretrained(str(minilm_dir()), add_pooling_layer=False)
         else:
             encoder = _tiny_text()

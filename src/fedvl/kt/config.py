@@ -33,7 +33,7 @@ class T2IConfig:
     """Share of prompts dropped to "" in training (the unconditional model for guidance)."""
     sample_steps: int = 10
     """DDIM denoising steps per sample."""
-    guidance: float = 2.0
+    guidance: float = 4.0
     """Classifier-free guidance scale (1 = none, half the sampling cost)."""
     sample_batch: int = 64
     lora_rank: int = 8

@@ -101,7 +101,7 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress) -> tuple[dict[str, An
     params = {"total_params": max(sizes.values()), "trainable_params": max(sizes.values()), "travel_params": travel,
               "trainable_frac": 1.0, "travel_frac": travel / max(sizes.values()),
               "bytes_up_per_client_round": 4 * travel, "client_params": sizes, "setup_s": setup_s}
-    notes = [f"clients: " + ", ".join(f"{cid} ({sizes[cid]:,} params)" for cid in fed.client_ids),
+    notes = ["clients: " + ", ".join(f"{cid} ({sizes[cid]:,} params)" for cid in fed.client_ids),
              f"sent up per client per round: {travel:,} floats ({4 * travel / 1e6:.3f} MB)"
              + (" - logits and prototypes on the synthetic set only" if fed.strategy.synthetic else "")]
     if fed.pretrain_meta.get("source_fidelity"):

@@ -19,8 +19,16 @@ from typing import Any
 import torch
 
 from fedvl.algorithms.aggregate import UpdateRejected
-from fedvl.algorithms.fedmmkt import (KT_ALGORITHMS, DistillSet, KTClient, KTStrategy, alignment_loss, ensemble,
-                                      global_prototypes, quality_filter)
+from fedvl.algorithms.fedmmkt import (
+    KT_ALGORITHMS,
+    DistillSet,
+    KTClient,
+    KTStrategy,
+    alignment_loss,
+    ensemble,
+    global_prototypes,
+    quality_filter,
+)
 from fedvl.config import ExperimentConfig
 from fedvl.generation.judge import fidelity, judge_outputs, train_judge
 from fedvl.generation.t2i import Sampling, T2IGenerator
@@ -87,6 +95,11 @@ def build(cfg: ExperimentConfig, run_dir: Path, status=print, on_pretrain_step=N
 
         fed.generator, fed.pretrain_meta = load_or_pretrain(cfg.t2i, kt, Path(cfg.run.cache_dir), status,
                                                             on_pretrain_step)
+        if fed.generator.image_size != size:
+            from fedvl.config import ConfigError
+
+            raise ConfigError(f"t2i.source={cfg.t2i.source} generates {fed.generator.image_size} px images; set "
+                              f"t2i.image_size={fed.generator.image_size} so the clients' data has the same size")
         status("training the fidelity judge on held-out real client-domain images")
         held = [make_set(classes, d, kt.judge_per_class, size, derived_seed(seed, "kt-judge", d))
                 for d in dict.fromkeys(kt.domains)]
@@ -165,7 +178,7 @@ def update_generator(fed: KTFederation, synthetic: ImageTextSet, keep: torch.Ten
         loss.backward()
         fed.gen_opt.step()
     steps = max(t.server_steps, 1)
-    return {"denoise_loss": total_d / steps, "align_loss": total_a / steps, "accepted": int(len(idx)),
+    return {"denoise_loss": total_d / steps, "align_loss": total_a / steps, "accepted": len(idx),
             "feedback_weight": float(weights.mean()) if len(idx) else 0.0}
 
 
