@@ -107,3 +107,21 @@ def test_a_folder_without_a_unet_gives_one_clear_error(tmp_path):
     (tmp_path / "sd" / "text_encoder").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no unet/ folder"):
         load_pipeline_folder(tmp_path / "sd", _cfg().t2i)
+
+
+def test_the_shipped_generator_matches_the_default_settings_and_passed_its_gate():
+    """The artifact `fedvl pretrain t2i` reproduces is in the package, found by key, and was
+    recorded above 80% source-domain judge accuracy when it was made."""
+    from fedvl.generation.pretrain import SHIPPED, load_weights
+    from fedvl.generation.t2i import build_generator
+
+    cfg = load_config(None, ["algorithm.name=fedmmkt"])
+    key = pretrain_key(cfg.t2i, class_names(cfg.fedmmkt.colors, cfg.fedmmkt.shapes))
+    path = SHIPPED / f"{key}.safetensors"
+    assert path.is_file(), f"no shipped generator for the default settings ({key}); run fedvl pretrain t2i --out"
+    assert path.stat().st_size < 5_000_000
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["key"] == key and meta["source_fidelity"]["judge_acc"] > 0.8
+    assert len(meta["loss"]) == cfg.t2i.pretrain_steps and meta["loss"][-1] < meta["loss"][0]
+    gen = build_generator(cfg.t2i)
+    load_weights(gen, path)  # loads strictly: same keys and shapes
