@@ -123,7 +123,7 @@ class KTClient:
                 feat, logits = model(images[idx])
                 loss = F.cross_entropy(logits, labels[idx])
                 if protos is not None and c.proto_weight > 0:
-                    loss = loss + c.proto_weight * (feat - protos[labels[idx]]).pow(2).sum(1).mean()
+                    loss = loss + c.proto_weight * F.mse_loss(feat, protos[labels[idx]])
                 if distill is not None and len(distill.soft) and c.kd_weight > 0:
                     j = torch.randint(0, len(distill.soft), (min(c.batch_size, len(distill.soft)),), generator=gen)
                     _, s_logits = model(distill.images[j])

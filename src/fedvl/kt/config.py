@@ -64,11 +64,12 @@ class FedMMKTConfig:
     proto_dim: int = 64
     lr: float = 2e-3
     batch_size: int = 32
-    local_epochs: int = 3
+    local_epochs: int = 5
     kd_weight: float = 1.0
     kd_temperature: float = 3.0
-    proto_weight: float = 0.1
-    """Weight of the client's pull of its features toward the global prototypes (FedProto-style)."""
+    proto_weight: float = 0.5
+    """Weight of the client's pull (mean squared error) of its features toward the global prototypes
+    (FedProto-style)."""
     filter_threshold: float = 0.0
     """Quality control: keep a synthetic sample only if the ensemble's top class is its prompt's and its
     probability is at least this."""
