@@ -54,7 +54,7 @@ class FedMMKTConfig:
     """One private visual domain per client (the generator is pretrained on ``source`` only)."""
     archs: list[str] = field(default_factory=lambda: ["cnn", "mlp", "mixer", "cnn"])
     """One task-model architecture per client (cnn, cnn-wide, mlp, mixer)."""
-    train_per_class: int = 4
+    train_per_class: int = 2
     test_per_class: int = 10
     judge_per_class: int = 30
     """Held-out real images per class and client domain that train the fidelity judge."""
