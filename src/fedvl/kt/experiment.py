@@ -92,14 +92,15 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress) -> tuple[dict[str, An
         save_grid(state.samples[names[-1]], labels, fed.classes, run_dir / "samples-last.png")
     n_syn = len(state.synthetic) if state.synthetic is not None else 0
     sizes = {cid: sum(p.numel() for p in task_model(fed, cid).parameters()) for cid in fed.client_ids}
+    mean_size = round(sum(sizes.values()) / len(sizes))  # clients differ: the mean over clients
     if fed.strategy.average_weights:
-        travel = max(sizes.values())
+        travel = mean_size
     elif fed.strategy.synthetic:
         travel = n_syn * len(fed.classes) + len(fed.classes) * (cfg.fedmmkt.proto_dim + 1)
     else:
         travel = 0
-    params = {"total_params": max(sizes.values()), "trainable_params": max(sizes.values()), "travel_params": travel,
-              "trainable_frac": 1.0, "travel_frac": travel / max(sizes.values()),
+    params = {"total_params": mean_size, "trainable_params": mean_size, "travel_params": travel,
+              "trainable_frac": 1.0, "travel_frac": travel / mean_size,
               "bytes_up_per_client_round": 4 * travel, "client_params": sizes, "setup_s": setup_s}
     notes = ["clients: " + ", ".join(f"{cid} ({sizes[cid]:,} params)" for cid in fed.client_ids),
              f"sent up per client per round: {travel:,} floats ({4 * travel / 1e6:.3f} MB)"
