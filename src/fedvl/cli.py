@@ -123,7 +123,7 @@ def _serve(ns, path, overrides) -> int:
     from fedvl.experiment import run_dir_for
     from fedvl.runtime.deploy import TLS, serve
 
-    cfg = load_config(path, overrides)
+    cfg = load_config(path, overrides + ["run.runtime=flower-deploy"])  # what this run is, in its config.yaml
     certs = [ns.ssl_certfile, ns.ssl_keyfile, ns.ssl_ca_certfile]
     if any(certs) and not all(certs):
         raise ConfigError("TLS needs all three of --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile")
@@ -251,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from fedvl.experiment import run_dir_for
         from fedvl.models.backbones import ModelUnavailableError, check_available
+
+        if cfg.run.runtime == "flower-deploy":
+            raise ConfigError("run.runtime=flower-deploy is a real Flower deployment: start it with `fedvl serve` "
+                              "and `fedvl join`")
 
         try:
             check_available(cfg.model)  # a missing weights package: one line, no results folder
