@@ -61,6 +61,9 @@ machines (or here), with --partition 0..N-1. The results folder is the same as
   fedvl join --server SERVER:9092 --partition 0 --root-certificates ca.pem      # on client 0
 
 Without certificates pass --insecure on both sides (no encryption: for trusted networks only).
+With TLS, --auth-keys DIR admits only the nodes whose public key (DIR/*.pub, e.g. from
+`ssh-keygen -t ecdsa -b 384 -N '' -f node0`) is listed; they join with --auth-key node0.
+run.secagg=true aggregates with Flower's SecAgg+: the server sees only the sum of the updates.
 """
 
 JOIN_HELP = """\
@@ -105,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--ssl-ca-certfile", help="TLS: the CA certificate that signed it (PEM)")
     srv.add_argument("--insecure", action="store_true", help="no TLS (required when no certificates are given)")
     srv.add_argument("--overwrite", action="store_true", help="replace an existing results folder of the same name")
+    srv.add_argument("--auth-keys", metavar="DIR",
+                     help="node authentication (needs TLS): only nodes whose public key (*.pub, OpenSSH EC) is in DIR "
+                          "may join")
     jn = sub.add_parser("join", help="Flower deployment: run a client node for one partition",
                         description=JOIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     jn.add_argument("--server", required=True, help="the SuperLink, HOST:PORT")
@@ -113,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
     jn.add_argument("--root-certificates", help="TLS: the CA certificate that signed the SuperLink's (PEM)")
     jn.add_argument("--insecure", action="store_true", help="no TLS (only if the server was started with --insecure)")
     jn.add_argument("--port", type=int, default=None, help="local port of this node's ClientApp API (default: free)")
+    jn.add_argument("--wait-s", type=float, default=300.0,
+                    help="keep retrying this long while the SuperLink is unreachable or refuses this node (default: 300)")
+    jn.add_argument("--auth-key", metavar="KEY",
+                    help="node authentication: this node's private key (OpenSSH EC), whose .pub the server lists")
     return p
 
 
@@ -131,7 +141,7 @@ def _serve(ns, path, overrides) -> int:
         raise ConfigError("give TLS certificates (--ssl-certfile/--ssl-keyfile/--ssl-ca-certfile) or --insecure")
     tls = TLS(Path(certs[0]), Path(certs[1]), Path(certs[2])).check() if all(certs) else None
     run_dir = run_dir_for(cfg, overwrite=ns.overwrite)
-    code = serve(cfg, run_dir, ns.host, ns.port, tls)
+    code = serve(cfg, run_dir, ns.host, ns.port, tls, auth_keys=Path(ns.auth_keys) if ns.auth_keys else None)
     print(f"results: {run_dir}")
     return code
 
@@ -145,7 +155,8 @@ def _join(ns) -> int:
     if not ns.root_certificates and not ns.insecure:
         raise ConfigError("give --root-certificates CA.pem (TLS) or --insecure")
     state = Path(ns.state_dir) if ns.state_dir else Path.home() / ".cache" / "fedvl" / f"node-{ns.partition}"
-    return join(ns.server, ns.partition, state, Path(ns.root_certificates) if ns.root_certificates else None, ns.port)
+    return join(ns.server, ns.partition, state, Path(ns.root_certificates) if ns.root_certificates else None, ns.port,
+                Path(ns.auth_key) if ns.auth_key else None, ns.wait_s)
 
 
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
