@@ -533,7 +533,7 @@ def _check_secagg(cfg: ExperimentConfig) -> None:
         raise ConfigError("run.secagg sends masked 32-bit integers: leave run.transport_dtype=float32")
     if not r.secagg_clip > 0:
         raise ConfigError("run.secagg_clip must be > 0")
-    per_round = min(cfg.data.num_clients, max(1, int(round(a.fraction_fit * cfg.data.num_clients))))
+    per_round = min(cfg.data.num_clients, max(1, round(a.fraction_fit * cfg.data.num_clients)))
     shares = r.secagg_shares or per_round
     threshold = r.secagg_threshold or shares // 2 + 1
     if per_round < 2:

@@ -111,12 +111,12 @@ def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_
                  "--state-dir", str(tmp_path / f"node{i}"), *node_sec, *keys[i]],
                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         if secure:  # claims partition 0 with a key the server never registered
-            intruder_log = open(tmp_path / "intruder.log", "w")
-            procs.append(subprocess.Popen(
-                [FEDVL, "join", "--server", f"127.0.0.1:{port}", "--partition", "0",
-                 "--state-dir", str(tmp_path / "intruder"), *node_sec, "--auth-key", str(intruder_key),
-                 "--wait-s", "20"],
-                cwd=tmp_path, stdout=intruder_log, stderr=subprocess.STDOUT, start_new_session=True))
+            with open(tmp_path / "intruder.log", "w") as intruder_log:  # the child keeps its own handle
+                procs.append(subprocess.Popen(
+                    [FEDVL, "join", "--server", f"127.0.0.1:{port}", "--partition", "0",
+                    "--state-dir", str(tmp_path / "intruder"), *node_sec, "--auth-key", str(intruder_key),
+                    "--wait-s", "20"],
+                    cwd=tmp_path, stdout=intruder_log, stderr=subprocess.STDOUT, start_new_session=True))
         out, _ = server.communicate(timeout=1500)
         assert server.returncode == 0, out[-3000:]
     finally:
@@ -146,7 +146,6 @@ def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_
                 assert b["eval"][cid][k] == pytest.approx(v, abs=tol), (a["round"], cid, k)
     if secure:
         assert all(r["secagg"]["clients"] == 2 for r in hist)
-        intruder_log.close()
         refused = (tmp_path / "intruder.log").read_text()
         assert procs[-1].returncode == 1  # refused for 20 s, then it gives up
         assert "Exit Code: 305" in refused and "is its public key in the server's --auth-keys" in refused

@@ -2,7 +2,6 @@
 step), the server never holds one client's update, and configurations it cannot serve are refused."""
 
 import pytest
-import torch
 
 from fedvl.config import ConfigError
 from fedvl.experiment import run_experiment
@@ -63,9 +62,8 @@ def test_flower_size_arguments_are_exact():
 @pytest.mark.slow
 def test_secagg_gives_the_plain_runs_numbers_and_the_server_only_the_sum(tiny_cfg, tmp_path, monkeypatch):
     """Quantity-skewed clients (different sample counts), so the weighted mean is what is checked."""
-    import fedvl.runtime.flower as flower
     from fedvl.algorithms.base import Strategy
-    from fedvl.runtime import secagg
+    from fedvl.runtime import flower, secagg
 
     common = [*SIM, "data.partition=quantity", "data.num_clients=3"]
     plain_globals, secure_globals, deltas, replies, handed, start = [], [], [], [], [], {}
@@ -153,7 +151,7 @@ def test_secagg_gives_the_plain_runs_numbers_and_the_server_only_the_sum(tiny_cf
 def test_a_client_failing_mid_protocol_is_dropped_and_its_masks_removed(tiny_cfg, tmp_path, monkeypatch):
     """A client that fails after the key exchange leaves pairwise masks in the others' vectors;
     its neighbours' shares rebuild them, and the round completes with the others."""
-    import fedvl.runtime.flower as flower
+    from fedvl.runtime import flower
     from fedvl.runtime.simulator import client_fit
 
     def flaky(fed, store, cid, rnd, params, on_step=None):

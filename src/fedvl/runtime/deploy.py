@@ -159,7 +159,7 @@ def register_nodes(keys: list[Path], env: dict[str, str], cwd: Path, log=print) 
     """Register each allowed node's public key with the running SuperLink (Flower's control API)."""
     for key in keys:
         out = subprocess.run([_bin("flwr"), "supernode", "register", str(key.resolve()), "fedvl"], env=env, cwd=cwd,
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, check=False)
         if out.returncode != 0:
             detail = " ".join((out.stdout + out.stderr).split())[-300:]
             raise ConfigError(f"the SuperLink refused the node key {key}: {detail}")
