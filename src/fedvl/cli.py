@@ -61,6 +61,9 @@ machines (or here), with --partition 0..N-1. The results folder is the same as
   fedvl join --server SERVER:9092 --partition 0 --root-certificates ca.pem      # on client 0
 
 Without certificates pass --insecure on both sides (no encryption: for trusted networks only).
+With TLS, --auth-keys DIR admits only the nodes whose public key (DIR/*.pub, e.g. from
+`ssh-keygen -t ecdsa -b 384 -N '' -f node0`) is listed; they join with --auth-key node0.
+run.secagg=true aggregates with Flower's SecAgg+: the server sees only the sum of the updates.
 """
 
 JOIN_HELP = """\
@@ -164,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--ssl-ca-certfile", help="TLS: the CA certificate that signed it (PEM)")
     srv.add_argument("--insecure", action="store_true", help="no TLS (required when no certificates are given)")
     srv.add_argument("--overwrite", action="store_true", help="replace an existing results folder of the same name")
+    srv.add_argument("--auth-keys", metavar="DIR",
+                     help="node authentication (needs TLS): only nodes whose public key (*.pub, OpenSSH EC) is in DIR "
+                          "may join")
     pre = sub.add_parser("pretrain", help="pretrain the FedMMKT server generator on the public source domain",
                          description=PRETRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     pre.add_argument("what", choices=["t2i"], help="what to pretrain (t2i: the server text-to-image model)")
@@ -179,6 +185,10 @@ def _parser() -> argparse.ArgumentParser:
     jn.add_argument("--root-certificates", help="TLS: the CA certificate that signed the SuperLink's (PEM)")
     jn.add_argument("--insecure", action="store_true", help="no TLS (only if the server was started with --insecure)")
     jn.add_argument("--port", type=int, default=None, help="local port of this node's ClientApp API (default: free)")
+    jn.add_argument("--wait-s", type=float, default=300.0,
+                    help="keep retrying this long while the SuperLink is unreachable or refuses this node (default: 300)")
+    jn.add_argument("--auth-key", metavar="KEY",
+                    help="node authentication: this node's private key (OpenSSH EC), whose .pub the server lists")
     return p
 
 
@@ -189,7 +199,7 @@ def _serve(ns, path, overrides) -> int:
     from fedvl.experiment import run_dir_for
     from fedvl.runtime.deploy import TLS, serve
 
-    cfg = load_config(path, overrides)
+    cfg = load_config(path, overrides + ["run.runtime=flower-deploy"])  # what this run is, in its config.yaml
     certs = [ns.ssl_certfile, ns.ssl_keyfile, ns.ssl_ca_certfile]
     if any(certs) and not all(certs):
         raise ConfigError("TLS needs all three of --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile")
@@ -197,7 +207,7 @@ def _serve(ns, path, overrides) -> int:
         raise ConfigError("give TLS certificates (--ssl-certfile/--ssl-keyfile/--ssl-ca-certfile) or --insecure")
     tls = TLS(Path(certs[0]), Path(certs[1]), Path(certs[2])).check() if all(certs) else None
     run_dir = run_dir_for(cfg, overwrite=ns.overwrite)
-    code = serve(cfg, run_dir, ns.host, ns.port, tls)
+    code = serve(cfg, run_dir, ns.host, ns.port, tls, auth_keys=Path(ns.auth_keys) if ns.auth_keys else None)
     print(f"results: {run_dir}")
     return code
 
@@ -211,7 +221,8 @@ def _join(ns) -> int:
     if not ns.root_certificates and not ns.insecure:
         raise ConfigError("give --root-certificates CA.pem (TLS) or --insecure")
     state = Path(ns.state_dir) if ns.state_dir else Path.home() / ".cache" / "fedvl" / f"node-{ns.partition}"
-    return join(ns.server, ns.partition, state, Path(ns.root_certificates) if ns.root_certificates else None, ns.port)
+    return join(ns.server, ns.partition, state, Path(ns.root_certificates) if ns.root_certificates else None, ns.port,
+                Path(ns.auth_key) if ns.auth_key else None, ns.wait_s)
 
 
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -336,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from fedvl.experiment import run_dir_for
         from fedvl.models.backbones import ModelUnavailableError, check_available
+
+        if cfg.run.runtime == "flower-deploy":
+            raise ConfigError("run.runtime=flower-deploy is a real Flower deployment: start it with `fedvl serve` "
+                              "and `fedvl join`")
 
         try:
             check_available(cfg.model)  # a missing weights package: one line, no results folder

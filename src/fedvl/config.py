@@ -167,9 +167,10 @@ class RunConfig:
     clients_in_memory: int = 32
     """Simulator: keep at most this many clients' encoded data in memory; others are regenerated
     (synthetic world) or re-read when next sampled, so memory does not grow with the client count."""
-    runtime: Literal["simulator", "flower-sim"] = "simulator"
+    runtime: Literal["simulator", "flower-sim", "flower-deploy"] = "simulator"
     """simulator: clients one after another in this process; flower-sim: the same run through
-    Flower's simulation engine (a deployment is started with ``fedvl serve`` / ``fedvl join``)."""
+    Flower's simulation engine; flower-deploy: a real deployment, set by ``fedvl serve`` (its
+    nodes start with ``fedvl join``), which ``fedvl run`` refuses."""
     flower_backend: Literal["inprocess", "ray"] = "inprocess"
     """flower-sim: where Flower's simulation engine runs the ClientApps: in this process, one
     at a time (starts instantly), or in Ray worker processes (Flower's default; needs ray)."""
@@ -183,6 +184,21 @@ class RunConfig:
     """Flower: a round with fewer answering clients than this is retried, then the run stops."""
     round_retries: int = 1
     """Flower: how often a round with too few answers is retried before the run stops."""
+    secagg: bool = False
+    """Flower runtimes: aggregate every train round with Flower's SecAgg+, so the server sees only
+    the (weighted) mean of the updates, never one client's. FedAvg-type aggregation only (a plain
+    mean: no robust rule, no server-side clipping or DP); the server validates only the aggregate."""
+    secagg_shares: int = 0
+    """SecAgg+: each client's secrets are split among itself and its shares - 1 nearest neighbours
+    (odd, >= 3); 0 = among every sampled client (classic SecAgg: most robust, most messages)."""
+    secagg_threshold: int = 0
+    """SecAgg+: shares needed to rebuild a secret (>= 2, <= shares); 0 = a majority of the shares. A
+    round survives up to shares - threshold dropouts in each neighbourhood; colluding clients below
+    the threshold learn nothing."""
+    secagg_clip: float = 1.0
+    """SecAgg+ quantisation range: every coordinate of a client's weighted update delta is clipped to
+    [-secagg_clip, secagg_clip] and quantised into 2^22 levels; clipped coordinates are counted and
+    reported. Smaller = finer steps (2 x secagg_clip / 2^22), larger = fewer clipped values."""
     keep_checkpoints: int = 2
     """Round checkpoints kept under checkpoints/ (for --resume); 2 keeps a good one if the newest is damaged."""
 
@@ -496,6 +512,8 @@ def _check_reliability(cfg: ExperimentConfig) -> None:
         if a.clip_update_norm > 0 or a.clip_to_median:
             raise ConfigError("privacy.enabled clips with privacy.clip_norm; unset algorithm.clip_update_norm / "
                               "clip_to_median")
+    if cfg.run.secagg:
+        _check_secagg(cfg)
     if a.aggregator == "krum" and a.name in available_algorithms() and not get_algorithm(a.name).pooled:
         per_round = max(1, round(a.fraction_fit * cfg.data.num_clients))
         if per_round < a.krum_byzantine + 3:
@@ -504,6 +522,45 @@ def _check_reliability(cfg: ExperimentConfig) -> None:
         if a.krum_select > per_round - a.krum_byzantine:
             raise ConfigError(f"algorithm.krum_select must be <= clients per round - krum_byzantine "
                               f"({per_round - a.krum_byzantine}), got {a.krum_select}")
+
+
+def _check_secagg(cfg: ExperimentConfig) -> None:
+    """SecAgg+ computes one secure sum: only a (weighted) mean of what every client sends fits it."""
+    from fedvl.algorithms import available_algorithms, get_algorithm
+    from fedvl.algorithms.base import Strategy
+
+    a, r = cfg.algorithm, cfg.run
+    if r.runtime == "simulator":
+        raise ConfigError("run.secagg needs a Flower runtime (run.runtime=flower-sim, or fedvl serve / fedvl join): "
+                          "the in-process simulator has no network to hide the updates from")
+    if a.aggregator != "mean" or a.clip_update_norm > 0 or a.clip_to_median or cfg.privacy.enabled:
+        raise ConfigError("run.secagg gives the server only the sum of the updates: it needs algorithm.aggregator=mean "
+                          "without algorithm.clip_update_norm, algorithm.clip_to_median or privacy.enabled, which "
+                          "all need every client's update")
+    if a.name in available_algorithms():
+        algo = get_algorithm(a.name)
+        if algo.pooled or algo.strategy.aggregate is not Strategy.aggregate:
+            raise ConfigError(f"run.secagg needs an algorithm whose server step is a weighted mean (fedavg, fedprox, "
+                              f"feddat); {a.name} aggregates differently")
+    if r.transport_dtype != "float32":
+        raise ConfigError("run.secagg sends masked 32-bit integers: leave run.transport_dtype=float32")
+    if not r.secagg_clip > 0:
+        raise ConfigError("run.secagg_clip must be > 0")
+    per_round = min(cfg.data.num_clients, max(1, round(a.fraction_fit * cfg.data.num_clients)))
+    shares = r.secagg_shares or per_round
+    threshold = r.secagg_threshold or shares // 2 + 1
+    if per_round < 2:
+        raise ConfigError(f"run.secagg needs at least 2 clients per round, got {per_round}")
+    if per_round > 1000:
+        raise ConfigError(f"run.secagg: {per_round} clients per round would overflow SecAgg+'s 32-bit sum (max 1000)")
+    if r.secagg_shares < 0 or r.secagg_threshold < 0:
+        raise ConfigError("run.secagg_shares and run.secagg_threshold must be >= 0 (0 = automatic)")
+    if shares > per_round or (shares < per_round and (shares < 3 or shares % 2 == 0)):
+        raise ConfigError(f"run.secagg_shares must be 0 (every client) or odd, >= 3 and <= the {per_round} clients "
+                          f"per round, got {r.secagg_shares}")
+    if not 2 <= threshold <= shares:
+        raise ConfigError(f"run.secagg_threshold must be in 2..{shares} (the shares of each client's secrets; "
+                          f"{per_round} clients per round), got {threshold}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:

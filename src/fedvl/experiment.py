@@ -45,6 +45,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     from fedvl.runtime.progress import Progress
     from fedvl.runtime.simulator import build_federation, simulate
 
+    if runner is None and cfg.run.runtime == "flower-deploy":
+        raise ConfigError("run.runtime=flower-deploy is a real Flower deployment: start it with `fedvl serve` and "
+                          "`fedvl join`")
     console = console or Console()
     if not resume:
         if run_dir.exists():

@@ -1,5 +1,6 @@
 """A real Flower deployment on 127.0.0.1: a SuperLink and two SuperNodes as separate
-processes, FedDAT for 2 rounds on the tiny model; every process is stopped by the test."""
+processes, FedDAT for 2 rounds on the tiny model (in the clear, over TLS, and over TLS with
+SecAgg+ and node authentication); every process is stopped by the test."""
 
 import datetime
 import ipaddress
@@ -46,6 +47,20 @@ def _make_certs(d: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
+def _node_key(d: Path, name: str) -> Path:
+    """A node's key pair as `ssh-keygen -t ecdsa -b 384` writes it: NAME (private) and NAME.pub."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                             serialization.NoEncryption()))
+    (d / f"{name}.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                                  serialization.PublicFormat.OpenSSH))
+    return d / name
+
+
 def _running_with(text: str) -> list[int]:
     """Live (non-zombie) processes whose command line contains ``text`` (Linux /proc)."""
     found = []
@@ -63,14 +78,15 @@ def _running_with(text: str) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tls", [False, True], ids=["insecure", "tls"])
-def test_real_deployment_two_supernodes_feddat(tls, tiny_overrides, tmp_path):
+@pytest.mark.parametrize("tls, secure", [(False, False), (True, False), (True, True)],
+                         ids=["insecure", "tls", "tls-secagg-auth"])
+def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_path):
     from fedvl.config import load_config
     from fedvl.experiment import run_experiment
     from fedvl.runtime.deploy import free_port, stop
 
     args = tiny_overrides + ["algorithm.name=feddat", "data.num_clients=2", "data.domains=photo,sketch",
-                             "run.name=dep", "run.round_timeout_s=600"]
+                             "run.name=dep", "run.round_timeout_s=600"] + (["run.secagg=true"] if secure else [])
     port = free_port()
     if tls:
         ca, cert, key = _make_certs(tmp_path)
@@ -78,6 +94,11 @@ def test_real_deployment_two_supernodes_feddat(tls, tiny_overrides, tmp_path):
         node_sec = ["--root-certificates", str(ca)]
     else:
         server_sec = node_sec = ["--insecure"]
+    keys = [[] for _ in range(2)]
+    if secure:  # node authentication: the two nodes' public keys are registered, an intruder's is not
+        server_sec += ["--auth-keys", str(tmp_path / "allowed")]
+        keys = [["--auth-key", str(_node_key(tmp_path / "allowed", f"node{i}"))] for i in range(2)]
+        intruder_key = _node_key(tmp_path / "other", "intruder")
     procs = []
     try:
         server = subprocess.Popen([FEDVL, "serve", *args, "--host", "127.0.0.1", "--port", str(port), *server_sec],
@@ -87,8 +108,15 @@ def test_real_deployment_two_supernodes_feddat(tls, tiny_overrides, tmp_path):
         for i in range(2):
             procs.append(subprocess.Popen(
                 [FEDVL, "join", "--server", f"127.0.0.1:{port}", "--partition", str(i),
-                 "--state-dir", str(tmp_path / f"node{i}"), *node_sec],
+                 "--state-dir", str(tmp_path / f"node{i}"), *node_sec, *keys[i]],
                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        if secure:  # claims partition 0 with a key the server never registered
+            with open(tmp_path / "intruder.log", "w") as intruder_log:  # the child keeps its own handle
+                procs.append(subprocess.Popen(
+                    [FEDVL, "join", "--server", f"127.0.0.1:{port}", "--partition", "0",
+                    "--state-dir", str(tmp_path / "intruder"), *node_sec, "--auth-key", str(intruder_key),
+                    "--wait-s", "20"],
+                    cwd=tmp_path, stdout=intruder_log, stderr=subprocess.STDOUT, start_new_session=True))
         out, _ = server.communicate(timeout=1500)
         assert server.returncode == 0, out[-3000:]
     finally:
@@ -106,10 +134,44 @@ def test_real_deployment_two_supernodes_feddat(tls, tiny_overrides, tmp_path):
     assert len(list((tmp_path / "node1").rglob("c1-sketch.safetensors"))) == 1
     assert not list(run.glob("client_states/*.safetensors"))  # nothing client-local on the server
     # the same numbers as the in-process simulator
-    cfg = load_config(None, [a for a in args if not a.startswith("run.name")] + ["run.name=sim"])
+    cfg = load_config(None, [a for a in args if not a.startswith(("run.name", "run.secagg"))] + ["run.name=sim"])
     run_experiment(cfg, tmp_path / "sim", progress_enabled=False)
     sim = History.read(tmp_path / "sim")
+    # the same numbers as the in-process simulator (under SecAgg+ within its quantisation, which
+    # Adam carries on into round 2)
+    tol = 2e-2 if secure else 1e-5
     for a, b in zip(sim, hist):
         for cid in a["eval"]:
             for k, v in a["eval"][cid].items():
-                assert b["eval"][cid][k] == pytest.approx(v, abs=1e-5), (a["round"], cid, k)
+                assert b["eval"][cid][k] == pytest.approx(v, abs=tol), (a["round"], cid, k)
+    if secure:
+        assert all(r["secagg"]["clients"] == 2 for r in hist)
+        refused = (tmp_path / "intruder.log").read_text()
+        assert procs[-1].returncode == 1  # refused for 20 s, then it gives up
+        assert "Exit Code: 305" in refused and "is its public key in the server's --auth-keys" in refused
+        assert "still refuses this node after 20s" in refused
+        assert not list((tmp_path / "intruder").rglob("*.safetensors"))  # it never trained
+
+
+def test_node_authentication_options_map_to_flowers(tmp_path):
+    """`join --auth-key` becomes the SuperNode's private key; `serve --auth-keys` needs TLS and
+    at least one public key; both refuse in one line before starting anything."""
+    from fedvl.config import ConfigError, load_config
+    from fedvl.runtime.deploy import auth_public_keys, join_command, serve
+
+    key = _node_key(tmp_path / "keys", "node0")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    cmd = join_command("h:9092", 0, tmp_path / "s", ca, 1234, key)
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(key.resolve())
+    assert "--root-certificates" in cmd and "--insecure" not in cmd
+    with pytest.raises(ConfigError, match="needs TLS"):
+        join_command("h:9092", 0, tmp_path / "s", None, 1234, key)
+    with pytest.raises(ConfigError, match="node private key not found"):
+        join_command("h:9092", 0, tmp_path / "s", ca, 1234, tmp_path / "missing")
+    assert auth_public_keys(tmp_path / "keys") == [tmp_path / "keys" / "node0.pub"]
+    with pytest.raises(ConfigError, match="no \\*.pub public key"):
+        auth_public_keys(tmp_path / "s")
+    cfg = load_config(None, ["model.name=tiny", "run.runtime=flower-deploy"])
+    with pytest.raises(ConfigError, match="--auth-keys needs TLS"):
+        serve(cfg, tmp_path / "run", "127.0.0.1", 1, None, auth_keys=tmp_path / "keys")

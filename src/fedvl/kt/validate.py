@@ -15,6 +15,7 @@ def validate_kt(cfg: ExperimentConfig) -> None:
     checks = [
         (cfg.run.runtime == "simulator",
          f"algorithm {cfg.algorithm.name} runs on the in-process simulator only (run.runtime=simulator)"),
+        (not cfg.run.secagg, f"run.secagg is for FedAvg-type algorithms on Flower, not {cfg.algorithm.name}"),
         (len(k.domains) >= 1, "fedmmkt.domains must name at least one client domain"),
         (len(k.archs) == len(k.domains),
          f"fedmmkt.archs lists {len(k.archs)} architectures for {len(k.domains)} clients (fedmmkt.domains); "

@@ -7,6 +7,12 @@ experiment config; points a private ``FLWR_HOME`` at the SuperLink; starts
 ``flower-superlink``; submits the run with ``flwr run``; and stops everything it
 started when the run ends, fails or is interrupted. The ServerApp writes the
 same results folder as the in-process simulator.
+
+Node authentication (``serve --auth-keys DIR``, ``join --auth-key KEY``) is Flower's
+own: the SuperLink runs with ``--enable-supernode-auth`` (which Flower allows only
+with TLS), ``serve`` registers every public key in DIR with ``flwr supernode
+register`` before any node may join, and a SuperNode proves it holds the matching
+private key; a node whose key was not registered is refused.
 """
 
 from __future__ import annotations
@@ -139,6 +145,27 @@ clientapp = "fedvl.runtime.flower_app:client_app"
 """)
 
 
+def auth_public_keys(folder: Path) -> list[Path]:
+    """The node public keys of ``serve --auth-keys``: every ``*.pub`` file (OpenSSH format, an
+    elliptic-curve key on a NIST curve, e.g. ``ssh-keygen -t ecdsa -b 384``)."""
+    keys = sorted(Path(folder).glob("*.pub"))
+    if not keys:
+        raise ConfigError(f"--auth-keys {folder}: no *.pub public key files (make one per node with "
+                          "`ssh-keygen -t ecdsa -b 384 -N '' -f node0`)")
+    return keys
+
+
+def register_nodes(keys: list[Path], env: dict[str, str], cwd: Path, log=print) -> None:
+    """Register each allowed node's public key with the running SuperLink (Flower's control API)."""
+    for key in keys:
+        out = subprocess.run([_bin("flwr"), "supernode", "register", str(key.resolve()), "fedvl"], env=env, cwd=cwd,
+                             capture_output=True, text=True, timeout=120, check=False)
+        if out.returncode != 0:
+            detail = " ".join((out.stdout + out.stderr).split())[-300:]
+            raise ConfigError(f"the SuperLink refused the node key {key}: {detail}")
+    log(f"node authentication: {len(keys)} node key(s) registered; any other node is refused")
+
+
 def write_connection(home: Path, address: str, tls: TLS | None) -> None:
     home.mkdir(parents=True, exist_ok=True)
     security = f"root-certificates = {json.dumps(str(Path(tls.cafile).resolve()))}" if tls else "insecure = true"
@@ -152,8 +179,9 @@ address = {json.dumps(address)}
 
 
 def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS | None, log=print,
-          timeout: float | None = None) -> int:
+          timeout: float | None = None, auth_keys: Path | None = None) -> int:
     """Start a SuperLink, submit the experiment, wait for it, stop the SuperLink.
+    ``auth_keys``: a folder of node public keys; only those nodes may join (needs TLS).
     Returns 0 when the results folder says ``complete``."""
     from fedvl.algorithms import get_algorithm
     from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
@@ -166,6 +194,10 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
                           "federated deployment")
     if tls:
         tls.check()
+    if auth_keys is not None and tls is None:
+        raise ConfigError("--auth-keys needs TLS (Flower authenticates nodes only over TLS): give --ssl-certfile, "
+                          "--ssl-keyfile and --ssl-ca-certfile")
+    keys = auth_public_keys(auth_keys) if auth_keys is not None else []
     scratch = Path(tempfile.mkdtemp(prefix="fedvl-serve-"))
     home, app = scratch / "flwr-home", scratch / "app"
     write_app(app, cfg, run_dir)
@@ -175,14 +207,17 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
     link_cmd = [_bin("flower-superlink"), "--host", host, "--port", str(port)]
     link_cmd += (["--ssl-certfile", str(tls.certfile), "--ssl-keyfile", str(tls.keyfile),
                   "--ssl-ca-certfile", str(tls.cafile)] if tls else ["--insecure"])
+    link_cmd += ["--enable-supernode-auth"] if keys else []
     link_log = open(scratch / "superlink.log", "w")
     link = runner = None
     try:
         link = subprocess.Popen(link_cmd, env=env, stdout=link_log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port(local, port, 60, link)
+        if keys:
+            register_nodes(keys, env, scratch, log)
         log(f"SuperLink listening on {host}:{port} ({'TLS' if tls else 'insecure: no TLS'}); "
             f"on each client machine run: fedvl join --server {local}:{port} --partition i"
-            + (" --root-certificates CA.pem" if tls else " --insecure"))
+            + (" --root-certificates CA.pem" if tls else " --insecure") + (" --auth-key NODE_KEY" if keys else ""))
         runner = subprocess.Popen([_bin("flwr"), "run", str(app), "fedvl", "--stream"], env=env, cwd=scratch,
                                   start_new_session=True)
         runner.wait(timeout=timeout)
@@ -201,14 +236,21 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
     return 0
 
 
-def join_command(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int) -> list[str]:
-    """The ``flower-supernode`` command of one client node."""
+def join_command(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int,
+                 auth_key: Path | None = None) -> list[str]:
+    """The ``flower-supernode`` command of one client node; ``auth_key``: the node's private key
+    (OpenSSH format) when the SuperLink authenticates nodes."""
     if partition < 0:
         raise ConfigError(f"--partition must be >= 0, got {partition}")
     if tls_ca is not None and not Path(tls_ca).is_file():
         raise ConfigError(f"root certificate not found: {tls_ca}")
+    if auth_key is not None and not Path(auth_key).is_file():
+        raise ConfigError(f"node private key not found: {auth_key}")
+    if auth_key is not None and tls_ca is None:
+        raise ConfigError("--auth-key needs TLS (--root-certificates): Flower authenticates nodes only over TLS")
     node_config = f"partition-id={partition} {STATE_KEY}={json.dumps(str(Path(state_dir).resolve()))}"
     cmd = [_bin("flower-supernode"), "--superlink", server, "--node-config", node_config, "--port", str(port)]
+    cmd += ["--auth-supernode-private-key", str(Path(auth_key).resolve())] if auth_key else []
     return cmd + (["--root-certificates", str(tls_ca)] if tls_ca else ["--insecure"])
 
 
@@ -216,21 +258,53 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int | None = None) -> int:
-    """Run a SuperNode for ``partition`` in the foreground until it is stopped."""
-    cmd = join_command(server, partition, state_dir, tls_ca, port or free_port())
-    # the SuperNode stays in our process group, so whoever stops `fedvl join` stops it too;
-    # SIGTERM becomes an exception so the finally below always runs
-    signal.signal(signal.SIGTERM, _interrupt)
-    proc = subprocess.Popen(cmd, env=flower_env())
+# What a SuperNode logs when the SuperLink is unreachable or refuses it. It then exits 1, but its
+# SuperExec child lingers, retrying, so the whole process group is stopped on this line.
+SUPERNODE_CONNECTION_ERROR = "Exit Code: 305"
+
+
+def _run_node(cmd: list[str]) -> tuple[int, bool]:
+    """Run one SuperNode in its own process group, its output passed through, until it ends
+    or reports that the SuperLink refused it: (exit code, refused)."""
+    proc = subprocess.Popen(cmd, env=flower_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", process_group=0)
+    refused = False
     try:
-        return proc.wait()
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if SUPERNODE_CONNECTION_ERROR in line:
+                refused = True
+                break
+    finally:
+        # the SuperNode and its children; short grace: whoever stops `fedvl join` may not wait long
+        stop(proc, grace=3)
+    return proc.returncode if proc.returncode is not None else 1, refused
+
+
+def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int | None = None,
+         auth_key: Path | None = None, wait_s: float = 300.0) -> int:
+    """Run a SuperNode for ``partition`` in the foreground until it is stopped.
+
+    A SuperNode gives up after a few seconds when it cannot connect or the SuperLink does
+    not (yet) know its key; nodes are often started before ``serve`` has its SuperLink up
+    and their keys registered, so the node is restarted until ``wait_s`` have passed."""
+    cmd = join_command(server, partition, state_dir, tls_ca, port or free_port(), auth_key)
+    # SIGTERM becomes an exception so the SuperNode is always stopped with `fedvl join`
+    signal.signal(signal.SIGTERM, _interrupt)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            code, refused = _run_node(cmd)
+            if not refused:
+                return code
+            if time.monotonic() > deadline:
+                print(f"fedvl join: the SuperLink at {server} still refuses this node after {wait_s:.0f}s; giving up",
+                      file=sys.stderr)
+                return 1
+            print(f"fedvl join: the SuperLink at {server} is not reachable or refused this node"
+                  + (" (is its public key in the server's --auth-keys?)" if auth_key else "")
+                  + "; retrying in 5s", file=sys.stderr, flush=True)
+            time.sleep(5)
     except KeyboardInterrupt:
         return 130
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()

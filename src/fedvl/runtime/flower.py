@@ -12,6 +12,8 @@ work, so there is no second copy of any algorithm:
   partition's data, then runs ``client_fit`` / ``client_evaluate``. Client-local
   state (FedDAT's A_C, heads, local-only models) lives in a per-node store on
   disk between rounds and is never sent.
+- ``run.secagg=true``: the train round runs through Flower's SecAgg+ instead
+  (:mod:`fedvl.runtime.secagg`); the server then sees only the aggregate.
 
 Randomness is derived from (seed, round, client) in every runtime, so the same
 config gives the same per-round metrics here as in the simulator.
@@ -45,6 +47,7 @@ from fedvl.algorithms.base import FitResult  # noqa: E402
 from fedvl.config import ConfigError, ExperimentConfig, dump_config, load_config_dict  # noqa: E402
 from fedvl.models.params import get_params  # noqa: E402
 from fedvl.report.history import History  # noqa: E402
+from fedvl.runtime import secagg  # noqa: E402
 from fedvl.runtime.simulator import (  # noqa: E402
     Federation, add_eval, build_federation, client_evaluate, client_fit, eval_client_ids, sample_round,
     server_aggregate, wants_eval,
@@ -136,20 +139,32 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
             built = _client_federation(text, pid, every_partition=cfg_text is not None)
         return text, built, built.client_ids[pid]
 
-    def setup(msg: Message, context: Context):
+    def setup(msg: Message, context: Context, to: str, global_params: Params):
         text, built, cid = federation(context)
-        if str(msg.content["config"]["cid"]) != cid:
-            raise ConfigError(f"a message for client {msg.content['config']['cid']} reached the node of {cid}")
-        return built, _state_store(context, text, state_root), cid, from_record(msg.content["params"])
+        if to != cid:
+            raise ConfigError(f"a message for client {to} reached the node of {cid}")
+        return built, _state_store(context, text, state_root), cid, global_params
+
+    def plain(msg: Message, context: Context):
+        return setup(msg, context, str(msg.content["config"]["cid"]), from_record(msg.content["params"]))
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        _, _, cid = federation(context)
-        return Message(RecordDict({"config": ConfigRecord({"cid": cid})}), reply_to=msg)
+        _, built, cid = federation(context)
+        info: dict[str, Any] = {"cid": cid}
+        if built.cfg.run.secagg:  # SecAgg+ scales every weight by the largest client's sample count
+            info["num-train"] = len(built.train[cid])
+        return Message(RecordDict({"config": ConfigRecord(info)}), reply_to=msg)
 
-    @app.train()
+    @app.train(mods=[secagg.client_mod])
     def train(msg: Message, context: Context) -> Message:
-        fed, store, cid, global_params = setup(msg, context)
+        if secagg.is_secure(msg):  # SecAgg+'s masked-vector stage: the mod masks what this returns
+            config, global_params = secagg.read_fitins(msg)
+            fed, store, cid, global_params = setup(msg, context, str(config["cid"]), global_params)
+            res = client_fit(fed, store, cid, int(config["round"]), global_params)
+            return secagg.masked_reply(msg, fed.cfg, cid, int(config["round"]), global_params, res.params,
+                                       res.num_examples, {k: float(v) for k, v in res.metrics.items()})
+        fed, store, cid, global_params = plain(msg, context)
         rnd = int(msg.content["config"]["round"])
         res = client_fit(fed, store, cid, rnd, global_params)
         metrics = {k: float(v) for k, v in res.metrics.items()}
@@ -159,7 +174,7 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        fed, store, cid, global_params = setup(msg, context)
+        fed, store, cid, global_params = plain(msg, context)
         scores = client_evaluate(fed, store, cid, global_params)
         return Message(RecordDict({"metrics": MetricRecord({k: float(v) for k, v in scores.items()})}),
                        reply_to=msg)
@@ -197,8 +212,9 @@ def _send(grid: Grid, nodes: dict[str, int], cids: list[str], kind: str, rnd: in
     return ok, failed
 
 
-def discover(grid: Grid, client_ids: list[str], wait_s: float) -> dict[str, int]:
-    """Map each client id to the node holding its partition (every node answers a ``query``)."""
+def discover(grid: Grid, client_ids: list[str], wait_s: float, sizes: dict[str, int] | None = None) -> dict[str, int]:
+    """Map each client id to the node holding its partition (every node answers a ``query``);
+    ``sizes`` receives each client's training-set size when the nodes report it (SecAgg+)."""
     deadline = time.monotonic() + wait_s
     nodes: dict[str, int] = {}
     while True:
@@ -210,7 +226,10 @@ def discover(grid: Grid, client_ids: list[str], wait_s: float) -> dict[str, int]
             node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
             for r in replies:
                 if not r.has_error() and r.metadata.reply_to_message_id in node_of:
-                    nodes[str(r.content["config"]["cid"])] = node_of[r.metadata.reply_to_message_id]
+                    info = r.content["config"]
+                    nodes[str(info["cid"])] = node_of[r.metadata.reply_to_message_id]
+                    if sizes is not None and "num-train" in info:
+                        sizes[str(info["cid"])] = int(info["num-train"])
         missing = [c for c in client_ids if c not in nodes]
         if not missing:
             return nodes
@@ -220,43 +239,79 @@ def discover(grid: Grid, client_ids: list[str], wait_s: float) -> dict[str, int]
         time.sleep(0.5)
 
 
+def _plain_train(grid: Grid, fed: Federation, nodes: dict[str, int], sampled: list[str], rnd: int,
+                 global_params: Params, timeout: float | None) -> tuple[Params, dict[str, Any], dict[str, str]]:
+    """A train round in the clear: every update reaches the server, is validated and aggregated."""
+    cfg = fed.cfg
+    for attempt in range(cfg.run.round_retries + 1):
+        replies, failed = _send(grid, nodes, sampled, "train", rnd, global_params, timeout)
+        if len(replies) >= min(cfg.run.min_clients, len(sampled)):
+            break
+        if attempt == cfg.run.round_retries:
+            raise FlowerRunError(
+                f"round {rnd}: {len(replies)} of {len(sampled)} clients answered, fewer than run.min_clients="
+                f"{cfg.run.min_clients} after {cfg.run.round_retries + 1} attempt(s): {failed}")
+    results = {}
+    for cid, content in list(replies.items()):
+        try:
+            m = dict(content["metrics"])
+            n = m.pop("num-examples")
+            results[cid] = FitResult(from_record(content["params"]), int(n), m)
+        except (KeyError, TypeError, ValueError) as e:  # a malformed reply never crashes the server
+            failed[cid] = f"malformed reply: {type(e).__name__}: {e}"
+    if not results:
+        raise FlowerRunError(f"round {rnd}: no usable client reply: {failed}")
+    new, record = server_aggregate(fed, rnd, global_params, results)
+    return new, record, failed
+
+
+def _secure_train(grid: Grid, fed: Federation, nodes: dict[str, int], sizes: dict[str, int], sampled: list[str],
+                  rnd: int, global_params: Params, timeout: float | None
+                  ) -> tuple[Params, dict[str, Any], dict[str, str]]:
+    """A train round under SecAgg+: the server gets the weighted mean and validates only that."""
+    cfg = fed.cfg
+    need = min(cfg.run.min_clients, len(sampled))
+    max_weight = max(sizes.get(cid, 1) for cid in sampled)
+    for attempt in range(cfg.run.round_retries + 1):
+        new, results = secagg.secure_train(grid, cfg, nodes, sampled, rnd, global_params, max_weight, timeout)
+        failed = {cid: "dropped out of secure aggregation" for cid in sampled if cid not in results}
+        if new is not None and len(results) >= need:
+            break
+        if attempt == cfg.run.round_retries:
+            raise FlowerRunError(
+                f"round {rnd}: secure aggregation ended with {len(results)} of {len(sampled)} clients (run.min_clients="
+                f"{cfg.run.min_clients}; each client needs run.secagg_threshold live neighbours) after "
+                f"{cfg.run.round_retries + 1} attempt(s)")
+    problem = secagg.check_aggregate(cfg, global_params, new)
+    if problem:  # no single update can be blamed or left out: the run stops
+        raise FlowerRunError(f"round {rnd}: the securely aggregated update is invalid ({problem}); a client sent a "
+                             "broken update, which SecAgg+ hides from the server")
+    return new, secagg.round_record(cfg, rnd, sampled, results), failed
+
+
 def run_rounds(grid: Grid, fed: Federation, history: History, progress=None) -> dict[str, Any]:
     """The round loop of the Flower runtime (the counterpart of ``simulator.simulate``)."""
     cfg = fed.cfg
     ids = fed.client_ids
-    nodes = discover(grid, ids, cfg.run.flower_wait_s)
+    sizes: dict[str, int] = {}
+    nodes = discover(grid, ids, cfg.run.flower_wait_s, sizes)
     timeout = cfg.run.round_timeout_s or None
     global_params = get_params(fed.model, fed.travel)
     record: dict[str, Any] = {}
     for rnd in range(1, cfg.algorithm.rounds + 1):
         t0 = time.perf_counter()
         sampled = sample_round(fed, rnd)
-        for attempt in range(cfg.run.round_retries + 1):
-            replies, failed = _send(grid, nodes, sampled, "train", rnd, global_params, timeout)
-            if len(replies) >= min(cfg.run.min_clients, len(sampled)):
-                break
-            if attempt == cfg.run.round_retries:
-                raise FlowerRunError(
-                    f"round {rnd}: {len(replies)} of {len(sampled)} clients answered, fewer than run.min_clients="
-                    f"{cfg.run.min_clients} after {cfg.run.round_retries + 1} attempt(s): {failed}")
-        results = {}
-        for cid, content in list(replies.items()):
-            try:
-                m = dict(content["metrics"])
-                n = m.pop("num-examples")
-                results[cid] = FitResult(from_record(content["params"]), int(n), m)
-            except (KeyError, TypeError, ValueError) as e:  # a malformed reply never crashes the server
-                failed[cid] = f"malformed reply: {type(e).__name__}: {e}"
-                del replies[cid]
-        if not results:
-            raise FlowerRunError(f"round {rnd}: no usable client reply: {failed}")
-        global_params, record = server_aggregate(fed, rnd, global_params, results)
+        if cfg.run.secagg:
+            global_params, record, failed = _secure_train(grid, fed, nodes, sizes, sampled, rnd, global_params,
+                                                          timeout)
+        else:
+            global_params, record, failed = _plain_train(grid, fed, nodes, sampled, rnd, global_params, timeout)
         record["sampled"] = sampled
         if failed:
             record["dropped"] = failed
             if progress:
                 progress.status(f"round {rnd}: {len(failed)} client(s) dropped, continuing with "
-                                f"{len(results)}: {failed}")
+                                f"{len(record['train'])}: {failed}")
         if wants_eval(cfg, rnd):
             targets = eval_client_ids(fed)
             evals, eval_failed = _send(grid, nodes, targets, "evaluate", rnd, global_params, timeout)
@@ -325,6 +380,12 @@ class InProcessBackend:
         pass
 
     def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
+        if message.has_content():
+            # A real node gets its own deserialised copy of every message, but the in-memory
+            # grid hands every node the same records; SecAgg+'s client mod edits its message's
+            # config records in place, so each node gets its own copy of those.
+            message.content = RecordDict({k: ConfigRecord(dict(v)) if isinstance(v, ConfigRecord) else v
+                                          for k, v in message.content.items()})
         with self._busy:
             return self.app_fn()(message=message, context=context), context
 
