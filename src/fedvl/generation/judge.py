@@ -17,7 +17,16 @@ import torch.nn.functional as F
 from fedvl.kt.models import TaskModel, build_task_model
 
 
-def train_judge(images: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int, epochs: int = 4,
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Pixel noise of a random strength, brightness and a colour cast, per image. Without it a
+    judge trained on clean renders keyed on texture: it recognised 44% of generated images whose
+    content a person reads at a glance (the sample grids), with it 92% (same images)."""
+    b = x.shape[0]
+    x = x + torch.randn(x.shape, generator=gen) * torch.rand(b, 1, 1, 1, generator=gen) * 0.3
+    return x * (0.7 + 0.6 * torch.rand(b, 1, 1, 1, generator=gen)) + (torch.rand(b, 3, 1, 1, generator=gen) - 0.5) * 0.4
+
+
+def train_judge(images: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int, epochs: int = 8,
                 batch_size: int = 64, lr: float = 2e-3) -> TaskModel:
     judge = build_task_model("cnn-wide", num_classes, images.shape[-1], 64, seed)
     opt = torch.optim.AdamW(judge.parameters(), lr=lr)
@@ -27,7 +36,7 @@ def train_judge(images: torch.Tensor, labels: torch.Tensor, num_classes: int, se
         order = torch.randperm(len(labels), generator=gen)
         for start in range(0, len(labels), batch_size):
             idx = order[start:start + batch_size]
-            loss = F.cross_entropy(judge(images[idx])[1], labels[idx])
+            loss = F.cross_entropy(judge(augment(images[idx], gen))[1], labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
