@@ -38,9 +38,11 @@ class T2IConfig:
     sample_batch: int = 64
     lora_rank: int = 8
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-    lr: float = 1e-3
-    """Learning rate of the generator's LoRA + text-side adapter in federation."""
-    server_steps: int = 30
+    lr: float = 1e-4
+    """Learning rate of the generator's LoRA + text-side adapter in federation. At 1e-3, 30 steps of
+    denoising on its own correctly drawn samples alone cut judge accuracy from 95% to 75% (rank 8
+    overfits a few dozen samples)."""
+    server_steps: int = 20
     """Generator update steps per round."""
     server_batch: int = 32
 
