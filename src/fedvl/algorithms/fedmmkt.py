@@ -126,7 +126,12 @@ class KTClient:
                     loss = loss + c.proto_weight * F.mse_loss(feat, protos[labels[idx]])
                 if distill is not None and len(distill.soft) and c.kd_weight > 0:
                     j = torch.randint(0, len(distill.soft), (min(c.batch_size, len(distill.soft)),), generator=gen)
+                    # batch norm in eval mode here: the synthetic images (source style) are normalised
+                    # with the private domain's running statistics and do not shift them; with train-mode
+                    # BN the night client's CNN collapsed to one class (6.7%) at evaluation
+                    model.eval()
                     _, s_logits = model(distill.images[j])
+                    model.train()
                     loss = loss + c.kd_weight * kd_loss(s_logits, distill.soft[j], c.kd_temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
