@@ -81,8 +81,9 @@ def source_fidelity(gen: T2IGenerator, t2i: T2IConfig, classes: list[str], per_c
     images = gen.sample([prompt(classes[k]) for k in labels.tolist()],
                         Sampling(t2i.sample_steps, t2i.guidance, t2i.sample_batch),
                         torch.Generator().manual_seed(seed))
-    out = fidelity(judge, images, labels, judge_outputs(judge, held.images)[0])
-    out["judge_real_acc"] = float((judge_outputs(judge, held.images)[1] == held.labels).float().mean())
+    real_feats, real_pred = judge_outputs(judge, held.images)
+    out = fidelity(judge, images, labels, real_feats)
+    out["judge_real_acc"] = float((real_pred == held.labels).float().mean())
     return out
 
 
