@@ -41,7 +41,6 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     from rich.console import Console
 
     from fedvl.report.plots import plot_accuracy
-    from fedvl.report.tables import markdown_summary, print_summary
     from fedvl.runtime.progress import Progress
     from fedvl.runtime.simulator import build_federation, simulate
 
@@ -101,43 +100,42 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
         notes.append(f"differential privacy: epsilon {final['privacy']['epsilon']:.3g} at delta "
                      f"{final['privacy']['delta']:g} (clip {cfg.privacy.clip_norm:g}, noise multiplier "
                      f"{cfg.privacy.noise_multiplier:g}, opacus RDP accountant)")
-    (run_dir / "summary.md").write_text(markdown_summary(final, title, notes))
     plot_accuracy(history.rounds_with_eval(), run_dir / "accuracy.png", title)
     summary = {"final": final, "params": params, "wall_s": wall, "setup_s": setup_s,
                "algorithm": cfg.algorithm.name, "peft": cfg.model.peft, "benchmark": cfg.data.benchmark,
                "rejected_updates": rejected, "attackers": fed.attackers, "privacy": final.get("privacy"),
                # wall clock at the end of this process's first training step (startup benchmark)
                "started_unix": started_unix, "first_step_unix": progress.first_step_unix}
+    return _write_results(run_dir, console, title, notes, summary)
+
+
+def _write_results(run_dir: Path, console, title: str, notes: list[str], summary: dict[str, Any]) -> dict[str, Any]:
+    """What every run ends with: summary.md / summary.json, the table on the console, status complete."""
+    from fedvl.report.tables import markdown_summary, print_summary
+
+    (run_dir / "summary.md").write_text(markdown_summary(summary["final"], title, notes))
     write_json_atomic(run_dir / "summary.json", summary)
-    print_summary(console, final, title)
+    print_summary(console, summary["final"], title)
     for n in notes:
         console.print(f"  {n}")
     console.print(f"results: {run_dir}")
-    set_status(run_dir, "complete", wall_s=wall)
+    set_status(run_dir, "complete", wall_s=summary["wall_s"])
     return summary
 
 
 def _finish_kt(cfg: ExperimentConfig, run_dir: Path, console, progress, t0: float) -> dict[str, Any]:
     """A FedMMKT-family run (:mod:`fedvl.kt.experiment`), with the same summary files as any run."""
     from fedvl.kt.experiment import run_kt
-    from fedvl.report.tables import markdown_summary, print_summary
 
-    final, params, notes = run_kt(cfg, run_dir, progress)
+    final, params, notes, rejected = run_kt(cfg, run_dir, progress)
     progress.close()
     wall = time.perf_counter() - t0
     title = f"{cfg.algorithm.name} · knowledge transfer · {len(cfg.fedmmkt.domains)} clients"
     notes.append(f"wall time {wall:.1f}s (setup {params['setup_s']:.1f}s); seed {cfg.run.seed}")
-    (run_dir / "summary.md").write_text(markdown_summary(final, title, notes))
     summary = {"final": final, "params": params, "wall_s": wall, "setup_s": params["setup_s"],
                "algorithm": cfg.algorithm.name, "benchmark": "fedmmkt", "generator": final.get("generator"),
-               "rejected_updates": sum(len(r.get("rejected", {})) for r in History.read(run_dir))}
-    write_json_atomic(run_dir / "summary.json", summary)
-    print_summary(console, final, title)
-    for n in notes:
-        console.print(f"  {n}")
-    console.print(f"results: {run_dir}")
-    set_status(run_dir, "complete", wall_s=wall)
-    return summary
+               "rejected_updates": rejected}
+    return _write_results(run_dir, console, title, notes, summary)
 
 
 def parse_method(spec: str) -> tuple[str, str | None]:

@@ -59,8 +59,9 @@ def plot_fidelity(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_kt(cfg: ExperimentConfig, run_dir: Path, progress) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-    """Every round of a knowledge-transfer run. Returns (final record, parameter report, notes)."""
+def run_kt(cfg: ExperimentConfig, run_dir: Path, progress) -> tuple[dict[str, Any], dict[str, Any], list[str], int]:
+    """Every round of a knowledge-transfer run. Returns (final record, parameter report, notes,
+    rejected client reports over the run)."""
     from fedvl.report.plots import plot_accuracy
     from fedvl.runtime.kt import ServerState, build, run_round, task_model
 
@@ -86,10 +87,9 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress) -> tuple[dict[str, An
     plot_accuracy(history.rounds, run_dir / "accuracy.png", title)
     if fed.judge is not None:
         plot_fidelity(history.rounds, run_dir / "fidelity.png", title)
-        names = sorted(state.samples, key=lambda k: int(k[5:]))
         labels = torch.arange(len(fed.classes)).repeat(cfg.fedmmkt.eval_per_class)
-        save_grid(state.samples[names[0]], labels, fed.classes, run_dir / "samples-first.png")
-        save_grid(state.samples[names[-1]], labels, fed.classes, run_dir / "samples-last.png")
+        save_grid(state.samples["first"], labels, fed.classes, run_dir / "samples-first.png")
+        save_grid(state.samples["last"], labels, fed.classes, run_dir / "samples-last.png")
     n_syn = len(state.synthetic) if state.synthetic is not None else 0
     sizes = {cid: sum(p.numel() for p in task_model(fed, cid).parameters()) for cid in fed.client_ids}
     mean_size = round(sum(sizes.values()) / len(sizes))  # clients differ: the mean over clients
@@ -114,4 +114,6 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress) -> tuple[dict[str, An
                      f"{100 * record['generator']['judge_acc']:.1f}%, feature distance "
                      f"{first['feature_distance']:.2f} -> {record['generator']['feature_distance']:.2f}")
     write_json_atomic(run_dir / "pretrain.json", {k: v for k, v in fed.pretrain_meta.items() if k != "loss"})
-    return record, params, notes
+    rejected = sum(len(r.get("rejected", {})) for r in history.rounds)
+    notes.append(f"rejected client reports: {rejected} over {len(history.rounds)} rounds")
+    return record, params, notes, rejected

@@ -68,7 +68,7 @@ class ServerState:
     distill: DistillSet | None = None
     protos: torch.Tensor | None = None
     seen: torch.Tensor | None = None
-    samples: dict[str, torch.Tensor] = field(default_factory=dict)  # generated eval images per round (grids)
+    samples: dict[str, torch.Tensor] = field(default_factory=dict)  # eval images of the first and last round
 
 
 def client_ids(kt) -> list[str]:
@@ -265,7 +265,8 @@ def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) ->
     record["avg"] = {k: sum(m[k] for m in evals.values()) / len(evals) for k in ("acc", "bal_acc")}
     if fed.judge is not None and (rnd == 1 or strat.update_generator or rnd == cfg.algorithm.rounds):
         record["generator"], imgs = eval_generator(fed)
-        state.samples[f"round{rnd}"] = imgs.images
+        state.samples.setdefault("first", imgs.images)
+        state.samples["last"] = imgs.images
     timing["eval_s"] = time.perf_counter() - te
     record["timing"] = timing
     record["time_s"] = time.perf_counter() - t0
