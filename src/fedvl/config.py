@@ -130,6 +130,11 @@ class AlgorithmConfig:
     also_travel: list[str] = field(default_factory=list)
     """Parameter groups that travel (are averaged) even though the algorithm keeps them on the
     client, e.g. ``connector`` or ``head`` for feddat; never ``adapter.local``."""
+    keep_local: list[str] = field(default_factory=list)
+    """Parameter groups every client keeps and never sends, for any algorithm: ``connector``
+    and/or ``head``. The FedDAT reference code keeps each client's task head out of the average
+    for every baseline; ``keep_local=connector,head`` makes a FedAvg-PEFT baseline send only its
+    PEFT parameters, the same upload as FedDAT (the paper's protocol)."""
     aggregator: Literal["mean", "median", "trimmed_mean", "krum"] = "mean"
     """Server rule for the travelling parameters, for every algorithm: mean (FedAvg, weighted as
     ``aggregation`` says), median (coordinate-wise), trimmed_mean (coordinate-wise, ``trim_ratio``)
@@ -373,6 +378,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         (cfg.run.eval_every >= 1, "run.eval_every must be >= 1"),
         (all(g in ("connector", "head") for g in cfg.algorithm.also_travel),
          "algorithm.also_travel may list connector and/or head only"),
+        (all(g in ("connector", "head") for g in cfg.algorithm.keep_local),
+         "algorithm.keep_local may list connector and/or head only"),
+        (not set(cfg.algorithm.keep_local) & set(cfg.algorithm.also_travel),
+         "algorithm.keep_local and algorithm.also_travel name the same group"),
         (cfg.run.flower_workers >= 1, "run.flower_workers must be >= 1"),
         (cfg.run.flower_wait_s > 0, "run.flower_wait_s must be > 0"),
         (cfg.run.round_timeout_s >= 0, "run.round_timeout_s must be >= 0 (0 = no timeout)"),

@@ -1,5 +1,6 @@
 """Behaviour specific to single algorithms."""
 
+import pytest
 import torch
 
 from fedvl.report.history import History
@@ -93,3 +94,33 @@ def test_full_fine_tuning_gives_the_backbone_its_own_learning_rate_on_the_same_s
     opt0 = fed0.client.optimizer(ClientContext(cid, fed0.model, fed0.train[cid], fed0.cfg, 1, {}, fed0.travel,
                                                fed0.trainable, torch.Generator().manual_seed(0)))
     assert len(opt0.param_groups) == 1 and opt0.param_groups[0]["lr"] == fed0.cfg.algorithm.lr
+
+
+def test_keep_local_makes_fedavg_send_only_its_adapters(tiny_cfg, tmp_path):
+    """The paper's protocol: a FedAvg-PEFT baseline keeps head and connector on each client,
+    so it uploads exactly what FedDAT uploads (its one adapter = FedDAT's A_S), and each
+    client's head is its own after a round."""
+    from safetensors.torch import load_file
+
+    from fedvl.config import ConfigError, load_config
+    from fedvl.models.params import get_params, param_group
+    from fedvl.runtime.simulator import run_round
+    from fedvl.runtime.state import ClientStateStore
+
+    fed = build_federation(tiny_cfg("algorithm.name=fedavg", "algorithm.keep_local=connector,head"),
+                           status=lambda s: None)
+    assert {param_group(n) for n in fed.travel} == {"adapter.shared"}
+    assert {param_group(n) for n in fed.local} == {"head", "connector"}
+    dat = build_federation(tiny_cfg("algorithm.name=feddat"), status=lambda s: None)
+    assert fed.param_report()["travel_params"] == dat.param_report()["travel_params"]
+    g = get_params(fed.model, fed.travel)
+    new, _ = run_round(fed, ClientStateStore(tmp_path / "s"), 1, g)
+    assert set(new) == set(fed.travel)  # the server never holds a head
+    states = sorted((tmp_path / "s").iterdir())
+    a, b = load_file(states[0]), load_file(states[1])
+    heads = [k for k in a if param_group(k) == "head"]
+    assert heads and any(not torch.equal(a[k], b[k]) for k in heads)
+    with pytest.raises(ConfigError, match="keep_local may list"):
+        tiny_cfg("algorithm.keep_local=adapter")
+    with pytest.raises(ConfigError, match="same group"):
+        load_config(None, ["algorithm.name=feddat", "algorithm.also_travel=head", "algorithm.keep_local=head"])

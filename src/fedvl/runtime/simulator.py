@@ -135,6 +135,7 @@ def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None
         local_groups.add("head")
     if "*" not in local_groups:  # an experiment may share what the algorithm would keep (e.g. the connector)
         local_groups -= set(cfg.algorithm.also_travel)
+        local_groups |= set(cfg.algorithm.keep_local)  # e.g. the paper's protocol: heads never travel
     local = trainable if "*" in local_groups else names_in_groups(trainable, local_groups)
     travel = [n for n in trainable if n not in set(local)]
     attackers = [] if cfg.attack.kind == "none" or algo.pooled else \
