@@ -122,5 +122,7 @@ def test_keep_local_makes_fedavg_send_only_its_adapters(tiny_cfg, tmp_path):
     assert heads and any(not torch.equal(a[k], b[k]) for k in heads)
     with pytest.raises(ConfigError, match="keep_local may list"):
         tiny_cfg("algorithm.keep_local=adapter")
+    with pytest.raises(ConfigError, match="nothing travels"):  # FedAvg that would send nothing
+        build_federation(tiny_cfg("model.peft=head", "algorithm.keep_local=connector,head"), status=lambda s: None)
     with pytest.raises(ConfigError, match="same group"):
         load_config(None, ["algorithm.name=feddat", "algorithm.also_travel=head", "algorithm.keep_local=head"])

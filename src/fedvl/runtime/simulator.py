@@ -25,7 +25,7 @@ from fedvl.algorithms import get_algorithm
 from fedvl.algorithms.aggregate import Params, UpdateRejected, global_norm, validate_update
 from fedvl.algorithms.attacks import attack_update, choose_attackers
 from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, FitResult, Strategy
-from fedvl.config import ExperimentConfig
+from fedvl.config import ConfigError, ExperimentConfig
 from fedvl.data.benchmarks import (NUM_ANSWERS, benchmark_client_ids, benchmark_tasks, build_benchmark,
                                    make_client_split)
 from fedvl.data.features import EncodedSplit, encode_split
@@ -108,6 +108,24 @@ def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None
     tasks = tuple(t for t in TASKS if t in tasks_present)
     model = build_model(cfg.model, num_answers, cfg.data.image_size, cfg.run.seed, roles=algo.adapter_roles,
                         tasks=tasks)
+    trainable = trainable_names(model, cfg.model.peft, algo.trainable_roles)
+    set_trainable(model, trainable)
+    local_groups = set(algo.local_groups)
+    if cfg.data.benchmark == "task" or (cfg.data.benchmark == "real" and cfg.data.vocab_scope == "client"):
+        # One task (and label space) per client: a head is trained by one client
+        # only, so heads never travel (see the docstring). Same with real data
+        # whose clients each have their own answer vocabulary.
+        local_groups.add("head")
+    if "*" not in local_groups:  # an experiment may share what the algorithm would keep (e.g. the connector)
+        local_groups -= set(cfg.algorithm.also_travel)
+        local_groups |= set(cfg.algorithm.keep_local)  # e.g. the paper's protocol: heads never travel
+    local = trainable if "*" in local_groups else names_in_groups(trainable, local_groups)
+    kept = set(local)
+    travel = [n for n in trainable if n not in kept]
+    if not travel and "*" not in local_groups and not algo.pooled:
+        # e.g. model.peft=head with keep_local=connector,head: a federated run that would send nothing
+        raise ConfigError(f"nothing travels: every group model.peft={cfg.model.peft} trains stays on the client "
+                          f"({', '.join(sorted(local_groups))}); use algorithm.name=local for that")
     tokenizer = load_tokenizer(cfg.model)
     enc = lambda split: enc_fn(split, model, tokenizer, cfg.model.max_text_len, cfg.run.cache_dir)  # noqa: E731
     keep = client_ids if only is None else [client_ids[i] for i in only if 0 <= i < len(client_ids)]
@@ -125,19 +143,6 @@ def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None
         test = {c.client_id: enc(c.test) for c in built}
         if algo.pooled:
             train = {"pooled": EncodedSplit.concat(list(train.values()))}
-    trainable = trainable_names(model, cfg.model.peft, algo.trainable_roles)
-    set_trainable(model, trainable)
-    local_groups = set(algo.local_groups)
-    if cfg.data.benchmark == "task" or (cfg.data.benchmark == "real" and cfg.data.vocab_scope == "client"):
-        # One task (and label space) per client: a head is trained by one client
-        # only, so heads never travel (see the docstring). Same with real data
-        # whose clients each have their own answer vocabulary.
-        local_groups.add("head")
-    if "*" not in local_groups:  # an experiment may share what the algorithm would keep (e.g. the connector)
-        local_groups -= set(cfg.algorithm.also_travel)
-        local_groups |= set(cfg.algorithm.keep_local)  # e.g. the paper's protocol: heads never travel
-    local = trainable if "*" in local_groups else names_in_groups(trainable, local_groups)
-    travel = [n for n in trainable if n not in set(local)]
     attackers = [] if cfg.attack.kind == "none" or algo.pooled else \
         choose_attackers(client_ids, cfg.attack.fraction, cfg.run.seed)
     return Federation(cfg, algo, model, algo.strategy(cfg), algo.client(cfg), train, test, trainable,
