@@ -136,6 +136,11 @@ class AlgorithmConfig:
     """FedDAT ablation: "local" replaces the DAT teacher by A_C alone (no DAT)."""
     feddat_mutual: bool = True
     """FedDAT ablation: False trains A_C with the task loss only (one-way KD)."""
+    feddat_shared_pass: bool = True
+    """FedDAT: when nothing the A_S step moves feeds the encoder's DAT pass (the VL base's frozen connector;
+    only A_S and the head train besides A_C), one encoder forward serves the teacher logits and the A_C
+    step (3 -> 2 encoder forwards per batch; with dropout on, both roles then see one dropout mask).
+    False always runs the three passes."""
     also_travel: list[str] = field(default_factory=list)
     """Parameter groups that travel (are averaged) even though the algorithm keeps them on the
     client, e.g. ``connector`` or ``head`` for feddat; never ``adapter.local``."""
