@@ -103,6 +103,12 @@ def test_pretraining_is_deterministic_and_writes_report_and_curves(tmp_path):
     assert [e["step"] for e in report["eval"]] == [2, 4]
     assert path_a.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert not path_a.with_suffix(".ckpt").exists()  # the resumable checkpoint is gone once done
+    # read back from the float16 file, built as fine-tuning builds it: the report's held-out ITM accuracy
+    from fedvl.models.vlpretrain import itm_report
+
+    back = itm_report(path_a, VLPretrainConfig(**TINY_PRE))
+    assert back["pairs"] == 12 and abs(back["itm_acc"] - report["held_out_itm_acc"]) <= 1 / 12 + 1e-9
+    assert {k for k in back if k.startswith("itm_acc_")} <= {f"itm_acc_{k}" for k in KINDS}
 
 
 def test_a_killed_pretraining_resumes_to_the_same_weights(tmp_path):

@@ -30,6 +30,7 @@ class CaptionSet:
     image: list[int]
     text: list[str]
     match: list[bool]
+    kind: list[str]
 
 
 def _where(o: Obj) -> str:
@@ -123,11 +124,12 @@ def make_corpus(n_images: int, captions_per_image: int, image_size: int, seed: i
     scenes = [random_scene(rng, 1, max_objects) for _ in range(n_images)]
     images = (np.stack([render(s, domain, image_size, rng) for s in scenes]) if scenes
               else np.zeros((0, image_size, image_size, 3), np.uint8))
-    out = CaptionSet(images=images, scenes=scenes, image=[], text=[], match=[])
+    out = CaptionSet(images=images, scenes=scenes, image=[], text=[], match=[], kind=[])
     for i, scene in enumerate(scenes):
         for _ in range(captions_per_image):
             negative = bool(rng.random() < 0.5)
-            out.text.append(describe(scene, KINDS[int(rng.integers(len(KINDS)))], negative, rng))
+            out.kind.append(KINDS[int(rng.integers(len(KINDS)))])  # as drawn (a relation may read as an object)
+            out.text.append(describe(scene, out.kind[-1], negative, rng))
             out.image.append(i)
             out.match.append(not negative)
     return out

@@ -297,3 +297,31 @@ def plot_curves(meta: dict, path: Path) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
+
+
+@torch.no_grad()
+def itm_report(path: Path, cfg: VLPretrainConfig, images: int | None = None) -> dict[str, float]:
+    """Held-out ITM accuracy of a saved base, overall and per caption kind, read back from the file:
+    the model built as fine-tuning builds it (delta merged) plus the ITM head stored beside it."""
+    from fedvl.models.vlbase import read_base
+
+    state, _ = read_base(path)
+    mcfg = ModelConfig(name=cfg.model, vision_tokens=cfg.vision_tokens, peft="head", base="vl",
+                       base_weights=str(path))
+    model = build_model(mcfg, num_answers=2, image_size=cfg.image_size, seed=cfg.seed).eval()
+    hidden = model.text.config.hidden_size
+    itm = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 2))
+    itm.load_state_dict({k[len("itm."):]: v.float() for k, v in state.items() if k.startswith("itm.")})
+    held = make_corpus(images or cfg.held_out_images, 2, cfg.image_size, 2_000_003 + cfg.seed, cfg.max_objects)
+    data = Encoded(held, model, load_tokenizer(), cfg.max_text_len, None)
+    right = []
+    for i in range(0, len(data.label), 128):
+        idx = torch.arange(i, min(i + 128, len(data.label)))
+        ids, attn, feats = data.batch(idx)
+        h, _, _ = model.encode(ids, attn, feats)
+        right += (itm(h[:, 0]).argmax(1) == data.label[idx]).tolist()
+    out = {"itm_acc": sum(right) / len(right), "pairs": len(right)}
+    for kind in sorted(set(held.kind)):
+        hits = [r for r, k in zip(right, held.kind) if k == kind]
+        out[f"itm_acc_{kind}"] = sum(hits) / len(hits)
+    return out
