@@ -157,7 +157,9 @@ class VisionLanguageModel(nn.Module):
         (Domain benchmark, photo style, 96 px) reached 56% / 38% with s32,
         88% / 83% with s16 and 89% / 82% with multiscale.
         """
-        x = images.permute(0, 3, 1, 2).float().div_(255.0)
+        # the images arrive from the CPU: the frozen tower runs on the model's device, in float32
+        # (the cached features must not depend on run.precision)
+        x = images.to(self._mean.device).permute(0, 3, 1, 2).float().div_(255.0)
         x = (x - self._mean) / self._std
         if self.vision_spec.tokens == "s32":
             return self.vision.forward_features(x)

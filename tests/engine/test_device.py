@@ -1,0 +1,125 @@
+"""run.device and run.precision (issue 18): where the compute runs, in which precision, and
+that everything leaving a model (updates, client state, checkpoints) stays float32 on the CPU."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedvl.config import ConfigError
+from fedvl.engine.device import Amp, DeviceError, resolve_device
+from fedvl.experiment import run_experiment
+from fedvl.runtime.simulator import build_federation, client_fit, client_evaluate
+from fedvl.runtime.state import ClientStateStore
+from fedvl.models.params import get_params
+from fedvl.report.history import History
+
+NO_CUDA = not torch.cuda.is_available()
+
+
+def test_auto_and_cpu_resolve_here():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cpu" if NO_CUDA else "cuda")
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("gpu", "run.device must be auto, cpu, cuda or cuda:N"),
+    ("cuda:x", "run.device must be auto, cpu, cuda or cuda:N"),
+    ("cuda:99", "CUDA device"),
+])
+def test_bad_device_is_one_line(tiny_cfg, spec, message):
+    if spec == "cuda:99" and NO_CUDA:
+        message = "no CUDA device"
+    with pytest.raises(ConfigError, match=message) as e:
+        tiny_cfg(f"run.device={spec}")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="checks the CPU-only machine's refusal")
+def test_cuda_and_fp16_refused_without_a_gpu(tiny_cfg):
+    with pytest.raises(ConfigError, match="no CUDA device on this machine"):
+        tiny_cfg("run.device=cuda")
+    with pytest.raises(ConfigError, match="run.precision=fp16 needs a CUDA device"):
+        tiny_cfg("run.precision=fp16")
+    with pytest.raises(DeviceError):
+        Amp("cpu", "fp16")
+    # a deployment's server never trains: a GPU asked for its nodes is not checked here
+    assert tiny_cfg("run.device=cuda:1", "run.runtime=flower-deploy").run.device == "cuda:1"
+
+
+def _head_dtypes(fed):
+    seen = []
+    fed.model.head["vqa"].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    return seen
+
+
+@pytest.mark.parametrize("transport", ["float32", "bfloat16"])
+def test_bf16_autocasts_but_what_leaves_the_model_is_float32_cpu(tiny_cfg, tmp_path, transport):
+    cfg = tiny_cfg("algorithm.name=feddat", "run.device=cpu", "run.precision=bf16",
+                   f"run.transport_dtype={transport}")
+    fed = build_federation(cfg, status=lambda s: None)
+    seen = _head_dtypes(fed)
+    store = ClientStateStore(tmp_path / "states")
+    cid = fed.client_ids[0]
+    g = get_params(fed.model, fed.travel)
+    res = client_fit(fed, store, cid, 1, g)
+    assert seen and set(seen) == {torch.bfloat16}  # the forward passes ran in bfloat16
+    # the model's own parameters stay float32 (autocast casts activations, not weights)
+    assert {p.dtype for p in fed.model.parameters()} == {torch.float32}
+    # what travels has run.transport_dtype's meaning only, whatever the compute precision
+    assert {t.dtype for t in res.params.values()} == {getattr(torch, transport)}
+    assert {t.device.type for t in res.params.values()} == {"cpu"}
+    state = load_file(tmp_path / "states" / f"{cid}.safetensors")  # FedDAT's A_C, head, connector
+    assert state and {t.dtype for t in state.values()} == {torch.float32}
+    assert res.metrics["train_loss"] > 0 and torch.isfinite(torch.tensor(res.metrics["train_loss"]))
+    m = client_evaluate(fed, store, cid, g)
+    assert 0.0 <= m["acc"] <= 1.0 and seen[-1] == torch.bfloat16
+
+
+def test_fp32_has_no_autocast(tiny_cfg):
+    fed = build_federation(tiny_cfg("run.device=cpu"), status=lambda s: None)
+    seen = _head_dtypes(fed)
+    client_evaluate(fed, ClientStateStore(fed.cfg.run.cache_dir), fed.client_ids[0], {})
+    assert set(seen) == {torch.float32}
+
+
+@pytest.mark.parametrize("algo", ["fedavg", "feddat"])
+def test_bf16_on_cpu_trains_close_to_fp32(tiny_cfg, tmp_path, algo):
+    """Same seed, bf16 vs fp32 on the tiny model: the loss goes down in both, and the
+    training loss and accuracy agree within bfloat16's precision (8 bits of mantissa)."""
+    out = {}
+    for prec in ("fp32", "bf16"):
+        cfg = tiny_cfg(f"algorithm.name={algo}", "run.device=cpu", f"run.precision={prec}", "algorithm.rounds=3",
+                       f"run.name={prec}")
+        out[prec] = run_experiment(cfg, tmp_path / "results" / prec, progress_enabled=False)
+    hist = {p: History.read(tmp_path / "results" / p) for p in out}
+    for p in hist:
+        assert hist[p][-1]["train_loss"] < hist[p][0]["train_loss"]  # both learn
+    for a, b in zip(hist["fp32"], hist["bf16"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.05)
+    fa, fb = out["fp32"]["final"]["avg"], out["bf16"]["final"]["avg"]
+    assert abs(fa["acc"] - fb["acc"]) <= 0.08 and fa["loss"] == pytest.approx(fb["loss"], rel=0.05)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("algo", ["fedavg", "feddat"])
+def test_cpu_and_cuda_rounds_agree(tiny_cfg, tmp_path, algo):
+    """One tiny round on each device from the same seed: the same metrics within float tolerance,
+    and the CUDA run's client state loads on the CPU."""
+    out = {}
+    for dev in ("cpu", "cuda"):
+        cfg = tiny_cfg(f"algorithm.name={algo}", f"run.device={dev}", "algorithm.rounds=1", f"run.name={dev}",
+                       f"run.cache_dir={tmp_path / dev}")
+        out[dev] = run_experiment(cfg, tmp_path / "results" / dev, progress_enabled=False)["final"]
+    assert out["cuda"]["train_loss"] == pytest.approx(out["cpu"]["train_loss"], rel=1e-3)
+    assert out["cuda"]["avg"]["acc"] == pytest.approx(out["cpu"]["avg"]["acc"], abs=0.02)
+    for f in (tmp_path / "results" / "cuda" / "client_states").glob("*.safetensors"):
+        assert {t.device.type for t in load_file(f).values()} == {"cpu"}
+
+
+@pytest.mark.cuda
+def test_fp16_on_cuda_trains_with_gradient_scaling(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("run.device=cuda", "run.precision=fp16", "algorithm.rounds=2")
+    fed = build_federation(cfg, status=lambda s: None)
+    assert fed.amp.scaler is not None and next(fed.model.parameters()).is_cuda
+    res = run_experiment(cfg, tmp_path / "results" / "fp16", progress_enabled=False)["final"]
+    assert 0.0 < res["train_loss"] < 10
