@@ -112,8 +112,10 @@ def _pretrain(ns) -> int:
             console.print(f"step {done}/{total}: loss {loss:.4f}")
 
     try:
+        from fedvl.engine.device import resolve_device
+
         gen, meta = load_or_pretrain(cfg.t2i, cfg.fedmmkt, Path(cfg.run.cache_dir), progress.status, step,
-                                     force=ns.force)
+                                     force=ns.force, device=resolve_device(cfg.run.device))
     finally:
         progress.close()
     if "loss" in meta:
@@ -187,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     jn.add_argument("--port", type=int, default=None, help="local port of this node's ClientApp API (default: free)")
     jn.add_argument("--wait-s", type=float, default=300.0,
                     help="keep retrying this long while the SuperLink is unreachable or refuses this node (default: 300)")
+    jn.add_argument("--device", default="",
+                    help="where this node's client computes: cpu, cuda, cuda:N (default: the run's run.device)")
     jn.add_argument("--auth-key", metavar="KEY",
                     help="node authentication: this node's private key (OpenSSH EC), whose .pub the server lists")
     return p
@@ -222,7 +226,7 @@ def _join(ns) -> int:
         raise ConfigError("give --root-certificates CA.pem (TLS) or --insecure")
     state = Path(ns.state_dir) if ns.state_dir else Path.home() / ".cache" / "fedvl" / f"node-{ns.partition}"
     return join(ns.server, ns.partition, state, Path(ns.root_certificates) if ns.root_certificates else None, ns.port,
-                Path(ns.auth_key) if ns.auth_key else None, ns.wait_s)
+                Path(ns.auth_key) if ns.auth_key else None, ns.wait_s, ns.device)
 
 
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:

@@ -123,3 +123,64 @@ def test_fp16_on_cuda_trains_with_gradient_scaling(tiny_cfg, tmp_path):
     assert fed.amp.scaler is not None and next(fed.model.parameters()).is_cuda
     res = run_experiment(cfg, tmp_path / "results" / "fp16", progress_enabled=False)["final"]
     assert 0.0 < res["train_loss"] < 10
+
+
+def test_cli_refuses_cuda_in_one_line_before_any_results_folder(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import TINY
+
+    if not NO_CUDA:
+        pytest.skip("this machine has a GPU")
+    r = subprocess.run([sys.executable, "-m", "fedvl", "run", *TINY, "run.device=cuda:0"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "run.device=cuda:0: no CUDA device" in lines[0]
+    assert not (tmp_path / "results").exists()
+
+
+def test_ray_resources_come_from_the_config(tiny_cfg, monkeypatch):
+    from fedvl.runtime.flower import ray_backend_config
+
+    cfg = tiny_cfg("run.runtime=flower-sim", "run.flower_backend=ray", "run.flower_workers=3",
+                   "run.flower_cpus_per_client=2", "run.device=cpu")
+    bc = ray_backend_config(cfg)
+    assert bc["client_resources"] == {"num_cpus": 2.0, "num_gpus": 0.0}
+    assert bc["init_args"]["num_cpus"] == 6 and bc["init_args"]["num_gpus"] == 0
+    # four clients share one GPU: a quarter each, and Ray is given every GPU of the machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg.run.flower_gpus_per_client, cfg.run.device = 0.25, "cuda"
+    bc = ray_backend_config(cfg)
+    assert bc["client_resources"]["num_gpus"] == 0.25 and bc["init_args"]["num_gpus"] == 2
+    cfg.run.flower_gpus_per_client = 0.0  # cuda asked for, but Ray would hide every GPU from the workers
+    with pytest.raises(ConfigError, match="flower_gpus_per_client > 0"):
+        ray_backend_config(cfg)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    cfg.run.flower_gpus_per_client, cfg.run.device = 0.5, "auto"
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        ray_backend_config(cfg)
+    with pytest.raises(ConfigError, match="flower_cpus_per_client must be > 0"):
+        tiny_cfg("run.flower_cpus_per_client=0")
+    with pytest.raises(ConfigError, match="flower_gpus_per_client"):
+        tiny_cfg("run.flower_gpus_per_client=1.5")
+
+
+def test_join_device_reaches_the_node_config_and_its_federation(tiny_cfg, tmp_path):
+    from fedvl.config import dump_config
+    from fedvl.runtime import flower
+    from fedvl.runtime.deploy import join_command
+
+    cmd = join_command("h:9092", 1, tmp_path / "s", None, 1234, device="cpu")
+    node_config = cmd[cmd.index("--node-config") + 1]
+    assert 'device="cpu"' in node_config and "partition-id=1" in node_config
+    assert "device=" not in join_command("h:9092", 1, tmp_path / "s", None, 1234)[4]
+    if NO_CUDA:
+        with pytest.raises(ConfigError, match="--device=cuda:1: no CUDA device"):
+            join_command("h:9092", 1, tmp_path / "s", None, 1234, device="cuda:1")
+    # the node builds its partition on its own device, whatever the server's config says
+    text = dump_config(tiny_cfg("run.runtime=flower-deploy", "run.device=cuda:3"))
+    fed = flower._client_federation(text, 0, every_partition=False, device="cpu")
+    assert fed.amp.device == torch.device("cpu") and next(fed.model.parameters()).device.type == "cpu"
+    flower._FEDS.clear()
