@@ -47,6 +47,9 @@ class ModelConfig:
     """Visual token features: see VisionLanguageModel.image_features."""
     max_text_len: int = 24
     head_hidden: int = 256
+    gradient_checkpointing: bool = False
+    """Recompute the text / fusion encoder's layer activations in the backward pass instead of
+    keeping them (less memory for ~one more forward pass; default, vilt, clip and blip)."""
 
 
 @dataclass

@@ -253,7 +253,7 @@ def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int =
     if cfg.name in ("vilt", "clip", "blip"):
         from fedvl.models.hf import build_hf_model
 
-        return build_hf_model(cfg, heads, image_size, seed, roles)
+        return _memory_savers(build_hf_model(cfg, heads, image_size, seed, roles), cfg)
     torch.manual_seed(seed)
     if cfg.name == "default":
         text = _text_default()
@@ -278,6 +278,14 @@ def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int =
             inject_lora(model.text.encoder, role, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     elif cfg.peft == "prompt":
         model.prompt = make_prompts(model.text.embeddings, list(roles), cfg.prompt_length)
+    return _memory_savers(model, cfg)
+
+
+def _memory_savers(model, cfg: ModelConfig):
+    if cfg.gradient_checkpointing:
+        from fedvl.models.memory import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model.text)  # the trainable encoder; the vision tower is frozen
     return model
 
 
