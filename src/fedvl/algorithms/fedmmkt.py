@@ -112,7 +112,8 @@ class KTClient:
         self.cfg, self.amp = cfg, amp
 
     def train(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-              distill: DistillSet | None, protos: torch.Tensor | None, gen: torch.Generator) -> dict[str, float]:
+              distill: DistillSet | None, protos: torch.Tensor | None, gen: torch.Generator,
+              on_step=None) -> dict[str, float]:
         """``model`` on the compute device; data, prototypes and soft labels arrive on the CPU
         (batch order is drawn there from ``gen``, the same on every device)."""
         c, amp = self.cfg, self.amp
@@ -121,6 +122,7 @@ class KTClient:
         model.train()
         protos = protos.to(dev) if protos is not None else None
         steps, total, n = 0, 0.0, len(labels)
+        planned = c.local_epochs * -(-n // c.batch_size)
         for _ in range(c.local_epochs):
             order = torch.randperm(n, generator=gen)
             for start in range(0, n, c.batch_size):
@@ -145,6 +147,8 @@ class KTClient:
                 opt.zero_grad(set_to_none=True)
                 amp.backward_step(loss, opt)
                 steps, total = steps + 1, total + loss.item()
+                if on_step is not None:
+                    on_step(steps, planned, loss.item())
         if not torch.isfinite(torch.tensor(total)):
             raise FloatingPointError("client training diverged (loss is not finite)")
         return {"train_loss": total / max(steps, 1), "steps": steps}

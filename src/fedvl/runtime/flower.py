@@ -123,7 +123,7 @@ def _state_store(context: Context, cfg_text: str, sim_root: str | None) -> Clien
 
 
 def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
-                    fed: Federation | None = None) -> ClientApp:
+                    fed: Federation | None = None, progress=None) -> ClientApp:
     """A ClientApp running fedvl's client half.
 
     - ``fed`` (Flower simulation, in-process backend): every virtual node uses this one
@@ -171,7 +171,9 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
                                        res.num_examples, {k: float(v) for k, v in res.metrics.items()})
         fed, store, cid, global_params = plain(msg, context)
         rnd = int(msg.content["config"]["round"])
-        res = client_fit(fed, store, cid, rnd, global_params)
+        if progress:  # in-process simulation: the ClientApp shares the terminal's progress display
+            progress.client_start(rnd, cid)
+        res = client_fit(fed, store, cid, rnd, global_params, progress.step if progress else None)
         metrics = {k: float(v) for k, v in res.metrics.items()}
         metrics["num-examples"] = res.num_examples
         return Message(RecordDict({"params": to_record(res.params), "metrics": MetricRecord(metrics)}),
@@ -319,6 +321,8 @@ def run_rounds(grid: Grid, fed: Federation, history: History, progress=None) -> 
                                 f"{len(record['train'])}: {failed}")
         if wants_eval(cfg, rnd):
             targets = eval_client_ids(fed)
+            if progress:
+                progress.phase(f"round {rnd} · evaluating {len(targets)} client(s)")
             evals, eval_failed = _send(grid, nodes, targets, "evaluate", rnd, global_params, timeout)
             if evals:
                 add_eval(record, {cid: {k: float(v) for k, v in evals[cid]["metrics"].items()}
@@ -446,7 +450,7 @@ def flower_simulate(fed: Federation, run_dir: Path, history: History, progress=N
         name = "flwr.server.superlink.fleet.vce.backend.raybackend"
         stand_in = types.ModuleType(name)
         stand_in.RayBackend = InProcessBackend  # type: ignore[attr-defined]
-        client = make_client_app(state_root=state_root, fed=fed)
+        client = make_client_app(state_root=state_root, fed=fed, progress=progress)
         original = sys.modules.get(name)
         sys.modules[name] = stand_in
         try:

@@ -223,6 +223,8 @@ def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) ->
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
     if strat.synthetic and (state.synthetic is None or strat.regenerate):
+        if progress:
+            progress.phase(f"round {rnd} · generating the synthetic set")
         tg = time.perf_counter()
         state.synthetic = generate(fed, kt.synthetic_per_class, derived_seed(cfg.run.seed, "synthetic", rnd))
         timing["generate_s"] = time.perf_counter() - tg
@@ -238,7 +240,8 @@ def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) ->
         gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "batches", rnd, cid))
         torch.manual_seed(derived_seed(cfg.run.seed, "torch", rnd, cid))
         data = fed.train[cid]
-        train_metrics[cid] = fed.client.train(model, data.images, data.labels, state.distill, state.protos, gen)
+        train_metrics[cid] = fed.client.train(model, data.images, data.labels, state.distill, state.protos, gen,
+                                              on_step=progress.step if progress else None)
         states[cid] = cpu_state(model)
         fed.store.save(cid, states[cid])
         if strat.synthetic:
@@ -264,6 +267,8 @@ def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) ->
         server = {"accepted_frac": float(keep.float().mean()),
                   "ensemble_agrees": float((probs.argmax(1) == state.synthetic.labels).float().mean())}
         if strat.update_generator:
+            if progress:
+                progress.phase(f"round {rnd} · updating the generator")
             tu = time.perf_counter()
             server.update(update_generator(fed, state.synthetic, keep, probs, state, rnd))
             timing["generator_update_s"] = time.perf_counter() - tu

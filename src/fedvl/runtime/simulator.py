@@ -297,8 +297,12 @@ def run_round(fed: Federation, store: ClientStateStore, rnd: int, global_params:
         if progress:
             progress.client_start(rnd, cid, i, len(sampled))
         results[cid] = client_fit(fed, store, cid, rnd, global_params, progress.step if progress else None)
+    if progress:
+        progress.phase(f"round {rnd} · aggregating {len(results)} update(s)")
     global_params, record = server_aggregate(fed, rnd, global_params, results)
     if wants_eval(fed.cfg, rnd):
+        if progress:
+            progress.phase(f"round {rnd} · evaluating {len(eval_client_ids(fed))} client(s)")
         add_eval(record, evaluate_all(fed, store, global_params))
     record["time_s"] = time.perf_counter() - t0
     return global_params, record
