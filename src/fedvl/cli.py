@@ -261,15 +261,18 @@ def _run_and_report(cfg, run_dir, ns, resume: bool = False) -> int:
 
 
 def _resume(ns) -> int:
-    """``fedvl run --resume RESULTS_DIR``: the folder's own config, no other arguments."""
+    """``fedvl run --resume RESULTS_DIR [run.device=... run.threads=...]``: the folder's own config;
+    only where it runs may change (state is saved device-free, so a run moves between devices)."""
     import json
     from pathlib import Path
 
     from fedvl.config import ConfigError, load_config
     from fedvl.models.backbones import ModelUnavailableError, check_available
 
-    if ns.args or ns.overwrite:
-        raise ConfigError("--resume takes only the results folder: its config.yaml decides everything")
+    moves = [a for a in ns.args if a.split("=", 1)[0] in ("run.device", "run.threads")]
+    if len(moves) != len(ns.args) or ns.overwrite:
+        raise ConfigError("--resume takes only the results folder (and run.device= / run.threads=): its "
+                          "config.yaml decides everything else")
     run_dir = Path(ns.resume)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a fedvl results folder (no config.yaml)")
@@ -281,7 +284,7 @@ def _resume(ns) -> int:
     if state == "complete":
         print(f"fedvl: {run_dir} is already complete; nothing to resume")
         return 0
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml", moves)
     from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
 
     if cfg.algorithm.name in KT_ALGORITHMS:

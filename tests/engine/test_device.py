@@ -110,8 +110,10 @@ def test_cpu_and_cuda_rounds_agree(tiny_cfg, tmp_path, algo):
         cfg = tiny_cfg(f"algorithm.name={algo}", f"run.device={dev}", "algorithm.rounds=1", f"run.name={dev}",
                        f"run.cache_dir={tmp_path / dev}")
         out[dev] = run_experiment(cfg, tmp_path / "results" / dev, progress_enabled=False)["final"]
-    assert out["cuda"]["train_loss"] == pytest.approx(out["cpu"]["train_loss"], rel=1e-3)
-    assert out["cuda"]["avg"]["acc"] == pytest.approx(out["cpu"]["avg"]["acc"], abs=0.02)
+    # the tolerance benchmarks/device.py states: cuDNN may pick other (TF32) convolution kernels for the
+    # vision features, so a question or two may flip
+    assert out["cuda"]["train_loss"] == pytest.approx(out["cpu"]["train_loss"], rel=1e-2)
+    assert out["cuda"]["avg"]["acc"] == pytest.approx(out["cpu"]["avg"]["acc"], abs=0.05)
     for f in (tmp_path / "results" / "cuda" / "client_states").glob("*.safetensors"):
         assert {t.device.type for t in load_file(f).values()} == {"cpu"}
 
@@ -209,3 +211,36 @@ def test_device_benchmark_runs_its_reduced_cpu_path(tmp_path):
         assert m["samples_per_s"] > 0 and m["steps"] == 2 and m["batch"] == 8 and m["loss"] > 0
     kt = out["fedmmkt_round"]
     assert kt["round_s"] > 0 and 0 <= kt["avg_acc"] <= 1 and {"generate_s", "clients_s", "eval_s"} <= set(kt["timing"])
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="needs a machine without the GPU the run was started on")
+def test_a_run_started_on_a_gpu_resumes_on_the_cpu(tiny_cfg, tmp_path):
+    """Checkpoints and client state are device-free: a FedDAT run whose config says cuda:0 continues
+    here with `--resume DIR run.device=cpu`, and ends where an uninterrupted run ends."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "results" / "moved"
+    cfg = tiny_cfg("algorithm.name=feddat", "run.device=cpu", "run.name=moved")
+    run_experiment(cfg, run_dir, progress_enabled=False)
+    full = History.read(run_dir)
+    # as if it had stopped after round 1 on a GPU machine
+    shutil.rmtree(run_dir / "checkpoints" / "round-00002")
+    (run_dir / "status.json").write_text(json.dumps({"state": "running"}))
+    text = (run_dir / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(text.replace("device: cpu", "device: cuda:0"))
+    fedvl = lambda *a: subprocess.run([sys.executable, "-m", "fedvl", "run", "--quiet", "--resume", str(run_dir),  # noqa: E731
+                                       *a], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    r = fedvl()
+    assert r.returncode == 2 and "run.device=cuda:0: no CUDA device" in r.stderr
+    r = fedvl("run.device=cpu")
+    assert r.returncode == 0, r.stderr
+    assert "resuming from round 1" in r.stderr
+    resumed = History.read(run_dir)
+    assert [x["round"] for x in resumed] == [1, 2]
+    assert resumed[1]["train_loss"] == pytest.approx(full[1]["train_loss"], rel=1e-6)
+    assert resumed[1]["avg"]["acc"] == pytest.approx(full[1]["avg"]["acc"], abs=1e-9)
+    r = fedvl("algorithm.rounds=3")
+    assert r.returncode == 2 and "--resume takes only the results folder" in r.stderr
