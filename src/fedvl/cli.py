@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import fedvl
@@ -86,6 +87,94 @@ else pretrain first.
   fedvl pretrain t2i configs/fedmmkt.yaml
   fedvl pretrain t2i configs/fedmmkt.yaml --force --out t2i.safetensors   (reproduce the shipped artifact)
 """
+
+
+PRETRAIN_VL_HELP = """\
+fedvl pretrain vl: cross-modal pretraining of the default model, as ViLT was pretrained.
+
+Trains the connector, a low-rank delta on the MiniLM layers and their LayerNorms with
+image-text matching (hard negatives: one colour, shape, size, position or count changed)
+and masked language modelling, on a public caption corpus the synthetic world renders in
+a style no benchmark client uses (captions only, never a benchmark's questions). Writes
+run.cache_dir/vl/<key>.safetensors (float16) with a JSON report and a PNG of the loss and
+held-out accuracy curves; key = hash of the settings. Resumable: rerun the same command
+after a kill. Deterministic for a seed. Settings: key=value (see fedvl.models.vlbase.
+VLPretrainConfig), e.g. steps=1500 corpus_images=4000 model=tiny.
+
+  fedvl pretrain vl                                  (reproduce the shipped base)
+  fedvl pretrain vl steps=300 --out my-base.safetensors
+  fedvl run model.base_weights=my-base.safetensors   (fine-tune on it)
+"""
+
+
+def _pretrain_vl(ns) -> int:
+    import shutil
+    from pathlib import Path
+
+    import torch
+    from rich.console import Console
+
+    from fedvl.config import load_section
+    from fedvl.models.vlbase import VLPretrainConfig, pretrain_key, shipped_path
+    from fedvl.models.vlpretrain import pretrain
+    from fedvl.runtime.progress import Progress
+
+    path, overrides = _split_args(ns.args)
+    cfg = load_section(VLPretrainConfig, path, overrides)
+    checks = [(cfg.steps >= 1, "steps must be >= 1"), (cfg.batch_size >= 1, "batch_size must be >= 1"),
+              (cfg.corpus_images >= 1 and cfg.held_out_images >= 1, "corpus_images and held_out_images must be >= 1"),
+              (cfg.captions_per_image >= 1, "captions_per_image must be >= 1"), (cfg.lr > 0, "lr must be > 0"),
+              (0.0 < cfg.mlm_prob < 1.0, "mlm_prob must be in (0, 1)"), (cfg.lora_rank >= 1, "lora_rank must be >= 1"),
+              (1 <= cfg.max_objects <= 4, "max_objects must be in 1..4"), (cfg.image_size >= 32, "image_size must be >= 32"),
+              (cfg.checkpoint_every >= 1 and cfg.eval_every >= 1, "checkpoint_every and eval_every must be >= 1"),
+              (0.0 < cfg.warmup < 1.0, "warmup must be in (0, 1)")]
+    for ok, msg in checks:
+        if not ok:
+            from fedvl.config import ConfigError
+
+            raise ConfigError(msg)
+    if cfg.model == "default":
+        from fedvl.models.backbones import ModelUnavailableError, minilm_dir, mobilenet_weights
+
+        try:
+            minilm_dir(), mobilenet_weights()
+        except ModelUnavailableError as e:
+            print(f"fedvl: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    torch.set_num_threads(cfg.threads)
+    console = Console(soft_wrap=True)
+    progress = Progress(console, 1, enabled=not ns.quiet)
+    key = pretrain_key(cfg)
+
+    def step(done: int, total: int, loss: float) -> None:
+        progress.client_start(0, "VL pretraining", 1, 1)
+        progress.step(done, total, loss)
+        if not progress.live and (done % 100 == 0 or done == total):
+            console.print(f"step {done}/{total}: loss {loss:.4f}")
+
+    cached = Path(cfg.cache_dir) / "vl" / f"{key}.safetensors"
+    try:
+        if cached.is_file() and not ns.force:
+            progress.status(f"already pretrained: {cached} (--force to redo)")
+            out, meta = cached, json.loads(cached.with_suffix(".json").read_text())
+        else:
+            progress.status(f"VL pretraining {key}: {cfg.steps} steps of batch {cfg.batch_size}")
+            out, meta = pretrain(cfg, progress.status, step, force=ns.force)
+    finally:
+        progress.close()
+    console.print(f"held-out image-text matching accuracy: {100 * meta['held_out_itm_acc']:.1f}% (chance 50%), "
+                  f"masked-word accuracy: {100 * meta['held_out_mlm_acc']:.1f}%")
+    if "train_seconds" in meta:
+        console.print(f"training took {meta['train_seconds']:.0f}s; report {out.with_suffix('.json')}, "
+                      f"curves {out.with_suffix('.png')}")
+    console.print(f"weights: {out}" + ("  (the shipped base)" if shipped_path(cfg.model).name == out.name else ""))
+    if ns.out:
+        dest = Path(ns.out)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in (".safetensors", ".json", ".png"):
+            shutil.copyfile(out.with_suffix(suffix), dest.with_suffix(suffix))
+        console.print(f"written: {dest} (use it with model.base_weights={dest})")
+    return 0
 
 
 def _pretrain(ns) -> int:
@@ -172,9 +261,12 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--auth-keys", metavar="DIR",
                      help="node authentication (needs TLS): only nodes whose public key (*.pub, OpenSSH EC) is in DIR "
                           "may join")
-    pre = sub.add_parser("pretrain", help="pretrain the FedMMKT server generator on the public source domain",
-                         description=PRETRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    pre.add_argument("what", choices=["t2i"], help="what to pretrain (t2i: the server text-to-image model)")
+    pre = sub.add_parser("pretrain", help="pretrain the VL base (vl) or the FedMMKT server generator (t2i)",
+                         description=PRETRAIN_VL_HELP + "\n" + PRETRAIN_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    pre.add_argument("what", choices=["vl", "t2i"],
+                     help="vl: the default model's cross-modal pretraining (ITM + MLM); t2i: the server "
+                          "text-to-image model")
     pre.add_argument("args", nargs="*", metavar="CONFIG|key=value")
     pre.add_argument("--out", help="also write the weights here (safetensors + .json beside)")
     pre.add_argument("--force", action="store_true", help="pretrain even if matching weights exist")
@@ -319,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:<14} {kt.summary}")
             return 0
         if ns.command == "pretrain":
-            return _pretrain(ns)
+            return _pretrain_vl(ns) if ns.what == "vl" else _pretrain(ns)
         if ns.command == "join":
             return _join(ns)
         from fedvl.config import dump_config, load_config

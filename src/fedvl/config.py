@@ -47,6 +47,15 @@ class ModelConfig:
     """Visual token features: see VisionLanguageModel.image_features."""
     max_text_len: int = 24
     head_hidden: int = 256
+    base: Literal["auto", "vl", "raw"] = "auto"
+    """vl: the VL-pretrained base (``fedvl pretrain vl``: connector, low-rank text deltas merged, LayerNorms),
+    shipped for the default model; raw: the unpretrained glue of two unimodal encoders (for comparison);
+    auto: vl for the default model, raw for tiny. Hugging Face checkpoints are their own base."""
+    base_weights: str = ""
+    """model.base=vl: a base file made by ``fedvl pretrain vl`` (empty = the one shipped for the default model)."""
+    train_connector: bool = False
+    """With the vl base the connector belongs to the frozen foundation (as ViLT's embeddings in the paper):
+    PEFT methods train their PEFT parameters and the answer head only, unless this is true."""
     gradient_checkpointing: bool = False
     """Recompute the text / fusion encoder's layer activations in the backward pass instead of
     keeping them (less memory for ~one more forward pass; default, vilt, clip and blip)."""
@@ -130,6 +139,11 @@ class AlgorithmConfig:
     """FedDAT ablation: "local" replaces the DAT teacher by A_C alone (no DAT)."""
     feddat_mutual: bool = True
     """FedDAT ablation: False trains A_C with the task loss only (one-way KD)."""
+    feddat_shared_pass: bool = True
+    """FedDAT: when nothing the A_S step moves feeds the encoder's DAT pass (the VL base's frozen connector;
+    only A_S and the head train besides A_C), one encoder forward serves the teacher logits and the A_C
+    step (3 -> 2 encoder forwards per batch; with dropout on, both roles then see one dropout mask).
+    False always runs the three passes."""
     also_travel: list[str] = field(default_factory=list)
     """Parameter groups that travel (are averaged) even though the algorithm keeps them on the
     client, e.g. ``connector`` or ``head`` for feddat; never ``adapter.local``."""
@@ -386,6 +400,13 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         (cfg.run.clients_in_memory >= 1, "run.clients_in_memory must be >= 1"),
         (cfg.algorithm.full_lr >= 0, "algorithm.full_lr must be >= 0 (0 = same as algorithm.lr)"),
         (cfg.algorithm.local_epochs >= 1 or cfg.algorithm.local_steps >= 1, "set algorithm.local_epochs or algorithm.local_steps >= 1"),
+        (cfg.model.base != "vl" or cfg.model.name in ("default", "tiny"),
+         f"model.base=vl applies to the default and tiny models; model.name={cfg.model.name} is a pretrained "
+         "vision-language checkpoint already (use model.base=auto)"),
+        (cfg.model.base != "vl" or cfg.model.name != "tiny" or bool(cfg.model.base_weights),
+         "model.base=vl with the tiny model needs model.base_weights (a base made by `fedvl pretrain vl model=tiny`)"),
+        (not cfg.model.base_weights or cfg.model.base == "vl" or (cfg.model.base == "auto" and cfg.model.name == "default"),
+         "model.base_weights is set but the model has no VL base (set model.base=vl)"),
         (cfg.model.adapter_reduction >= 1, "model.adapter_reduction must be >= 1"),
         (cfg.model.lora_rank >= 1, "model.lora_rank must be >= 1"),
         (cfg.model.prompt_length >= 1, "model.prompt_length must be >= 1"),
@@ -635,6 +656,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             nested = {k: nested}
         _apply(cfg, nested, "", from_text=True)
     return validate(cfg)
+
+
+def load_section(cls: type, path: str | Path | None, overrides: list[str] | None) -> Any:
+    """One settings dataclass (e.g. ``fedvl pretrain vl``'s) from an optional YAML mapping and ``key=value``s."""
+    obj = cls()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {p} cannot be read as YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of keys")
+        _apply(obj, data, "", from_text=False)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        nested: dict[str, Any] = {keys[-1]: value}
+        for k in reversed(keys[:-1]):
+            nested = {k: nested}
+        _apply(obj, nested, "", from_text=True)
+    _check_finite(obj, "")
+    return obj
 
 
 def load_config_dict(data: dict[str, Any]) -> ExperimentConfig:

@@ -86,7 +86,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     params = fed.param_report()
     title = f"{cfg.algorithm.name} · {cfg.model.peft} · {cfg.data.benchmark} benchmark"
     notes = [
-        f"model {cfg.model.name}; trainable {params['trainable_params']:,} of {params['total_params']:,} "
+        f"model {cfg.model.name}" + (f" on the VL base {params['base_key']}" if params.get("base_key") else "")
+        + f"; trainable {params['trainable_params']:,} of {params['total_params']:,} "
         f"parameters ({100 * params['trainable_frac']:.2f}%); travelling {params['travel_params']:,} "
         f"({100 * params['travel_frac']:.2f}%, {params['bytes_up_per_client_round'] / 1e6:.2f} MB up per client per round)",
         f"aggregation: {cfg.algorithm.aggregation}, rule {cfg.algorithm.aggregator}"

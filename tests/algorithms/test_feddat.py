@@ -150,3 +150,29 @@ def test_also_travel_shares_the_connector_but_never_a_c(tiny_cfg):
     assert not any(param_group(n) == "adapter.local" for n in fed.travel)
     with pytest.raises(ConfigError, match="also_travel"):
         tiny_cfg("algorithm.name=feddat", "algorithm.also_travel=adapter.local")
+
+
+def test_shared_encoder_pass_matches_three_passes(tiny_cfg, tmp_path):
+    """With the connector frozen (the VL base) one encoder forward serves the teacher and the A_C step:
+    with dropout off (the tiny model) every parameter after a client's round is the three-pass one."""
+    after = {}
+    for shared in (True, False):
+        fed = _fed(tiny_cfg, f"algorithm.feddat_shared_pass={str(shared).lower()}", "algorithm.rounds=1")
+        fed.model.frozen_groups = ("connector",)
+        names = [n for n in fed.trainable if param_group(n) != "connector"]
+        for n, p in fed.model.named_parameters():
+            p.requires_grad_(n in set(names))
+        fed.trainable[:] = names
+        calls = []
+        encode = fed.model.encode
+        fed.model.encode = lambda *a, **k: calls.append(1) or encode(*a, **k)  # count encoder forwards
+        g = get_params(fed.model, fed.travel)
+        store = ClientStateStore(tmp_path / f"s{shared}")
+        new, rec = run_round(fed, store, 1, g)
+        after[shared] = (new, rec["train_loss"], len(calls))
+    (a, la, ca), (b, lb, cb) = after[True], after[False]
+    assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert la == pytest.approx(lb, rel=1e-6)
+    batches = 4 * math.ceil(12 * 3 / 8)  # 4 clients x 36 questions in batches of 8, one epoch
+    evals = cb - 3 * batches  # the evaluation's forwards, the same in both
+    assert evals > 0 and ca == 2 * batches + evals  # 2 encoder forwards per batch instead of 3

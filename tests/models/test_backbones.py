@@ -23,7 +23,7 @@ def test_mobilenet_strict_load_of_real_weights():
 
 @pytest.mark.slow
 def test_default_model_loads_pretrained_parts():
-    model = build_model(ModelConfig(name="default"), num_answers=25, image_size=96)
+    model = build_model(ModelConfig(name="default", base="raw"), num_answers=25, image_size=96)
     assert model.text.config.hidden_size == 384 and model.text.config.num_hidden_layers == 6
     # the MiniLM weights are the package's, not a random init
     from safetensors.torch import load_file

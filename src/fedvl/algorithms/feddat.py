@@ -62,13 +62,31 @@ class FedDATClient(ClientUpdate):
             model.set_adapter_mix(mix)
             return model(batch["input_ids"], batch["attention_mask"], batch["features"], task=task)
 
+        # The teacher pass (1) and the A_C pass (3) run the same encoder on the same input when the A_S step
+        # (2) changes nothing the DAT pass reads: A_S is not in the DAT mix, and the head comes after the
+        # encoder. Then one encoder forward (with A_C's graph) serves both, and only the head is re-applied.
+        shared_pass = (a.feddat_shared_pass and a.feddat_teacher == "dat" and hasattr(model, "encode")
+                       and {param_group(n) for n in ctx.trainable_names} <= {"adapter.shared", "adapter.local",
+                                                                             "head"})
+
         def step(batch: Batch, lr: float, task: str = "vqa") -> float:
 
             set_lr(optimizer, lr)
             y = batch["labels"]
             # 1. teacher pass
-            with torch.no_grad(), amp.autocast():
-                z_dat = forward(batch, self._teacher_mix(), task)
+            if shared_pass:
+                model.set_adapter_mix(self._dat_mix())
+                with amp.autocast():
+                    h, mask, n_prompt = model.encode(batch["input_ids"], batch["attention_mask"], batch["features"])
+
+                def dat_head() -> torch.Tensor:
+                    return model.head[task](h, mask, text_len=batch["input_ids"].shape[1], text_start=n_prompt)
+
+                with torch.no_grad(), amp.autocast():
+                    z_dat = dat_head()
+            else:
+                with torch.no_grad(), amp.autocast():
+                    z_dat = forward(batch, self._teacher_mix(), task)
             # 2. A_S (+ head, connector); A_C gets no gradient here, so AdamW skips it
             with amp.autocast():
                 z_s = forward(batch, {"shared": 1.0}, task)
@@ -77,9 +95,13 @@ class FedDATClient(ClientUpdate):
             amp.backward_step(loss_s, optimizer)
             # 3. A_C (+ head, connector) through the DAT mix; Â_S is frozen (not trainable)
             with amp.autocast():
-                z_c = forward(batch, self._dat_mix(), task)
+                z_c = dat_head() if shared_pass else forward(batch, self._dat_mix(), task)
                 teacher = z_s.detach().float() if a.feddat_mutual else None
                 loss_c = task_kd_loss(z_c.float(), y, teacher, a.kd_weight, a.kd_temperature)
+            if shared_pass:
+                # with model.gradient_checkpointing the encoder recomputes h during this backward, with
+                # the adapter mix of that moment: it must be the DAT mix h was computed with
+                model.set_adapter_mix(self._dat_mix())
             optimizer.zero_grad(set_to_none=True)
             amp.backward_step(loss_c, optimizer)
             model.set_adapter_mix({"shared": 1.0})

@@ -80,6 +80,8 @@ DOMAINS: dict[str, DomainStyle] = {
     "night": DomainStyle("dark", brightness=0.55, noise=10.0, colour_jitter=10),
     "painting": DomainStyle("stripes", blur=1.0, colour_jitter=35),
     "source": DomainStyle("flat", colour_jitter=5),  # the public domain (FedMMKT pretraining)
+    # the image-caption corpus of VL pretraining (fedvl.data.captions): a style no benchmark client uses
+    "gallery": DomainStyle("gradient", noise=6.0, blur=0.3, colour_jitter=15),
 }
 
 
@@ -192,6 +194,13 @@ def _background(style: DomainStyle, size: int, rng: np.random.Generator) -> np.n
         yy, xx = np.mgrid[0:size, 0:size]
         mask = (((xx + yy) // period) % 2).astype(np.float32)[..., None]
         img = mask * a + (1 - mask) * b
+    elif style.background == "gradient":
+        a, b = rng.integers(90, 250, size=3), rng.integers(90, 250, size=3)
+        angle = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+        t = ((np.cos(angle) * xx + np.sin(angle) * yy) - min(0, np.cos(angle)) - min(0, np.sin(angle)))
+        t = (t / (abs(np.cos(angle)) + abs(np.sin(angle))))[..., None].astype(np.float32)
+        img = t * a + (1 - t) * b
     else:
         raise ValueError(f"unknown background {style.background!r}")
     return img

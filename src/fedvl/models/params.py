@@ -51,15 +51,17 @@ def _is_layernorm(name: str) -> bool:
 
 
 def trainable_names(model: nn.Module, method: str, roles: tuple[str, ...] = ("shared",)) -> list[str]:
-    """Names of the parameters a PEFT ``method`` trains (connector and head always train).
+    """Names of the parameters a PEFT ``method`` trains (the head always, the connector unless the
+    model's ``frozen_groups`` holds it: with the VL-pretrained base it belongs to the foundation).
 
     ``roles``: which adapter / LoRA / prompt roles train (FedDAT trains shared
     and local, never teacher).
     """
     names = []
+    frozen = set(getattr(model, "frozen_groups", ()))  # e.g. the VL base's connector
     for name, _ in model.named_parameters():
         g = param_group(name)
-        if g == "vision":
+        if g == "vision" or (g in frozen and method != "full"):  # full fine-tuning trains everything
             continue
         if g in ("connector", "head"):
             names.append(name)

@@ -35,7 +35,8 @@ from fedvl.data.real.encode import encode_real_split
 from fedvl.data.world import TASKS
 from fedvl.engine.device import FP32_CPU, Amp, DeviceError, amp_for
 from fedvl.models.backbones import build_model, load_tokenizer
-from fedvl.models.params import count, get_params, names_in_groups, nbytes, set_params, set_trainable, trainable_names
+from fedvl.models.params import (count, get_params, names_in_groups, nbytes, param_group, set_params, set_trainable,
+                                 trainable_names)
 from fedvl.runtime.checkpoint import commit_round, latest_checkpoint
 from fedvl.runtime.state import ClientStateStore
 from fedvl.seeding import derived_seed
@@ -66,8 +67,12 @@ class Federation:
         total = count(self.model)
         trainable = count(self.model, self.trainable)
         travel = count(self.model, self.travel)
+        base = getattr(self.model, "base_report", {}) or {}
         return {"total_params": total, "trainable_params": trainable, "travel_params": travel,
                 "trainable_frac": trainable / total, "travel_frac": travel / total,
+                # which foundation the run fine-tuned: the VL base's key, or the raw glue
+                "base": "vl" if base else "raw", "base_key": base.get("key", ""),
+                "trained_groups": sorted({param_group(n).split(".")[0] for n in self.trainable}),
                 "bytes_up_per_client_round": nbytes(to_wire(get_params(self.model, self.travel), self.cfg))}
 
 

@@ -1,0 +1,299 @@
+"""``fedvl pretrain vl``: cross-modal pretraining of the default model, as ViLT was pretrained.
+
+ViLT (Kim et al. 2021, https://arxiv.org/abs/2102.03334) learns to read images and
+text together with two objectives on image-caption pairs: image-text matching (ITM,
+is this the image's caption?) and masked language modelling (MLM, a caption word
+hidden and predicted from the rest and the image). Our default model joins two
+unimodal encoders with a connector; without this step a federated "fine-tuning"
+run mostly trains that glue from 72-144 questions per client. Here the connector,
+a low-rank delta on every Linear of the MiniLM layers (W + B A, merged at load) and
+the text LayerNorms learn on a public caption corpus in a style no client uses
+(:mod:`fedvl.data.captions`), with ITM on hard negatives (one colour, shape, size,
+position or count changed) and MLM through a head tied to MiniLM's word embeddings.
+
+Resumable: a checkpoint every ``checkpoint_every`` steps holds the trainable state,
+the optimiser, the schedule and every random state, so a killed run continues to
+the same weights. Deterministic for a seed (and a thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from fedvl.config import ModelConfig
+from fedvl.data.captions import CaptionSet, make_corpus
+from fedvl.data.features import image_features
+from fedvl.io import atomic_write
+from fedvl.models.backbones import VisionLanguageModel, build_model, load_tokenizer
+from fedvl.models.vlbase import (_NOT_KEYED, VLPretrainConfig, base_state, layernorm_params, lowrank_targets,
+                                 pretrain_key)
+
+MATCH, MISMATCH = 0, 1  # the label order of world.TASKS["itm"]
+
+
+class LowRank(nn.Module):
+    """Parametrization W -> W + scale * B A (LoRA, Hu et al. 2021); B starts at zero, so W is unchanged."""
+
+    def __init__(self, out_features: int, in_features: int, rank: int, alpha: int):
+        super().__init__()
+        self.A = nn.Parameter(torch.randn(rank, in_features) / math.sqrt(in_features))
+        self.B = nn.Parameter(torch.zeros(out_features, rank))
+        self.scale = alpha / rank
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.scale * (self.B @ self.A)
+
+
+class PretrainHeads(nn.Module):
+    """ITM: ViLT's pooler (first token -> Linear -> tanh) and a 2-way classifier. MLM: BERT's
+    transform (Linear -> GELU -> LayerNorm) and a decoder tied to the (frozen) word embeddings."""
+
+    def __init__(self, hidden: int, vocab: int):
+        super().__init__()
+        self.itm = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 2))
+        self.mlm = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
+        self.mlm_bias = nn.Parameter(torch.zeros(vocab))
+
+
+class Encoded:
+    """A caption set as tensors: token ids, masks, image rows, ITM labels and the images' features."""
+
+    def __init__(self, corpus: CaptionSet, model: VisionLanguageModel, tokenizer, max_len: int,
+                 cache_dir: str | None):
+        tok = tokenizer(corpus.text, padding="longest", truncation=True, max_length=max_len, return_tensors="pt")
+        self.input_ids, self.attention_mask = tok["input_ids"], tok["attention_mask"]
+        self.image = torch.tensor(corpus.image, dtype=torch.long)
+        self.label = torch.tensor([MATCH if m else MISMATCH for m in corpus.match], dtype=torch.long)
+        self.features = image_features(model, corpus.images, cache_dir)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask = self.attention_mask[idx]
+        width = int(mask.sum(1).max())  # pad to this batch's longest caption, not the corpus's
+        return self.input_ids[idx, :width], mask[:, :width], self.features[self.image[idx]].float()
+
+
+def _mask_tokens(ids: torch.Tensor, attn: torch.Tensor, tokenizer, prob: float,
+                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: ``prob`` of the caption tokens chosen; of those 80% [MASK], 10% random, 10% kept."""
+    special = torch.tensor(tokenizer.all_special_ids)
+    can = (attn == 1) & ~torch.isin(ids, special)
+    chosen = (torch.rand(ids.shape, generator=g) < prob) & can
+    # at least one target per caption: an empty row would add nothing but cost a forward pass
+    none = ~chosen.any(1)
+    if none.any():
+        score = torch.rand(ids.shape, generator=g).masked_fill(~can, -1.0)
+        chosen[none, score[none].argmax(1)] = True
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    out = ids.clone()
+    r = torch.rand(ids.shape, generator=g)
+    out[chosen & (r < 0.8)] = tokenizer.mask_token_id
+    rand = chosen & (r >= 0.8) & (r < 0.9)
+    out[rand] = torch.randint(1996, tokenizer.vocab_size, (int(rand.sum()),), generator=g)
+    return out, labels
+
+
+class Pretrainer:
+    """The model with its low-rank deltas, the two heads, and the two objectives."""
+
+    def __init__(self, cfg: VLPretrainConfig):
+        self.cfg = cfg
+        mcfg = ModelConfig(name=cfg.model, vision_tokens=cfg.vision_tokens, peft="head", base="raw")
+        self.model = build_model(mcfg, num_answers=2, image_size=cfg.image_size, seed=cfg.seed)
+        self.tokenizer = load_tokenizer()
+        torch.manual_seed(cfg.seed + 2)
+        self.targets = lowrank_targets(self.model.text, cfg.lora_targets)
+        for lin in self.targets.values():
+            parametrize.register_parametrization(
+                lin, "weight", LowRank(lin.out_features, lin.in_features, cfg.lora_rank, cfg.lora_alpha))
+        hidden = self.model.text.config.hidden_size
+        self.heads = PretrainHeads(hidden, self.model.text.embeddings.word_embeddings.weight.shape[0])
+        self.model.requires_grad_(False)
+        self.params = list(self.model.connector.parameters()) + list(layernorm_params(self.model.text).values())
+        self.params += [p for lin in self.targets.values() for p in lin.parametrizations.weight[0].parameters()]
+        self.params += list(self.heads.parameters())
+        for p in self.params:
+            p.requires_grad_(True)
+
+    def itm_logits(self, ids, attn, feats) -> torch.Tensor:
+        h, _, _ = self.model.encode(ids, attn, feats)
+        return self.heads.itm(h[:, 0])
+
+    def mlm_loss(self, ids, attn, feats, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy over the vocabulary at the masked caption tokens; also their accuracy."""
+        h, _, _ = self.model.encode(ids, attn, feats)
+        at = labels != -100
+        t = self.heads.mlm(h[:, : ids.shape[1]][at])
+        logits = t @ self.model.text.embeddings.word_embeddings.weight.T + self.heads.mlm_bias
+        return nn.functional.cross_entropy(logits, labels[at]), (logits.argmax(1) == labels[at]).float().mean()
+
+    def deltas(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(A, scale x B) per adapted Linear: the shipped form, merged as W + B A."""
+        out = {}
+        for name, lin in self.targets.items():
+            lr = lin.parametrizations.weight[0]
+            out[name] = (lr.A.detach().clone(), (lr.B * lr.scale).detach().clone())
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, data: Encoded, batch: int = 128) -> dict[str, float]:
+        """Held-out ITM accuracy (every caption) and MLM accuracy (a fixed masking of the true ones)."""
+        self.model.eval()
+        hits, n = 0, len(data.label)
+        for i in range(0, n, batch):
+            idx = torch.arange(i, min(i + batch, n))
+            hits += int((self.itm_logits(*data.batch(idx)).argmax(1) == data.label[idx]).sum())
+        pos = torch.nonzero(data.label == MATCH).squeeze(1)[:512]
+        g = torch.Generator().manual_seed(1234)
+        accs = []
+        for i in range(0, len(pos), batch):
+            ids, attn, feats = data.batch(pos[i:i + batch])
+            masked, labels = _mask_tokens(ids, attn, self.tokenizer, self.cfg.mlm_prob, g)
+            accs.append(float(self.mlm_loss(masked, attn, feats, labels)[1]))
+        self.model.train()
+        return {"itm_acc": hits / max(n, 1), "mlm_acc": sum(accs) / max(len(accs), 1)}
+
+
+def _checkpoint_state(pt: Pretrainer, opt, sched, g: torch.Generator, step: int, log: dict) -> dict:
+    return {"step": step, "params": [p.detach().clone() for p in pt.params], "opt": opt.state_dict(),
+            "sched": sched.state_dict(), "gen": g.get_state(), "torch_rng": torch.get_rng_state(),
+            "log": log, "settings": {k: v for k, v in asdict(pt.cfg).items() if k not in _NOT_KEYED}}
+
+
+def pretrain(cfg: VLPretrainConfig, status: Callable[[str], None] = print,
+             on_step: Callable[[int, int, float], None] | None = None, force: bool = False) -> tuple[Path, dict]:
+    """Pretrain (or resume) and write ``<cache_dir>/vl/<key>.safetensors`` + ``.json`` + ``.png``."""
+    key = pretrain_key(cfg)
+    out_dir = Path(cfg.cache_dir) / "vl"
+    out = out_dir / f"{key}.safetensors"
+    ckpt = out_dir / f"{key}.ckpt"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    pt = Pretrainer(cfg)
+    status(f"rendering the caption corpus: {cfg.corpus_images} images x {cfg.captions_per_image} captions "
+           f"(+ {cfg.held_out_images} held-out images)")
+    corpus = make_corpus(cfg.corpus_images, cfg.captions_per_image, cfg.image_size, 1_000_003 + cfg.seed,
+                         cfg.max_objects)
+    held = make_corpus(cfg.held_out_images, 2, cfg.image_size, 2_000_003 + cfg.seed, cfg.max_objects)
+    cache = str(Path(cfg.cache_dir) / "features")
+    train, test = (Encoded(c, pt.model, pt.tokenizer, cfg.max_text_len, cache) for c in (corpus, held))
+    positives = torch.nonzero(train.label == MATCH).squeeze(1)
+    opt = torch.optim.AdamW(pt.params, lr=cfg.lr, weight_decay=0.01)
+    warm = max(1, int(cfg.warmup * cfg.steps))
+
+    def schedule(s: int) -> float:  # linear warm-up, then cosine to zero
+        return (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, cfg.steps - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    g = torch.Generator().manual_seed(cfg.seed)
+    log: dict[str, list] = {"itm_loss": [], "mlm_loss": [], "eval": []}
+    start, elapsed_before = 0, 0.0
+    if ckpt.is_file() and not force:
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        except Exception as e:  # a damaged checkpoint: start over rather than fail
+            status(f"ignoring the damaged checkpoint {ckpt} ({type(e).__name__}); starting over")
+        else:
+            with torch.no_grad():
+                for p, v in zip(pt.params, state["params"]):
+                    p.copy_(v)
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            g.set_state(state["gen"])
+            torch.set_rng_state(state["torch_rng"])
+            start, log = state["step"], state["log"]
+            elapsed_before = log.get("seconds", 0.0)
+            status(f"resuming pretraining {key} at step {start}/{cfg.steps}")
+    pt.model.train()
+    t_train = time.perf_counter()
+    for step in range(start + 1, cfg.steps + 1):
+        idx = torch.randint(0, len(train.label), (cfg.batch_size,), generator=g)
+        itm = nn.functional.cross_entropy(pt.itm_logits(*train.batch(idx)), train.label[idx])
+        pidx = positives[torch.randint(0, len(positives), (cfg.batch_size,), generator=g)]
+        ids, attn, feats = train.batch(pidx)
+        masked, labels = _mask_tokens(ids, attn, pt.tokenizer, cfg.mlm_prob, g)
+        mlm, _ = pt.mlm_loss(masked, attn, feats, labels)
+        loss = cfg.itm_weight * itm + cfg.mlm_weight * mlm
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"VL pretraining diverged at step {step} (itm {itm.item()}, mlm {mlm.item()})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(pt.params, 1.0)
+        opt.step()
+        sched.step()
+        log["itm_loss"].append(round(itm.item(), 5))
+        log["mlm_loss"].append(round(mlm.item(), 5))
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            log["eval"].append({"step": step, **pt.evaluate(test)})
+            e = log["eval"][-1]
+            status(f"step {step}: held-out ITM accuracy {100 * e['itm_acc']:.1f}%, "
+                   f"masked-word accuracy {100 * e['mlm_acc']:.1f}%")
+        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            log["seconds"] = elapsed_before + time.perf_counter() - t_train
+            state = _checkpoint_state(pt, opt, sched, g, step, log)
+            atomic_write(ckpt, lambda tmp: torch.save(state, tmp))
+        if on_step:
+            on_step(step, cfg.steps, loss.item())
+    train_seconds = elapsed_before + time.perf_counter() - t_train
+    final = log["eval"][-1] if log["eval"] else pt.evaluate(test)
+    meta = {
+        "key": key, "settings": {k: v for k, v in asdict(cfg).items() if k not in _NOT_KEYED},
+        "corpus": {"images": cfg.corpus_images, "captions": len(train.label), "held_out_images":
+                   cfg.held_out_images, "held_out_captions": len(test.label), "style": "gallery"},
+        "steps": cfg.steps, "held_out_itm_acc": final["itm_acc"], "held_out_mlm_acc": final["mlm_acc"],
+        "eval": log["eval"], "itm_loss": log["itm_loss"], "mlm_loss": log["mlm_loss"],
+        "train_seconds": round(train_seconds, 1), "total_seconds": round(time.perf_counter() - t_start, 1),
+        "trained_params": sum(p.numel() for p in pt.params) - sum(p.numel() for p in pt.heads.parameters()),
+    }
+    save_base(pt, out, meta)
+    ckpt.unlink(missing_ok=True)
+    return out, meta
+
+
+def save_base(pt: Pretrainer, path: Path, meta: dict) -> None:
+    """float16 safetensors (connector, LayerNorms, low-rank deltas, ITM head) + the JSON report + the PNG."""
+    from safetensors.torch import save_file
+
+    state = base_state(pt.model, pt.deltas())
+    state.update({f"itm.{k}": v.detach().float() for k, v in pt.heads.itm.state_dict().items()})
+    state = {k: v.to(torch.float16).contiguous() for k, v in state.items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"key": meta["key"]}))
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+    plot_curves(meta, path.with_suffix(".png"))
+
+
+def plot_curves(meta: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def smooth(xs: list[float], k: int = 25) -> list[float]:
+        return [sum(xs[max(0, i - k + 1):i + 1]) / len(xs[max(0, i - k + 1):i + 1]) for i in range(len(xs))]
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(smooth(meta["itm_loss"]), label="ITM loss")
+    a.plot(smooth(meta["mlm_loss"]), label="MLM loss")
+    a.set_xlabel("step")
+    a.set_title("training loss (running mean of 25 steps)")
+    a.legend()
+    ev = meta["eval"]
+    b.plot([e["step"] for e in ev], [100 * e["itm_acc"] for e in ev], "o-", label="ITM accuracy")
+    b.plot([e["step"] for e in ev], [100 * e["mlm_acc"] for e in ev], "s-", label="MLM accuracy")
+    b.axhline(50, color="grey", lw=0.8, ls="--")
+    b.set_xlabel("step")
+    b.set_ylabel("%")
+    b.set_title("held-out captions")
+    b.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
