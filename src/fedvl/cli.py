@@ -133,6 +133,13 @@ def _pretrain_vl(ns) -> int:
             from fedvl.config import ConfigError
 
             raise ConfigError(msg)
+    from fedvl.config import ConfigError
+    from fedvl.engine.device import DeviceError, resolve_device
+
+    try:  # a GPU that is not there: one line, before anything is built
+        resolve_device(cfg.device)
+    except DeviceError as e:
+        raise ConfigError(str(e).replace("run.device", "device")) from None
     if cfg.model == "default":
         from fedvl.models.backbones import ModelUnavailableError, minilm_dir, mobilenet_weights
 
