@@ -76,7 +76,8 @@ class MLflowTracker:
     ARTIFACTS = ("config.yaml", "summary.md", "summary.json", "accuracy.png", "fidelity.png",
                  "samples-first.png", "samples-last.png")
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], config_text: str, uri: str, output_dir: str):
+    def __init__(self, run_dir: Path, config: dict[str, Any], config_text: str, uri: str, output_dir: str,
+                 run_name: str = ""):
         # a dead server must cost seconds, not MLflow's default minutes of retries
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -91,7 +92,7 @@ class MLflowTracker:
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name("fedvl")
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment("fedvl")
-        self.run_id = self.client.create_run(exp_id, run_name=run_dir.name,
+        self.run_id = self.client.create_run(exp_id, run_name=run_name or run_dir.name,
                                              tags={"fedvl.run_dir": str(run_dir.resolve())}).info.run_id
         params = [Param(k, v) for k, v in _flat_params(config).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
@@ -150,7 +151,9 @@ def open_trackers(cfg, run_dir: Path, warn: Callable[[str], None] = lambda m: pr
             if name == "tensorboard":
                 out.active.append(TensorBoardTracker(run_dir, config, text))
             else:
-                out.active.append(MLflowTracker(run_dir, config, text, cfg.run.mlflow_uri, cfg.run.output_dir))
+                # run.name, e.g. fedavg-adapter/seed0 in a comparison (whose folders are all named seed<k>)
+                out.active.append(MLflowTracker(run_dir, config, text, cfg.run.mlflow_uri, cfg.run.output_dir,
+                                                cfg.run.name))
         except ImportError as e:
             warn(f"fedvl: warning: run.trackers={name} needs its package ({e.name or e}): "
                  f"pip install 'fedvl[track]'; running without it")
