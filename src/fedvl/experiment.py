@@ -41,6 +41,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     from rich.console import Console
 
     from fedvl.report.plots import plot_accuracy
+    from fedvl.report.trackers import open_trackers
     from fedvl.runtime.progress import Progress
     from fedvl.runtime.simulator import build_federation, simulate
 
@@ -58,6 +59,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     set_status(run_dir, "running")
     t0, started_unix = time.perf_counter(), time.time()
     progress = Progress(console, cfg.algorithm.rounds, enabled=progress_enabled)
+    trackers = open_trackers(cfg, run_dir)
     try:
         if runner is None and cfg.run.runtime == "flower-sim":
             from fedvl.runtime.flower import flower_simulate as runner
@@ -66,10 +68,10 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
         from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
 
         if cfg.algorithm.name in KT_ALGORITHMS:  # knowledge transfer: its own loop and results
-            return _finish_kt(cfg, run_dir, console, progress, t0)
+            return _finish_kt(cfg, run_dir, console, progress, t0, trackers)
         fed = build_federation(cfg, status=progress.status, only=[] if server_only or ray_workers else None)
         setup_s = time.perf_counter() - t0
-        history = History(run_dir)
+        history = History(run_dir, trackers)
         if runner is None:
             final = simulate(fed, run_dir, history, progress, resume=resume)
         else:
@@ -77,6 +79,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     except BaseException as e:
         progress.close()
         set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        trackers.finish(run_dir, ok=False)
         raise
     progress.close()
     wall = time.perf_counter() - t0
@@ -107,10 +110,11 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
                "rejected_updates": rejected, "attackers": fed.attackers, "privacy": final.get("privacy"),
                # wall clock at the end of this process's first training step (startup benchmark)
                "started_unix": started_unix, "first_step_unix": progress.first_step_unix}
-    return _write_results(run_dir, console, title, notes, summary)
+    return _write_results(run_dir, console, title, notes, summary, trackers)
 
 
-def _write_results(run_dir: Path, console, title: str, notes: list[str], summary: dict[str, Any]) -> dict[str, Any]:
+def _write_results(run_dir: Path, console, title: str, notes: list[str], summary: dict[str, Any],
+                   trackers=None) -> dict[str, Any]:
     """What every run ends with: summary.md / summary.json, the table on the console, status complete."""
     from fedvl.report.tables import markdown_summary, print_summary
 
@@ -120,15 +124,17 @@ def _write_results(run_dir: Path, console, title: str, notes: list[str], summary
     for n in notes:
         console.print(f"  {n}")
     console.print(f"results: {run_dir}")
+    if trackers is not None:  # the summary and plots go to the trackers as artifacts
+        trackers.finish(run_dir, ok=True)
     set_status(run_dir, "complete", wall_s=summary["wall_s"])
     return summary
 
 
-def _finish_kt(cfg: ExperimentConfig, run_dir: Path, console, progress, t0: float) -> dict[str, Any]:
+def _finish_kt(cfg: ExperimentConfig, run_dir: Path, console, progress, t0: float, trackers=None) -> dict[str, Any]:
     """A FedMMKT-family run (:mod:`fedvl.kt.experiment`), with the same summary files as any run."""
     from fedvl.kt.experiment import run_kt
 
-    final, params, notes, rejected = run_kt(cfg, run_dir, progress)
+    final, params, notes, rejected = run_kt(cfg, run_dir, progress, trackers)
     progress.close()
     wall = time.perf_counter() - t0
     title = f"{cfg.algorithm.name} · knowledge transfer · {len(cfg.fedmmkt.domains)} clients"
@@ -136,7 +142,7 @@ def _finish_kt(cfg: ExperimentConfig, run_dir: Path, console, progress, t0: floa
     summary = {"final": final, "params": params, "wall_s": wall, "setup_s": params["setup_s"],
                "algorithm": cfg.algorithm.name, "benchmark": "fedmmkt", "generator": final.get("generator"),
                "rejected_updates": rejected}
-    return _write_results(run_dir, console, title, notes, summary)
+    return _write_results(run_dir, console, title, notes, summary, trackers)
 
 
 def parse_method(spec: str) -> tuple[str, str | None]:

@@ -161,3 +161,18 @@ def test_one_round_on_real_fixture_data(checkpoints, kind, algo, tiny_cfg, real_
     for n in moved:  # Â_S is never trained: it only ever holds a copy of A_S
         if param_group(n) == "adapter.teacher":
             assert torch.equal(after[n], after[n.replace(".teacher.", ".shared.")])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradient_checkpointing_same_gradients_fewer_saved_activations(checkpoints, kind):
+    from test_memory import check_same_numbers_less_memory
+
+    models = []
+    for ckpt in (False, True):
+        cfg = ModelConfig(name=kind, checkpoint=str(checkpoints / kind), head_hidden=16, adapter_reduction=8,
+                          gradient_checkpointing=ckpt)
+        model = build_model(cfg, num_answers=5, image_size=32, seed=0)
+        set_trainable(model, trainable_names(model, "adapter"))
+        models.append(model)
+    ids, mask, feats = _batch(models[0], n=4)
+    check_same_numbers_less_memory(*models, (ids, mask, feats))

@@ -229,3 +229,41 @@ def test_cli_corrupt_base_is_one_line_exit_2_and_no_results(tmp_path):
     assert not (tmp_path / "results" / "x").exists()
     r = _fedvl("pretrain", "vl", "steps=0", cwd=tmp_path)
     assert r.returncode == 2 and "steps must be >= 1" in r.stderr
+
+
+def test_pretraining_device_is_checked_and_not_part_of_the_key(tmp_path):
+    import subprocess
+    import sys
+
+    assert pretrain_key(VLPretrainConfig(**TINY_PRE, device="cpu")) == pretrain_key(VLPretrainConfig(**TINY_PRE))
+    if torch.cuda.is_available():
+        return
+    r = subprocess.run([sys.executable, "-m", "fedvl", "pretrain", "vl", "model=tiny", "device=cuda"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "fedvl: error: device=cuda: no CUDA device on this machine (torch " + torch.__version__
+        + "); use device=cpu or auto"]
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.cuda
+def test_pretraining_on_cuda_matches_the_cpu_and_resumes_there(tmp_path):
+    """The same base from a CUDA pretraining as from the CPU one (float rounding apart); its
+    checkpoint is device-free (a run killed on the GPU resumes on the CPU)."""
+    from fedvl.models.vlpretrain import pretrain
+
+    cpu, _ = _pretrain(tmp_path, "cpu")
+    cfg = VLPretrainConfig(**{**TINY_PRE, "cache_dir": str(tmp_path / "gpu"), "device": "cuda"})
+
+    def kill(step, total, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg, status=lambda s: None, on_step=kill)
+    cfg.device = "cpu"
+    resumed, _ = pretrain(cfg, status=lambda s: None)
+    a, b = _tensors(cpu), _tensors(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k].float(), a[k].float(), rtol=2e-2, atol=2e-3)

@@ -178,3 +178,30 @@ def test_cli_run_writes_results_with_sample_grids(tmp_path):
     assert rc == 0
     assert json.loads((out / "kt2" / "pretrain.json").read_text())["key"] == \
         json.loads((run / "pretrain.json").read_text())["key"]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_fedmmkt_bf16_round_keeps_state_and_reports_float32_on_cpu(kt_cfg, tmp_path, device):
+    """run.precision=bf16 reaches the task models and the generator; what is stored or sent is float32 CPU."""
+    from safetensors.torch import load_file
+
+    fed = build(kt_cfg("fedmmkt", f"run.device={device}", "run.precision=bf16"), tmp_path / "r", status=lambda s: None)
+    assert fed.generator.device.type == device and fed.amp.dtype == torch.bfloat16
+    seen = []
+    orig = fed.client.report
+
+    def report(model, *a):
+        model.classifier.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        msg = orig(model, *a)
+        assert all(v.dtype == torch.float32 and v.device.type == "cpu" for v in msg.values())
+        return msg
+
+    fed.client.report = report
+    state = ServerState()
+    rec = run_round(fed, 1, state)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert rec["server"]["denoise_loss"] > 0 and state.protos.dtype == torch.float32
+    for cid in fed.client_ids:
+        saved = load_file(tmp_path / "r" / "client_states" / f"{cid}.safetensors")
+        assert all(t.device.type == "cpu" for t in saved.values())
+        assert {t.dtype for t in saved.values() if t.is_floating_point()} == {torch.float32}

@@ -17,9 +17,10 @@ import torch
 
 from fedvl.algorithms.aggregate import Params, aggregate_updates, dp_mean
 from fedvl.config import ExperimentConfig
+from fedvl.engine.device import FP32_CPU, Amp
 from fedvl.data.features import EncodedSplit
 from fedvl.engine.loops import TrainResult, cross_entropy_step, evaluate, train_local
-from fedvl.models.params import param_group
+from fedvl.models.params import get_params, param_group
 from fedvl.seeding import derived_seed
 
 
@@ -48,6 +49,8 @@ class ClientContext:
     trainable_names: list[str]
     generator: torch.Generator
     on_step: Callable[[int, int, float], None] | None = None
+    amp: Amp = FP32_CPU
+    """The model's device and compute precision (run.device / run.precision)."""
 
 
 class ClientUpdate:
@@ -71,7 +74,7 @@ class ClientUpdate:
         return torch.optim.AdamW(params, lr=a.lr, weight_decay=a.weight_decay)
 
     def make_step(self, ctx: ClientContext, optimizer: torch.optim.Optimizer):
-        return cross_entropy_step(ctx.model, optimizer)
+        return cross_entropy_step(ctx.model, optimizer, amp=ctx.amp)
 
     def lr_at(self, ctx: ClientContext) -> Callable[[float], float]:
         a = self.cfg.algorithm
@@ -85,17 +88,16 @@ class ClientUpdate:
         a = self.cfg.algorithm
         return train_local(ctx.model, ctx.train, self.make_step(ctx, opt), batch_size=a.batch_size,
                            epochs=a.local_epochs, max_steps=a.local_steps, generator=ctx.generator,
-                           lr_at=self.lr_at(ctx), on_step=ctx.on_step)
+                           lr_at=self.lr_at(ctx), on_step=ctx.on_step, amp=ctx.amp)
 
     def fit(self, ctx: ClientContext) -> FitResult:
         res = self.train(ctx)
-        named = dict(ctx.model.named_parameters())
-        sent = {n: named[n].detach().clone() for n in ctx.travel_names}
+        sent = get_params(ctx.model, ctx.travel_names)  # CPU float32, whatever device trained
         return FitResult(sent, len(ctx.train), {"train_loss": res.loss, "steps": res.steps,
                                                "compute_s": res.compute_seconds})
 
     def evaluate(self, ctx: ClientContext, data: EncodedSplit) -> dict[str, float]:
-        return evaluate(ctx.model, data)
+        return evaluate(ctx.model, data, amp=ctx.amp)
 
 
 class Strategy:

@@ -55,7 +55,7 @@ class FedDATClient(ClientUpdate):
         return {"local": w, "teacher": 1.0 - w}
 
     def make_step(self, ctx: ClientContext, optimizer: torch.optim.Optimizer):
-        model, a = ctx.model, self.cfg.algorithm
+        model, a, amp = ctx.model, self.cfg.algorithm, ctx.amp
         copy_shared_to_teacher(model)
 
         def forward(batch: Batch, mix: dict[str, float], task: str) -> torch.Tensor:
@@ -76,29 +76,34 @@ class FedDATClient(ClientUpdate):
             # 1. teacher pass
             if shared_pass:
                 model.set_adapter_mix(self._dat_mix())
-                h, mask, n_prompt = model.encode(batch["input_ids"], batch["attention_mask"], batch["features"])
+                with amp.autocast():
+                    h, mask, n_prompt = model.encode(batch["input_ids"], batch["attention_mask"], batch["features"])
 
                 def dat_head() -> torch.Tensor:
                     return model.head[task](h, mask, text_len=batch["input_ids"].shape[1], text_start=n_prompt)
 
-                with torch.no_grad():
+                with torch.no_grad(), amp.autocast():
                     z_dat = dat_head()
             else:
-                with torch.no_grad():
+                with torch.no_grad(), amp.autocast():
                     z_dat = forward(batch, self._teacher_mix(), task)
             # 2. A_S (+ head, connector); A_C gets no gradient here, so AdamW skips it
-            z_s = forward(batch, {"shared": 1.0}, task)
-            loss_s = task_kd_loss(z_s, y, z_dat, a.kd_weight, a.kd_temperature)
+            with amp.autocast():
+                z_s = forward(batch, {"shared": 1.0}, task)
+                loss_s = task_kd_loss(z_s.float(), y, z_dat.float(), a.kd_weight, a.kd_temperature)
             optimizer.zero_grad(set_to_none=True)
-            loss_s.backward()
-            optimizer.step()
+            amp.backward_step(loss_s, optimizer)
             # 3. A_C (+ head, connector) through the DAT mix; Â_S is frozen (not trainable)
-            z_c = dat_head() if shared_pass else forward(batch, self._dat_mix(), task)
-            teacher = z_s.detach() if a.feddat_mutual else None
-            loss_c = task_kd_loss(z_c, y, teacher, a.kd_weight, a.kd_temperature)
+            with amp.autocast():
+                z_c = dat_head() if shared_pass else forward(batch, self._dat_mix(), task)
+                teacher = z_s.detach().float() if a.feddat_mutual else None
+                loss_c = task_kd_loss(z_c.float(), y, teacher, a.kd_weight, a.kd_temperature)
+            if shared_pass:
+                # with model.gradient_checkpointing the encoder recomputes h during this backward, with
+                # the adapter mix of that moment: it must be the DAT mix h was computed with
+                model.set_adapter_mix(self._dat_mix())
             optimizer.zero_grad(set_to_none=True)
-            loss_c.backward()
-            optimizer.step()
+            amp.backward_step(loss_c, optimizer)
             model.set_adapter_mix({"shared": 1.0})
             return loss_s.item()
 
@@ -110,7 +115,7 @@ class FedDATClient(ClientUpdate):
         scores = {}
         for key, mix in (("", self._dat_mix()), ("_local", {"local": 1.0}), ("_shared", {"shared": 1.0})):
             model.set_adapter_mix(mix)
-            m = evaluate_split(model, data)
+            m = evaluate_split(model, data, amp=ctx.amp)
             if key == "":
                 scores.update(m)
             else:

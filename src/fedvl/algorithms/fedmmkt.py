@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fedvl.engine.device import FP32_CPU, Amp, model_device
 from fedvl.kt.config import FedMMKTConfig
 
 # ------------------------------------------------------------------ pure server functions
@@ -89,7 +90,7 @@ def alignment_loss(text_emb: torch.Tensor, protos: torch.Tensor, seen: torch.Ten
         return text_emb.sum() * 0.0
     sim = F.normalize(text_emb, dim=1) @ F.normalize(protos, dim=1).T / temperature  # (C, C)
     idx = seen.nonzero().flatten()
-    return F.cross_entropy(sim[idx][:, idx], torch.arange(len(idx)))
+    return F.cross_entropy(sim[idx][:, idx], torch.arange(len(idx), device=sim.device))
 
 
 # ------------------------------------------------------------------ the client half
@@ -107,36 +108,47 @@ class KTClient:
     """Trains a client's task model on private data (+ distillation, + prototype pull) and
     reports logits and prototypes on the synthetic set. Nothing else leaves it."""
 
-    def __init__(self, cfg: FedMMKTConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: FedMMKTConfig, amp: Amp = FP32_CPU):
+        self.cfg, self.amp = cfg, amp
 
     def train(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-              distill: DistillSet | None, protos: torch.Tensor | None, gen: torch.Generator) -> dict[str, float]:
-        c = self.cfg
+              distill: DistillSet | None, protos: torch.Tensor | None, gen: torch.Generator,
+              on_step=None) -> dict[str, float]:
+        """``model`` on the compute device; data, prototypes and soft labels arrive on the CPU
+        (batch order is drawn there from ``gen``, the same on every device)."""
+        c, amp = self.cfg, self.amp
+        dev = model_device(model)
         opt = torch.optim.AdamW(model.parameters(), lr=c.lr)
         model.train()
+        protos = protos.to(dev) if protos is not None else None
         steps, total, n = 0, 0.0, len(labels)
+        planned = c.local_epochs * -(-n // c.batch_size)
         for _ in range(c.local_epochs):
             order = torch.randperm(n, generator=gen)
             for start in range(0, n, c.batch_size):
                 idx = order[start:start + c.batch_size]
-                feat, logits = model(images[idx])
-                loss = F.cross_entropy(logits, labels[idx])
-                if protos is not None and c.proto_weight > 0:
-                    loss = loss + c.proto_weight * F.mse_loss(feat, protos[labels[idx]])
-                if distill is not None and len(distill.soft) and c.kd_weight > 0:
-                    j = torch.randint(0, len(distill.soft), (min(c.batch_size, len(distill.soft)),), generator=gen)
-                    # batch norm in eval mode here: the synthetic images (source style) are normalised
-                    # with the private domain's running statistics and do not shift them; with train-mode
-                    # BN the night client's CNN collapsed to one class (6.7%) at evaluation
-                    model.eval()
-                    _, s_logits = model(distill.images[j])
-                    model.train()
-                    loss = loss + c.kd_weight * kd_loss(s_logits, distill.soft[j], c.kd_temperature)
+                y = labels[idx].to(dev)
+                with amp.autocast():
+                    feat, logits = model(images[idx].to(dev))
+                    loss = F.cross_entropy(logits.float(), y)
+                    if protos is not None and c.proto_weight > 0:
+                        loss = loss + c.proto_weight * F.mse_loss(feat.float(), protos[y])
+                    if distill is not None and len(distill.soft) and c.kd_weight > 0:
+                        j = torch.randint(0, len(distill.soft), (min(c.batch_size, len(distill.soft)),),
+                                          generator=gen)
+                        # batch norm in eval mode here: the synthetic images (source style) are normalised
+                        # with the private domain's running statistics and do not shift them; with train-mode
+                        # BN the night client's CNN collapsed to one class (6.7%) at evaluation
+                        model.eval()
+                        _, s_logits = model(distill.images[j].to(dev))
+                        model.train()
+                        loss = loss + c.kd_weight * kd_loss(s_logits.float(), distill.soft[j].to(dev),
+                                                            c.kd_temperature)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                amp.backward_step(loss, opt)
                 steps, total = steps + 1, total + loss.item()
+                if on_step is not None:
+                    on_step(steps, planned, loss.item())
         if not torch.isfinite(torch.tensor(total)):
             raise FloatingPointError("client training diverged (loss is not finite)")
         return {"train_loss": total / max(steps, 1), "steps": steps}
@@ -147,11 +159,13 @@ class KTClient:
         """What travels up: logits on the synthetic set and per-class mean features
         (prototypes, grouped by prompt class) with the count each one averages."""
         model.eval()
+        dev = model_device(model)
         feats, logits = [], []
         for start in range(0, len(synthetic), 256):
-            f, lo = model(synthetic[start:start + 256])
-            feats.append(f)
-            logits.append(lo)
+            with self.amp.autocast():
+                f, lo = model(synthetic[start:start + 256].to(dev))
+            feats.append(f.float().cpu())  # what travels is float32 on the CPU
+            logits.append(lo.float().cpu())
         feat = torch.cat(feats)
         counts = torch.bincount(prompt_labels, minlength=num_classes).float()
         sums = torch.zeros(num_classes, feat.shape[1]).index_add_(0, prompt_labels, feat)
@@ -160,7 +174,9 @@ class KTClient:
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         model.eval()
-        pred = torch.cat([model(images[s:s + 256])[1].argmax(1) for s in range(0, len(labels), 256)])
+        dev = model_device(model)
+        with self.amp.autocast():
+            pred = torch.cat([model(images[s:s + 256].to(dev))[1].argmax(1).cpu() for s in range(0, len(labels), 256)])
         per_class = [float((pred[labels == k] == k).float().mean()) for k in labels.unique()]
         return {"acc": float((pred == labels).float().mean()), "bal_acc": float(sum(per_class) / len(per_class)),
                 "n": len(labels)}

@@ -18,12 +18,14 @@ class FedProxClient(ClientUpdate):
     def make_step(self, ctx: ClientContext, optimizer: torch.optim.Optimizer):
         mu = self.cfg.algorithm.prox_mu
         named = dict(ctx.model.named_parameters())
-        pairs = [(named[n], ctx.global_params[n]) for n in ctx.travel_names]
+        # the global parameters arrive on the CPU: one copy on the model's device for the whole round
+        pairs = [(named[n], ctx.global_params[n].to(named[n].device)) for n in ctx.travel_names]
 
         def proximal() -> torch.Tensor:
             return 0.5 * mu * sum(((p - g) ** 2).sum() for p, g in pairs)
 
-        return cross_entropy_step(ctx.model, optimizer, extra_loss=proximal if pairs else None)
+        return cross_entropy_step(ctx.model, optimizer, extra_loss=proximal if pairs else None,
+                                  amp=ctx.amp)
 
 
 ALGORITHM = register(Algorithm(

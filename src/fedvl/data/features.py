@@ -86,7 +86,7 @@ def image_features(model, images: np.ndarray, cache_dir: str | None, batch_size:
     chunks = []
     for start in range(0, len(images), batch_size):
         chunk = torch.from_numpy(images[start:start + batch_size])
-        chunks.append(model.image_features(chunk).half())
+        chunks.append(model.image_features(chunk).half().cpu())  # cached and batched from the CPU
     feats = torch.cat(chunks) if chunks else torch.zeros(0)
     if path is not None:
         atomic_write(path, lambda tmp: torch.save(feats, tmp))

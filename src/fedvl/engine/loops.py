@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from fedvl.data.features import EncodedSplit
+from fedvl.engine.device import FP32_CPU, Amp, model_device, to_device
 
 Batch = dict[str, torch.Tensor]
 StepFn = Callable[[Batch, float, str], float]
@@ -52,11 +53,14 @@ def train_local(
     generator: torch.Generator,
     lr_at: Callable[[float], float],
     on_step: Callable[[int, int, float], None] | None = None,
+    amp: Amp = FP32_CPU,
 ) -> TrainResult:
     """Run ``epochs`` epochs over ``data`` (or exactly ``max_steps`` steps if > 0).
 
     ``lr_at(fraction_of_this_round_done)`` gives the learning rate, so a global
-    schedule can continue across rounds instead of restarting.
+    schedule can continue across rounds instead of restarting. Batches are
+    gathered on the CPU and moved to the model's device; ``amp`` is only
+    handed to the step (it wraps the forward passes in autocast).
     """
     n = len(data)
     if n == 0:
@@ -64,16 +68,17 @@ def train_local(
     per_epoch = math.ceil(n / batch_size)
     total = max_steps if max_steps > 0 else per_epoch * epochs
     model.train()
+    device = model_device(model)
     losses: list[float] = []
     samples = 0
     compute = 0.0
     done = 0
     while done < total:
         for idx in batch_order(n, batch_size, generator):
-            batch = data.batch(idx)
+            batch = to_device(data.batch(idx), device)
             t0 = time.perf_counter()
             loss = step(batch, lr_at(done / total), data.task)
-            compute += time.perf_counter() - t0
+            compute += time.perf_counter() - t0  # step() returns loss.item(): the device has finished
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss} at step {done}; lower algorithm.lr")
             losses.append(loss)
@@ -118,20 +123,25 @@ def vqa_score(logits: torch.Tensor, score_idx: torch.Tensor, score_val: torch.Te
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: EncodedSplit, batch_size: int = 256) -> torch.Tensor:
+def predict(model: torch.nn.Module, data: EncodedSplit, batch_size: int = 256, amp: Amp = FP32_CPU) -> torch.Tensor:
+    """Logits for every sample, as float32 on the CPU (metrics are computed there)."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
     out = []
     for start in range(0, len(data), batch_size):
-        b = data.batch(torch.arange(start, min(start + batch_size, len(data))))
-        out.append(model(b["input_ids"], b["attention_mask"], b["features"], task=data.task))
+        b = to_device(data.batch(torch.arange(start, min(start + batch_size, len(data)))), device)
+        with amp.autocast():
+            logits = model(b["input_ids"], b["attention_mask"], b["features"], task=data.task)
+        out.append(logits.float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-def evaluate(model: torch.nn.Module, data: EncodedSplit, batch_size: int = 256) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, data: EncodedSplit, batch_size: int = 256,
+             amp: Amp = FP32_CPU) -> dict[str, float]:
     """Classification metrics, plus ``vqa_score`` on real VQA data (human answers known)."""
-    logits = predict(model, data, batch_size)
+    logits = predict(model, data, batch_size, amp)
     metrics = classification_metrics(logits, data.labels)
     if data.score_idx is not None:
         metrics["vqa_score"] = vqa_score(logits, data.score_idx, data.score_val)
@@ -146,17 +156,18 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def cross_entropy_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                       extra_loss: Callable[[], torch.Tensor] | None = None) -> StepFn:
-    """The plain supervised step; ``extra_loss`` adds a regulariser (FedProx)."""
+                       extra_loss: Callable[[], torch.Tensor] | None = None, amp: Amp = FP32_CPU) -> StepFn:
+    """The plain supervised step; ``extra_loss`` adds a regulariser (FedProx).
+    Forward and loss run under ``amp``'s autocast; the loss itself is taken in float32."""
 
     def step(batch: Batch, lr: float, task: str = "vqa") -> float:
         set_lr(optimizer, lr)
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["features"], task=task)
-        loss = F.cross_entropy(logits, batch["labels"])
+        with amp.autocast():
+            logits = model(batch["input_ids"], batch["attention_mask"], batch["features"], task=task)
+            loss = F.cross_entropy(logits.float(), batch["labels"])
         total = loss + extra_loss() if extra_loss is not None else loss
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+        amp.backward_step(total, optimizer)
         return loss.item()
 
     return step

@@ -91,7 +91,7 @@ def save_generator(gen: T2IGenerator, path: Path, meta: dict) -> None:
     """Base UNet weights as float16 safetensors (half the size; the model computes in float32)."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in gen.unet.state_dict().items()}
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in gen.unet.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: save_file(state, str(tmp)))
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
@@ -114,10 +114,11 @@ def load_weights(gen: T2IGenerator, path: Path) -> dict:
 
 
 def load_or_pretrain(t2i: T2IConfig, kt: FedMMKTConfig, cache_dir: Path, status=print,
-                     on_step=None, force: bool = False) -> tuple[T2IGenerator, dict]:
-    """The pretrained generator for these settings (see the module docstring for the order)."""
+                     on_step=None, force: bool = False, device: str | torch.device = "cpu") -> tuple[T2IGenerator, dict]:
+    """The pretrained generator for these settings (see the module docstring for the order),
+    on ``device`` (built on the CPU from the seed, so its initialisation is the same everywhere)."""
     classes = class_names(kt.colors, kt.shapes)
-    gen = build_generator(t2i, seed=0)
+    gen = build_generator(t2i, seed=0).to(device)
     if t2i.source != "fedvl":
         return gen, {"source": t2i.source}  # a real pipeline comes pretrained
     if t2i.weights and not force:

@@ -48,7 +48,7 @@ class TextConditioner(nn.Module):
     def _base(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         if prompt not in self._cache:
             tok = self.tokenizer([prompt], padding="max_length", truncation=True, max_length=self.max_len,
-                                 return_tensors="pt")
+                                 return_tensors="pt").to(self.side[0].weight.device)
             self.encoder.eval()
             out = self.encoder(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
             self._cache[prompt] = (out.last_hidden_state[0].float(), tok["attention_mask"][0].float())
@@ -57,8 +57,9 @@ class TextConditioner(nn.Module):
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> token states (B, L, D) with the side adapter, attention mask (B, L), pooled (B, D)."""
         base = [self._base(p) for p in prompts]
-        h = torch.stack([b[0] for b in base])
-        mask = torch.stack([b[1] for b in base])
+        dev = self.side[0].weight.device  # the cache may predate a move to another device
+        h = torch.stack([b[0] for b in base]).to(dev)
+        mask = torch.stack([b[1] for b in base]).to(dev)
         h = h + self.side(h)
         pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
         return h, mask, pooled
@@ -88,6 +89,10 @@ class T2IGenerator(nn.Module):
             for p in vae.parameters():
                 p.requires_grad_(False)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
     # -- pixels <-> model space
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
@@ -111,10 +116,13 @@ class T2IGenerator(nn.Module):
         """Weighted mean over samples of the denoising MSE at a random timestep. With
         ``cond_dropout`` a share of prompts is replaced by "" (learns the unconditional
         model that classifier-free guidance needs)."""
-        x0 = self._encode(images)
+        dev = self.device
+        x0 = self._encode(images.to(dev))
         b = x0.shape[0]
-        noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, self.train_sched.config.num_train_timesteps, (b,), generator=generator)
+        # noise and timesteps are drawn on the CPU from the seeded generator (the same draws on
+        # every device), then moved
+        noise = torch.randn(x0.shape, generator=generator).to(dev)
+        t = torch.randint(0, self.train_sched.config.num_train_timesteps, (b,), generator=generator).to(dev)
         if cond_dropout > 0:
             drop = torch.rand(b, generator=generator) < cond_dropout
             prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
@@ -124,6 +132,7 @@ class T2IGenerator(nn.Module):
         per = (self._unet(xt, t, prompts) - target).pow(2).flatten(1).mean(1)
         if weights is None:
             return per.mean()
+        weights = weights.to(dev)
         return (per * weights).sum() / weights.sum().clamp_min(1e-8)
 
     @torch.no_grad()
@@ -139,17 +148,17 @@ class T2IGenerator(nn.Module):
             if on_batch:
                 on_batch(start + len(batch), len(prompts))
         self.train(was)
-        return torch.cat(out)
+        return torch.cat(out).float().cpu()  # images live on the CPU (judge, clients, plots)
 
     def _sample_batch(self, prompts: list[str], s: Sampling, generator: torch.Generator) -> torch.Tensor:
         sched = self.sample_sched
         sched.set_timesteps(s.steps)
         ch = self.unet.config.in_channels
         size = self.unet.config.sample_size
-        x = torch.randn((len(prompts), ch, size, size), generator=generator)
+        x = torch.randn((len(prompts), ch, size, size), generator=generator).to(self.device)
         guided = s.guidance != 1.0
         for t in sched.timesteps:
-            tt = t.expand(len(prompts) * (2 if guided else 1))
+            tt = t.expand(len(prompts) * (2 if guided else 1)).to(x.device)
             if guided:  # one batched pass for the conditional and the unconditional prediction
                 both = self._unet(torch.cat([x, x]), tt, list(prompts) + [""] * len(prompts))
                 cond, uncond = both.chunk(2)

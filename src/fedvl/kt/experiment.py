@@ -59,7 +59,7 @@ def plot_fidelity(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_kt(cfg: ExperimentConfig, run_dir: Path, progress) -> tuple[dict[str, Any], dict[str, Any], list[str], int]:
+def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None) -> tuple[dict[str, Any], dict[str, Any], list[str], int]:
     """Every round of a knowledge-transfer run. Returns (final record, parameter report, notes,
     rejected client reports over the run)."""
     from fedvl.report.plots import plot_accuracy
@@ -72,7 +72,7 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress) -> tuple[dict[str, An
     t0 = time.perf_counter()
     fed = build(cfg, run_dir, status=progress.status, on_pretrain_step=pretrain_step)
     setup_s = time.perf_counter() - t0
-    history, state = History(run_dir), ServerState()
+    history, state = History(run_dir, trackers), ServerState()
     record: dict[str, Any] = {}
     for rnd in range(1, cfg.algorithm.rounds + 1):
         record = run_round(fed, rnd, state, progress)

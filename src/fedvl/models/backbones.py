@@ -180,7 +180,9 @@ class VisionLanguageModel(nn.Module):
         (Domain benchmark, photo style, 96 px) reached 56% / 38% with s32,
         88% / 83% with s16 and 89% / 82% with multiscale.
         """
-        x = images.permute(0, 3, 1, 2).float().div_(255.0)
+        # the images arrive from the CPU: the frozen tower runs on the model's device, in float32
+        # (the cached features must not depend on run.precision)
+        x = images.to(self._mean.device).permute(0, 3, 1, 2).float().div_(255.0)
         x = (x - self._mean) / self._std
         if self.vision_spec.tokens == "s32":
             return self.vision.forward_features(x)
@@ -283,7 +285,7 @@ def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int =
     if cfg.name in ("vilt", "clip", "blip"):
         from fedvl.models.hf import build_hf_model
 
-        return build_hf_model(cfg, heads, image_size, seed, roles)
+        return _memory_savers(build_hf_model(cfg, heads, image_size, seed, roles), cfg)
     torch.manual_seed(seed)
     if cfg.name == "default":
         text = _text_default()
@@ -318,6 +320,14 @@ def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int =
             inject_lora(model.text.encoder, role, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     elif cfg.peft == "prompt":
         model.prompt = make_prompts(model.text.embeddings, list(roles), cfg.prompt_length)
+    return _memory_savers(model, cfg)
+
+
+def _memory_savers(model, cfg: ModelConfig):
+    if cfg.gradient_checkpointing:
+        from fedvl.models.memory import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model.text)  # the trainable encoder; the vision tower is frozen
     return model
 
 

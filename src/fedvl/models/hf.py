@@ -142,7 +142,7 @@ class HFVisionLanguageModel(nn.Module):
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> frozen tokens (B, T, C): ViLT's visual embeddings
         (with [CLS] and positions), or the last hidden state of CLIP's / BLIP's ViT."""
-        x = images.permute(0, 3, 1, 2).float().div_(255.0)
+        x = images.to(self._mean.device).permute(0, 3, 1, 2).float().div_(255.0)  # on the model's device
         if self.vision_size and x.shape[-1] != self.vision_size:
             x = nn.functional.interpolate(x, size=(self.vision_size, self.vision_size), mode="bilinear",
                                           antialias=True, align_corners=False)
@@ -151,7 +151,7 @@ class HFVisionLanguageModel(nn.Module):
             emb = self.text.embeddings
             was = emb.training
             emb.eval()  # no dropout in what gets cached
-            mask = torch.ones(x.shape[0], x.shape[2], x.shape[3], dtype=torch.long)
+            mask = torch.ones(x.shape[0], x.shape[2], x.shape[3], dtype=torch.long, device=x.device)
             # max_image_length=-1: keep every patch (ViLT samples at most 200 when training on large images)
             tokens, _, _ = emb.visual_embed(x, mask, max_image_length=-1)
             emb.train(was)

@@ -93,16 +93,17 @@ def names_in_groups(names: list[str], groups: set[str]) -> list[str]:
 
 
 def get_params(model: nn.Module, names: list[str]) -> Params:
-    """Detached copies of the named parameters (what gets sent or stored)."""
+    """Detached CPU copies of the named parameters (what gets sent, aggregated or stored): device-free,
+    so aggregation runs on the CPU whatever device trains, and saved state loads anywhere."""
     named = dict(model.named_parameters())
-    return {n: named[n].detach().clone() for n in names}
+    return {n: named[n].detach().to("cpu", copy=True) for n in names}
 
 
 @torch.no_grad()
 def set_params(model: nn.Module, params: Params) -> None:
     named = dict(model.named_parameters())
     for n, t in params.items():
-        named[n].copy_(t)
+        named[n].copy_(t)  # copy_ moves CPU tensors to the model's device
 
 
 def count(model: nn.Module, names: list[str] | None = None) -> int:

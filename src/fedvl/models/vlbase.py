@@ -61,9 +61,11 @@ class VLPretrainConfig:
     """Steps between resumable checkpoints (a killed pretraining continues from the last one)."""
     eval_every: int = 100
     """Steps between held-out ITM evaluations (the curve in the PNG)."""
+    device: str = "auto"
+    """auto / cpu / cuda / cuda:N, as run.device (the weights are the same up to float rounding)."""
 
 
-_NOT_KEYED = {"threads", "cache_dir", "checkpoint_every", "eval_every"}
+_NOT_KEYED = {"threads", "cache_dir", "checkpoint_every", "eval_every", "device"}
 
 
 def pretrain_key(cfg: VLPretrainConfig) -> str:

@@ -104,8 +104,9 @@ def _mask_tokens(ids: torch.Tensor, attn: torch.Tensor, tokenizer, prob: float,
 class Pretrainer:
     """The model with its low-rank deltas, the two heads, and the two objectives."""
 
-    def __init__(self, cfg: VLPretrainConfig):
+    def __init__(self, cfg: VLPretrainConfig, device: torch.device | str = "cpu"):
         self.cfg = cfg
+        self.device = torch.device(device)
         mcfg = ModelConfig(name=cfg.model, vision_tokens=cfg.vision_tokens, peft="head", base="raw")
         self.model = build_model(mcfg, num_answers=2, image_size=cfg.image_size, seed=cfg.seed)
         self.tokenizer = load_tokenizer()
@@ -116,6 +117,9 @@ class Pretrainer:
                 lin, "weight", LowRank(lin.out_features, lin.in_features, cfg.lora_rank, cfg.lora_alpha))
         hidden = self.model.text.config.hidden_size
         self.heads = PretrainHeads(hidden, self.model.text.embeddings.word_embeddings.weight.shape[0])
+        # built (and initialised) on the CPU, then moved: the same start on every device
+        self.model.to(self.device)
+        self.heads.to(self.device)
         self.model.requires_grad_(False)
         self.params = list(self.model.connector.parameters()) + list(layernorm_params(self.model.text).values())
         self.params += [p for lin in self.targets.values() for p in lin.parametrizations.weight[0].parameters()]
@@ -123,12 +127,18 @@ class Pretrainer:
         for p in self.params:
             p.requires_grad_(True)
 
+    def on_device(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Batches are made (and masked) on the CPU from the seeded generator, then moved."""
+        return [t.to(self.device) for t in tensors]
+
     def itm_logits(self, ids, attn, feats) -> torch.Tensor:
+        ids, attn, feats = self.on_device(ids, attn, feats)
         h, _, _ = self.model.encode(ids, attn, feats)
         return self.heads.itm(h[:, 0])
 
     def mlm_loss(self, ids, attn, feats, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy over the vocabulary at the masked caption tokens; also their accuracy."""
+        ids, attn, feats, labels = self.on_device(ids, attn, feats, labels)
         h, _, _ = self.model.encode(ids, attn, feats)
         at = labels != -100
         t = self.heads.mlm(h[:, : ids.shape[1]][at])
@@ -140,7 +150,7 @@ class Pretrainer:
         out = {}
         for name, lin in self.targets.items():
             lr = lin.parametrizations.weight[0]
-            out[name] = (lr.A.detach().clone(), (lr.B * lr.scale).detach().clone())
+            out[name] = (lr.A.detach().cpu().clone(), (lr.B * lr.scale).detach().cpu().clone())
         return out
 
     @torch.no_grad()
@@ -150,7 +160,7 @@ class Pretrainer:
         hits, n = 0, len(data.label)
         for i in range(0, n, batch):
             idx = torch.arange(i, min(i + batch, n))
-            hits += int((self.itm_logits(*data.batch(idx)).argmax(1) == data.label[idx]).sum())
+            hits += int((self.itm_logits(*data.batch(idx)).argmax(1).cpu() == data.label[idx]).sum())
         pos = torch.nonzero(data.label == MATCH).squeeze(1)[:512]
         g = torch.Generator().manual_seed(1234)
         accs = []
@@ -163,7 +173,11 @@ class Pretrainer:
 
 
 def _checkpoint_state(pt: Pretrainer, opt, sched, g: torch.Generator, step: int, log: dict) -> dict:
-    return {"step": step, "params": [p.detach().clone() for p in pt.params], "opt": opt.state_dict(),
+    # device-free: a pretraining resumes on another device (torch.load maps to the CPU; copy_ moves back)
+    opt_state = opt.state_dict()
+    opt_state["state"] = {k: {n: v.cpu() if torch.is_tensor(v) else v for n, v in s.items()}
+                          for k, s in opt_state["state"].items()}
+    return {"step": step, "params": [p.detach().cpu().clone() for p in pt.params], "opt": opt_state,
             "sched": sched.state_dict(), "gen": g.get_state(), "torch_rng": torch.get_rng_state(),
             "log": log, "settings": {k: v for k, v in asdict(pt.cfg).items() if k not in _NOT_KEYED}}
 
@@ -178,7 +192,9 @@ def pretrain(cfg: VLPretrainConfig, status: Callable[[str], None] = print,
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    pt = Pretrainer(cfg)
+    from fedvl.engine.device import resolve_device
+
+    pt = Pretrainer(cfg, resolve_device(cfg.device))
     status(f"rendering the caption corpus: {cfg.corpus_images} images x {cfg.captions_per_image} captions "
            f"(+ {cfg.held_out_images} held-out images)")
     corpus = make_corpus(cfg.corpus_images, cfg.captions_per_image, cfg.image_size, 1_000_003 + cfg.seed,
@@ -217,7 +233,7 @@ def pretrain(cfg: VLPretrainConfig, status: Callable[[str], None] = print,
     t_train = time.perf_counter()
     for step in range(start + 1, cfg.steps + 1):
         idx = torch.randint(0, len(train.label), (cfg.batch_size,), generator=g)
-        itm = nn.functional.cross_entropy(pt.itm_logits(*train.batch(idx)), train.label[idx])
+        itm = nn.functional.cross_entropy(pt.itm_logits(*train.batch(idx)), train.label[idx].to(pt.device))
         pidx = positives[torch.randint(0, len(positives), (cfg.batch_size,), generator=g)]
         ids, attn, feats = train.batch(pidx)
         masked, labels = _mask_tokens(ids, attn, pt.tokenizer, cfg.mlm_prob, g)
@@ -265,7 +281,7 @@ def save_base(pt: Pretrainer, path: Path, meta: dict) -> None:
 
     state = base_state(pt.model, pt.deltas())
     state.update({f"itm.{k}": v.detach().float() for k, v in pt.heads.itm.state_dict().items()})
-    state = {k: v.to(torch.float16).contiguous() for k, v in state.items()}
+    state = {k: v.to("cpu", torch.float16).contiguous() for k, v in state.items()}
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"key": meta["key"]}))
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
     plot_curves(meta, path.with_suffix(".png"))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedvl.config import ConfigError, ExperimentConfig, dump_config
-from fedvl.runtime.flower import CONFIG_KEY, FLOWER_ENV, RESULTS_KEY, STATE_KEY
+from fedvl.runtime.flower import CONFIG_KEY, DEVICE_KEY, FLOWER_ENV, RESULTS_KEY, STATE_KEY
 
 
 @dataclass
@@ -237,7 +237,7 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
 
 
 def join_command(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int,
-                 auth_key: Path | None = None) -> list[str]:
+                 auth_key: Path | None = None, device: str = "") -> list[str]:
     """The ``flower-supernode`` command of one client node; ``auth_key``: the node's private key
     (OpenSSH format) when the SuperLink authenticates nodes."""
     if partition < 0:
@@ -249,6 +249,14 @@ def join_command(server: str, partition: int, state_dir: Path, tls_ca: Path | No
     if auth_key is not None and tls_ca is None:
         raise ConfigError("--auth-key needs TLS (--root-certificates): Flower authenticates nodes only over TLS")
     node_config = f"partition-id={partition} {STATE_KEY}={json.dumps(str(Path(state_dir).resolve()))}"
+    if device:  # checked here, before the node starts: this machine must have it
+        from fedvl.engine.device import DeviceError, resolve_device
+
+        try:
+            resolve_device(device)
+        except DeviceError as e:
+            raise ConfigError(str(e).replace("run.device", "--device")) from None
+        node_config += f" {DEVICE_KEY}={json.dumps(device)}"
     cmd = [_bin("flower-supernode"), "--superlink", server, "--node-config", node_config, "--port", str(port)]
     cmd += ["--auth-supernode-private-key", str(Path(auth_key).resolve())] if auth_key else []
     return cmd + (["--root-certificates", str(tls_ca)] if tls_ca else ["--insecure"])
@@ -283,13 +291,13 @@ def _run_node(cmd: list[str]) -> tuple[int, bool]:
 
 
 def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int | None = None,
-         auth_key: Path | None = None, wait_s: float = 300.0) -> int:
+         auth_key: Path | None = None, wait_s: float = 300.0, device: str = "") -> int:
     """Run a SuperNode for ``partition`` in the foreground until it is stopped.
 
     A SuperNode gives up after a few seconds when it cannot connect or the SuperLink does
     not (yet) know its key; nodes are often started before ``serve`` has its SuperLink up
     and their keys registered, so the node is restarted until ``wait_s`` have passed."""
-    cmd = join_command(server, partition, state_dir, tls_ca, port or free_port(), auth_key)
+    cmd = join_command(server, partition, state_dir, tls_ca, port or free_port(), auth_key, device)
     # SIGTERM becomes an exception so the SuperNode is always stopped with `fedvl join`
     signal.signal(signal.SIGTERM, _interrupt)
     deadline = time.monotonic() + wait_s

@@ -57,6 +57,7 @@ from fedvl.runtime.state import ClientStateStore  # noqa: E402
 CONFIG_KEY = "fedvl-config"  # run_config key: the experiment config as YAML text
 RESULTS_KEY = "results-dir"  # run_config key: where the ServerApp writes the results folder
 STATE_KEY = "state-dir"  # node_config key: where a node keeps its clients' local state
+DEVICE_KEY = "device"  # node_config key: the node's own run.device (`fedvl join --device cuda:1`)
 
 
 class FlowerRunError(RuntimeError):
@@ -92,14 +93,17 @@ def _partition(context: Context) -> int:
                           "(start it with `fedvl join --partition i`)") from None
 
 
-def _client_federation(cfg_text: str, pid: int, every_partition: bool) -> Federation:
+def _client_federation(cfg_text: str, pid: int, every_partition: bool, device: str = "") -> Federation:
     """A deployed node builds its own partition only; a simulation worker serves every
-    partition in turn, so it builds them all once (vision features come from the disk cache)."""
-    key = (hashlib.sha256(cfg_text.encode()).hexdigest(), -1 if every_partition else pid)
+    partition in turn, so it builds them all once (vision features come from the disk cache).
+    ``device``: the node's own choice (``fedvl join --device``), over the run's run.device."""
+    key = (hashlib.sha256(cfg_text.encode()).hexdigest(), -1 if every_partition else pid, device)
     if key not in _FEDS:
         _FEDS.clear()  # one run per process at a time: do not keep an old model alive
-        _FEDS[key] = build_federation(cfg_from_text(cfg_text), status=lambda s: None,
-                                      only=None if every_partition else [pid])
+        cfg = cfg_from_text(cfg_text)
+        if device:
+            cfg.run.device = device
+        _FEDS[key] = build_federation(cfg, status=lambda s: None, only=None if every_partition else [pid])
     fed = _FEDS[key]
     if not 0 <= pid < len(fed.client_ids):
         raise ConfigError(f"this node holds partition {pid}, but the experiment has partitions "
@@ -119,7 +123,7 @@ def _state_store(context: Context, cfg_text: str, sim_root: str | None) -> Clien
 
 
 def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
-                    fed: Federation | None = None) -> ClientApp:
+                    fed: Federation | None = None, progress=None) -> ClientApp:
     """A ClientApp running fedvl's client half.
 
     - ``fed`` (Flower simulation, in-process backend): every virtual node uses this one
@@ -136,7 +140,8 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
             built, text = fed, ""
         else:
             text = cfg_text or str(context.run_config[CONFIG_KEY])
-            built = _client_federation(text, pid, every_partition=cfg_text is not None)
+            built = _client_federation(text, pid, every_partition=cfg_text is not None,
+                                       device=str(context.node_config.get(DEVICE_KEY, "")))
         return text, built, built.client_ids[pid]
 
     def setup(msg: Message, context: Context, to: str, global_params: Params):
@@ -166,7 +171,9 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
                                        res.num_examples, {k: float(v) for k, v in res.metrics.items()})
         fed, store, cid, global_params = plain(msg, context)
         rnd = int(msg.content["config"]["round"])
-        res = client_fit(fed, store, cid, rnd, global_params)
+        if progress:  # in-process simulation: the ClientApp shares the terminal's progress display
+            progress.client_start(rnd, cid)
+        res = client_fit(fed, store, cid, rnd, global_params, progress.step if progress else None)
         metrics = {k: float(v) for k, v in res.metrics.items()}
         metrics["num-examples"] = res.num_examples
         return Message(RecordDict({"params": to_record(res.params), "metrics": MetricRecord(metrics)}),
@@ -314,6 +321,8 @@ def run_rounds(grid: Grid, fed: Federation, history: History, progress=None) -> 
                                 f"{len(record['train'])}: {failed}")
         if wants_eval(cfg, rnd):
             targets = eval_client_ids(fed)
+            if progress:
+                progress.phase(f"round {rnd} · evaluating {len(targets)} client(s)")
             evals, eval_failed = _send(grid, nodes, targets, "evaluate", rnd, global_params, timeout)
             if evals:
                 add_eval(record, {cid: {k: float(v) for k, v in evals[cid]["metrics"].items()}
@@ -390,6 +399,26 @@ class InProcessBackend:
             return self.app_fn()(message=message, context=context), context
 
 
+def ray_backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Ray's resources for a flower-sim run: each ClientApp worker reserves
+    ``run.flower_cpus_per_client`` CPUs and ``run.flower_gpus_per_client`` of a GPU (0.25: four
+    clients share one GPU, each in its own process, so their models and batches must fit
+    together); Ray gets ``run.flower_workers`` workers' worth of CPUs and every GPU here. Ray
+    hides the GPUs from a worker that reserves none, so such workers compute on the CPU."""
+    import torch
+
+    r = cfg.run
+    gpus = torch.cuda.device_count() if r.flower_gpus_per_client > 0 else 0
+    if r.flower_gpus_per_client > 0 and not gpus:
+        raise ConfigError("run.flower_gpus_per_client > 0 needs a CUDA device, and torch sees none here")
+    if r.flower_gpus_per_client == 0 and r.device.startswith("cuda"):
+        raise ConfigError(f"run.device={r.device} with the ray backend needs run.flower_gpus_per_client > 0 "
+                          "(Ray shows a worker only the GPUs it reserved)")
+    return {"client_resources": {"num_cpus": r.flower_cpus_per_client, "num_gpus": r.flower_gpus_per_client},
+            "init_args": {"num_cpus": max(1, round(r.flower_workers * r.flower_cpus_per_client)), "num_gpus": gpus,
+                          "include_dashboard": False, "log_to_driver": False}}
+
+
 def flower_simulate(fed: Federation, run_dir: Path, history: History, progress=None) -> dict[str, Any]:
     """Run the experiment through Flower's simulation engine (one virtual SuperNode per
     client) and return the last round's record."""
@@ -401,6 +430,7 @@ def flower_simulate(fed: Federation, run_dir: Path, history: History, progress=N
     state_root = str(run_dir / "client_states")
     backend_config: dict[str, Any] = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
     if cfg.run.flower_backend == "ray":
+        backend_config = ray_backend_config(cfg)
         import importlib.util
 
         if importlib.util.find_spec("ray") is None:
@@ -408,8 +438,6 @@ def flower_simulate(fed: Federation, run_dir: Path, history: History, progress=N
                               "(or use run.flower_backend=inprocess)")
         # Ray workers are separate processes: each builds the model and data once
         client = make_client_app(dump_config(cfg), state_root)
-        backend_config["init_args"] = {"num_cpus": cfg.run.flower_workers, "num_gpus": 0,
-                                       "include_dashboard": False, "log_to_driver": False}
         run_simulation(server_app=server, client_app=client, num_supernodes=len(fed.client_ids),
                        backend_config=backend_config)
     else:
@@ -422,7 +450,7 @@ def flower_simulate(fed: Federation, run_dir: Path, history: History, progress=N
         name = "flwr.server.superlink.fleet.vce.backend.raybackend"
         stand_in = types.ModuleType(name)
         stand_in.RayBackend = InProcessBackend  # type: ignore[attr-defined]
-        client = make_client_app(state_root=state_root, fed=fed)
+        client = make_client_app(state_root=state_root, fed=fed, progress=progress)
         original = sys.modules.get(name)
         sys.modules[name] = stand_in
         try:

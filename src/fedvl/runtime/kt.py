@@ -29,7 +29,8 @@ from fedvl.algorithms.fedmmkt import (
     global_prototypes,
     quality_filter,
 )
-from fedvl.config import ExperimentConfig
+from fedvl.config import ConfigError, ExperimentConfig
+from fedvl.engine.device import FP32_CPU, Amp, DeviceError, amp_for
 from fedvl.generation.judge import fidelity, judge_outputs, train_judge
 from fedvl.generation.t2i import Sampling, T2IGenerator
 from fedvl.kt.data import ImageTextSet, class_names, make_set, prompt
@@ -54,6 +55,9 @@ class KTFederation:
     align_head: torch.nn.Module | None = None
     gen_opt: torch.optim.Optimizer | None = None
     pretrain_meta: dict = field(default_factory=dict)
+    amp: Amp = FP32_CPU
+    """run.device / run.precision: the generator, the alignment head and (one at a time) the
+    task models compute there; client state, reports and the server's tensors stay on the CPU."""
 
     @property
     def client_ids(self) -> list[str]:
@@ -78,6 +82,10 @@ def client_ids(kt) -> list[str]:
 def build(cfg: ExperimentConfig, run_dir: Path, status=print, on_pretrain_step=None) -> KTFederation:
     """Client data, the fidelity judge and, if the strategy uses one, the pretrained generator."""
     torch.set_num_threads(cfg.run.threads)
+    try:
+        amp = amp_for(cfg.run.device, cfg.run.precision)
+    except DeviceError as e:
+        raise ConfigError(str(e)) from None
     kt, seed = cfg.fedmmkt, cfg.run.seed
     classes = class_names(kt.colors, kt.shapes)
     size = cfg.t2i.image_size
@@ -88,16 +96,14 @@ def build(cfg: ExperimentConfig, run_dir: Path, status=print, on_pretrain_step=N
              for cid, d in zip(ids, kt.domains)}
     test = {cid: make_set(classes, d, kt.test_per_class, size, derived_seed(seed, "kt-test", cid))
             for cid, d in zip(ids, kt.domains)}
-    fed = KTFederation(cfg, strategy, KTClient(kt), classes, train, test, dict(zip(ids, kt.archs)),
-                       ClientStateStore(run_dir / "client_states"))
+    fed = KTFederation(cfg, strategy, KTClient(kt, amp), classes, train, test, dict(zip(ids, kt.archs)),
+                       ClientStateStore(run_dir / "client_states"), amp=amp)
     if strategy.synthetic:
         from fedvl.generation.pretrain import load_or_pretrain
 
         fed.generator, fed.pretrain_meta = load_or_pretrain(cfg.t2i, kt, Path(cfg.run.cache_dir), status,
-                                                            on_pretrain_step)
+                                                            on_pretrain_step, device=amp.device)
         if fed.generator.image_size != size:
-            from fedvl.config import ConfigError
-
             raise ConfigError(f"t2i.source={cfg.t2i.source} generates {fed.generator.image_size} px images; set "
                               f"t2i.image_size={fed.generator.image_size} so the clients' data has the same size")
         status("training the fidelity judge on held-out real client-domain images")
@@ -110,7 +116,7 @@ def build(cfg: ExperimentConfig, run_dir: Path, status=print, on_pretrain_step=N
             gen = fed.generator
             gen.add_lora(cfg.t2i.lora_rank, cfg.t2i.lora_targets)
             torch.manual_seed(derived_seed(seed, "align-head"))
-            fed.align_head = torch.nn.Linear(gen.cond.dim, kt.proto_dim)
+            fed.align_head = torch.nn.Linear(gen.cond.dim, kt.proto_dim).to(amp.device)
             gen.set_trainable(gen.federated_names())
             params = [p for p in gen.parameters() if p.requires_grad] + list(fed.align_head.parameters())
             fed.gen_opt = torch.optim.AdamW(params, lr=cfg.t2i.lr)
@@ -118,22 +124,29 @@ def build(cfg: ExperimentConfig, run_dir: Path, status=print, on_pretrain_step=N
             fed.generator.set_trainable([])
     for cid, arch in fed.archs.items():
         model = build_task_model(arch, len(classes), size, kt.proto_dim, derived_seed(seed, "task-model", cid))
-        fed.store.save(cid, model.state_dict())
+        fed.store.save(cid, model.state_dict())  # built on the CPU: device-free
     return fed
 
 
 def task_model(fed: KTFederation, cid: str) -> torch.nn.Module:
+    """A client's task model from its saved state, on the compute device (one at a time)."""
     model = build_task_model(fed.archs[cid], len(fed.classes), fed.cfg.t2i.image_size, fed.cfg.fedmmkt.proto_dim, 0)
     model.load_state_dict(fed.store.load(cid))
-    return model
+    return model.to(fed.amp.device)
+
+
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A task model's state as CPU tensors: device-free on disk, averaged on the CPU (kt-fedavg)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def generate(fed: KTFederation, per_class: int, seed: int) -> ImageTextSet:
     labels = torch.arange(len(fed.classes)).repeat(per_class)
     captions = [prompt(fed.classes[k]) for k in labels.tolist()]
     t = fed.cfg.t2i
-    images = fed.generator.sample(captions, Sampling(t.sample_steps, t.guidance, t.sample_batch),
-                                  torch.Generator().manual_seed(seed))
+    with fed.amp.autocast():
+        images = fed.generator.sample(captions, Sampling(t.sample_steps, t.guidance, t.sample_batch),
+                                      torch.Generator().manual_seed(seed))
     return ImageTextSet(images, labels, captions)
 
 
@@ -159,24 +172,26 @@ def update_generator(fed: KTFederation, synthetic: ImageTextSet, keep: torch.Ten
     g = torch.Generator().manual_seed(derived_seed(fed.cfg.run.seed, "gen-update", rnd))
     class_prompts = [prompt(c) for c in fed.classes]
     gen.train()
+    amp, dev = fed.amp, gen.device
     total_d, total_a = 0.0, 0.0
     for _ in range(t.server_steps):
-        loss = torch.zeros(())
-        if len(idx):
-            j = idx[torch.randint(0, len(idx), (min(t.server_batch, len(idx)),), generator=g)]
-            w = probs[j, synthetic.labels[j]]
-            d = gen.loss(synthetic.images[j], [synthetic.captions[i] for i in j.tolist()], weights=w,
-                         cond_dropout=t.cond_dropout, generator=g)
-            loss, total_d = loss + d, total_d + d.item()
-        if kt.align_weight > 0 and state.protos is not None:
-            _, _, pooled = gen.cond(class_prompts)
-            a = alignment_loss(fed.align_head(pooled), state.protos, state.seen, kt.align_temperature)
-            loss, total_a = loss + kt.align_weight * a, total_a + a.item()
+        loss = torch.zeros((), device=dev)
+        with amp.autocast():
+            if len(idx):
+                j = idx[torch.randint(0, len(idx), (min(t.server_batch, len(idx)),), generator=g)]
+                w = probs[j, synthetic.labels[j]]
+                d = gen.loss(synthetic.images[j], [synthetic.captions[i] for i in j.tolist()], weights=w,
+                             cond_dropout=t.cond_dropout, generator=g).float()
+                loss, total_d = loss + d, total_d + d.item()
+            if kt.align_weight > 0 and state.protos is not None:
+                _, _, pooled = gen.cond(class_prompts)
+                a = alignment_loss(fed.align_head(pooled).float(), state.protos.to(dev), state.seen.to(dev),
+                                   kt.align_temperature)
+                loss, total_a = loss + kt.align_weight * a, total_a + a.item()
         if not loss.requires_grad:
             break
         fed.gen_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        fed.gen_opt.step()
+        amp.backward_step(loss, fed.gen_opt)
     steps = max(t.server_steps, 1)
     return {"denoise_loss": total_d / steps, "align_loss": total_a / steps, "accepted": len(idx),
             "feedback_weight": float(weights.mean()) if len(idx) else 0.0}
@@ -208,6 +223,8 @@ def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) ->
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
     if strat.synthetic and (state.synthetic is None or strat.regenerate):
+        if progress:
+            progress.phase(f"round {rnd} · generating the synthetic set")
         tg = time.perf_counter()
         state.synthetic = generate(fed, kt.synthetic_per_class, derived_seed(cfg.run.seed, "synthetic", rnd))
         timing["generate_s"] = time.perf_counter() - tg
@@ -223,8 +240,9 @@ def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) ->
         gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "batches", rnd, cid))
         torch.manual_seed(derived_seed(cfg.run.seed, "torch", rnd, cid))
         data = fed.train[cid]
-        train_metrics[cid] = fed.client.train(model, data.images, data.labels, state.distill, state.protos, gen)
-        states[cid] = model.state_dict()
+        train_metrics[cid] = fed.client.train(model, data.images, data.labels, state.distill, state.protos, gen,
+                                              on_step=progress.step if progress else None)
+        states[cid] = cpu_state(model)
         fed.store.save(cid, states[cid])
         if strat.synthetic:
             msg = fed.client.report(model, state.synthetic.images, state.synthetic.labels, len(fed.classes))
@@ -249,6 +267,8 @@ def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) ->
         server = {"accepted_frac": float(keep.float().mean()),
                   "ensemble_agrees": float((probs.argmax(1) == state.synthetic.labels).float().mean())}
         if strat.update_generator:
+            if progress:
+                progress.phase(f"round {rnd} · updating the generator")
             tu = time.perf_counter()
             server.update(update_generator(fed, state.synthetic, keep, probs, state, rnd))
             timing["generator_update_s"] = time.perf_counter() - tu

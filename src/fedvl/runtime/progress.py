@@ -1,4 +1,8 @@
-"""Progress display: live bars on a terminal, one line per round otherwise."""
+"""Progress display: live bars on a terminal, one line per round otherwise.
+
+On a terminal a round shows which client trains (``round 2 · c1-sketch (2/4)``), its steps
+with the running loss, then the server's phases (aggregating, evaluating); on a pipe or with
+``--quiet`` nothing but one line per round is printed, as a log wants."""
 
 from __future__ import annotations
 
@@ -29,10 +33,17 @@ class Progress:
         else:
             self.console.print(text)
 
-    def client_start(self, rnd: int, cid: str, index: int, count: int) -> None:
+    def client_start(self, rnd: int, cid: str, index: int = 0, count: int = 0) -> None:
+        """``index``/``count``: the client's place among the round's (0: unknown, e.g. Flower)."""
         if self.live:
-            self._bar.update(self._steps, description=f"round {rnd} · {cid} ({index}/{count})",
-                             completed=0, total=1, info="")
+            where = f" ({index}/{count})" if count else ""
+            self._bar.update(self._steps, description=f"round {rnd} · {cid}{where}", completed=0, total=1,
+                             info="training")
+
+    def phase(self, text: str) -> None:
+        """A step of the round with no steps to count (aggregating, evaluating): terminal only."""
+        if self.live:
+            self._bar.update(self._steps, description=text, completed=0, total=1, info="")
 
     def step(self, done: int, total: int, loss: float) -> None:
         if self.first_step_unix is None:  # startup time: `fedvl bench` reads it from summary.json

@@ -33,6 +33,7 @@ from fedvl.data.lazy import LazyClientData
 from fedvl.data.real import build_real_benchmark
 from fedvl.data.real.encode import encode_real_split
 from fedvl.data.world import TASKS
+from fedvl.engine.device import FP32_CPU, Amp, DeviceError, amp_for
 from fedvl.models.backbones import build_model, load_tokenizer
 from fedvl.models.params import (count, get_params, names_in_groups, nbytes, param_group, set_params, set_trainable,
                                  trainable_names)
@@ -59,6 +60,8 @@ class Federation:
     client_ids: list[str]  # every client of the federation, in partition order (also those not built here)
     attackers: list[str] = field(default_factory=list)
     """Clients that send poisoned updates (``attack`` section; experiments only)."""
+    amp: Amp = FP32_CPU
+    """Where the model computes and in which precision (run.device, run.precision)."""
 
     def param_report(self) -> dict[str, Any]:
         total = count(self.model)
@@ -90,6 +93,10 @@ def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None
     partition; the Flower server holds none); ``None`` = every client.
     """
     torch.set_num_threads(cfg.run.threads)
+    try:  # a server that holds no client data never trains: it stays on the CPU
+        amp = FP32_CPU if only == [] else amp_for(cfg.run.device, cfg.run.precision)
+    except DeviceError as e:
+        raise ConfigError(str(e)) from None
     algo = get_algorithm(cfg.algorithm.name)
     lazy = cfg.data.benchmark != "real" and cfg.data.partition == "natural" and not algo.pooled
     if cfg.data.benchmark == "real":
@@ -112,7 +119,7 @@ def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None
     status(f"building the {cfg.model.name} model ({cfg.model.peft})")
     tasks = tuple(t for t in TASKS if t in tasks_present)
     model = build_model(cfg.model, num_answers, cfg.data.image_size, cfg.run.seed, roles=algo.adapter_roles,
-                        tasks=tasks)
+                        tasks=tasks).to(amp.device)  # built on the CPU (same init everywhere), then moved
     trainable = trainable_names(model, cfg.model.peft, algo.trainable_roles)
     set_trainable(model, trainable)
     local_groups = set(algo.local_groups)
@@ -151,7 +158,7 @@ def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None
     attackers = [] if cfg.attack.kind == "none" or algo.pooled else \
         choose_attackers(client_ids, cfg.attack.fraction, cfg.run.seed)
     return Federation(cfg, algo, model, algo.strategy(cfg), algo.client(cfg), train, test, trainable,
-                      travel, local, get_params(model, local), client_ids, attackers)
+                      travel, local, get_params(model, local), client_ids, attackers, amp)
 
 
 def load_client(fed: Federation, store: ClientStateStore, cid: str, global_params: Params) -> None:
@@ -171,7 +178,7 @@ def client_fit(fed: Federation, store: ClientStateStore, cid: str, rnd: int, glo
     gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "batches", rnd, cid))
     torch.manual_seed(derived_seed(cfg.run.seed, "torch", rnd, cid))  # dropout masks
     ctx = ClientContext(cid, fed.model, fed.train[cid], cfg, rnd, global_params, fed.travel,
-                        fed.trainable, gen, on_step)
+                        fed.trainable, gen, on_step, fed.amp)
     res = fed.client.fit(ctx)
     store.save(cid, get_params(fed.model, fed.local))
     if cid in fed.attackers and fed.travel:
@@ -200,7 +207,7 @@ def client_evaluate(fed: Federation, store: ClientStateStore, cid: str, global_p
     # pooled (centralized) training has no per-client state: everyone uses the one model
     load_client(fed, store, "pooled" if fed.algo.pooled else cid, global_params)
     ctx = ClientContext(cid, fed.model, fed.test[cid], fed.cfg, 0, global_params, fed.travel, fed.trainable,
-                        torch.Generator())
+                        torch.Generator(), amp=fed.amp)
     return fed.client.evaluate(ctx, fed.test[cid])
 
 
@@ -295,8 +302,12 @@ def run_round(fed: Federation, store: ClientStateStore, rnd: int, global_params:
         if progress:
             progress.client_start(rnd, cid, i, len(sampled))
         results[cid] = client_fit(fed, store, cid, rnd, global_params, progress.step if progress else None)
+    if progress:
+        progress.phase(f"round {rnd} · aggregating {len(results)} update(s)")
     global_params, record = server_aggregate(fed, rnd, global_params, results)
     if wants_eval(fed.cfg, rnd):
+        if progress:
+            progress.phase(f"round {rnd} · evaluating {len(eval_client_ids(fed))} client(s)")
         add_eval(record, evaluate_all(fed, store, global_params))
     record["time_s"] = time.perf_counter() - t0
     return global_params, record

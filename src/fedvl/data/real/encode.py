@@ -50,7 +50,7 @@ def images_digest(paths: list[Path]) -> str:
 def _chunks(model, paths: list[Path], size: int, chunk: int):
     for start in range(0, len(paths), chunk):
         batch = np.stack([load_image(p, size) for p in paths[start:start + chunk]])
-        yield start, model.image_features(torch.from_numpy(batch)).half().numpy()
+        yield start, model.image_features(torch.from_numpy(batch)).half().cpu().numpy()
 
 
 def lazy_image_features(model, paths: list[Path], size: int, cache_dir: str | None, chunk: int = 64) -> torch.Tensor:
