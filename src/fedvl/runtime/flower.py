@@ -347,7 +347,8 @@ def make_server_app(fed: Federation | None = None, history: History | None = Non
 
             cfg = cfg_from_text(str(context.run_config[CONFIG_KEY]))
             final = run_experiment(cfg, Path(str(context.run_config[RESULTS_KEY])), progress_enabled=False,
-                                   runner=lambda f, d, h, p: run_rounds(grid, f, h, p), server_only=True)
+                                   runner=lambda f, d, h, p: run_rounds(grid, f, h, p), server_only=True,
+                                   overwrite=True)  # `fedvl serve` checked the folder before starting
         if outcome is not None:
             outcome["final"] = final
 

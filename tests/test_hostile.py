@@ -1,0 +1,155 @@
+"""Hostile and careless input, through the real CLI: every refusal is one line with its exit
+code, and nothing outside the run's own folder changes (every other file is hashed before
+and after). Issue 16: run folders, concurrent runs, hostile data, file-system failures,
+plausibility."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+
+from fedvl.runtime.checkpoint import checkpoint_dirs
+
+
+def fedvl(*args, cwd: Path, wait: bool = True, preexec=None):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "fedvl", *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, preexec_fn=preexec)
+
+
+def snapshot(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, str]:
+    """SHA-256 of every file under ``root`` except under ``skip`` (the run's own folder, the cache)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not any(p == s or s in p.parents for s in skip):
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def one_line(r, code: int, text: str) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == code, r.stderr
+    assert len(lines) == 1 and text in lines[0], r.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A working folder with a finished neighbour run and a folder outside the results."""
+    work = tmp_path / "work"
+    keep = work / "results" / "keep"
+    keep.mkdir(parents=True)
+    (keep / "status.json").write_text('{"state": "complete"}')
+    (keep / "metrics.jsonl").write_text('{"round": 1}\n')
+    (work / "victim").mkdir()
+    (work / "victim" / "precious.txt").write_text("do not delete")
+    return work
+
+
+def args(work: Path, *extra: str) -> list[str]:
+    return [*TINY, f"run.cache_dir={work.parent / 'cache'}", "--quiet", *extra]
+
+
+# -- 1. run folders are owned and locked ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../victim", ".", "..", "/ABS/victim", "a/b"])
+def test_run_name_must_be_one_plain_folder_name(world, name):
+    before = snapshot(world)
+    r = fedvl("run", *args(world, f"run.name={name.replace('/ABS', str(world))}", "--overwrite"), cwd=world)
+    one_line(r, 2, "must be one plain folder name")
+    assert snapshot(world) == before
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_fedvl_run(world):
+    (world / "results" / "mine").mkdir()
+    (world / "results" / "mine" / "thesis.tex").write_text("years of work")
+    before = snapshot(world)
+    r = fedvl("run", *args(world, "run.name=mine", "--overwrite"), cwd=world)
+    one_line(r, 2, "is not a fedvl run folder (no status.json)")
+    assert snapshot(world) == before
+
+
+def test_second_run_of_one_name_refused_without_overwrite(world):
+    before = snapshot(world)
+    r = fedvl("run", *args(world, "run.name=keep"), cwd=world)
+    one_line(r, 2, "already exists")
+    assert snapshot(world) == before
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_name_at_once_exactly_one_proceeds(world):
+    before = snapshot(world, skip=(world / "results" / "same",))
+    procs = [fedvl("run", *args(world, "run.name=same", f"run.seed={s}"), cwd=world, wait=False) for s in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], outs
+    loser = outs[codes.index(2)][1].strip().splitlines()
+    assert len(loser) == 1 and ("in use by another fedvl process" in loser[0] or "already exists" in loser[0])
+    run = world / "results" / "same"
+    winner_seed = codes.index(0)
+    rounds = [json.loads(x)["round"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2]  # nothing interleaved
+    assert f"seed: {winner_seed}" in (run / "config.yaml").read_text()
+    assert f"seed {winner_seed}" in (run / "summary.md").read_text()
+    assert snapshot(world, skip=(run,)) == before
+
+
+def _wait_for_checkpoint(run: Path, proc, n: int = 1) -> None:
+    deadline = time.time() + 300
+    while not checkpoint_dirs(run) or checkpoint_dirs(run)[0][0] < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_live_run_cannot_be_resumed_sigterm_marks_interrupted_and_edited_config_is_refused(world):
+    run = world / "results" / "live"
+    proc = fedvl("run", *args(world, "run.name=live", "algorithm.rounds=60"), cwd=world, wait=False)
+    _wait_for_checkpoint(run, proc)
+    before = snapshot(world, skip=(run,))
+    r = fedvl("run", "--resume", str(run), "--quiet", cwd=world)
+    one_line(r, 2, "is in use by another fedvl process")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    status = json.loads((run / "status.json").read_text())
+    done = checkpoint_dirs(run)[0][0]
+    assert status == {"state": "interrupted", "resume_from_round": done + 1}
+    assert err.strip().splitlines()[-1].startswith("fedvl: interrupted by SIGTERM") and f"round {done + 1}" in err
+    # the config is edited before resuming: one run would have two configs
+    cfg = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(cfg.replace("rounds: 60", f"rounds: {done + 1}"))
+    r = fedvl("run", "--resume", str(run), "--quiet", cwd=world)
+    one_line(r, 2, "config.yaml changed since the checkpoint of round")
+    assert json.loads((run / "status.json").read_text())["state"] == "interrupted"
+    r = fedvl("run", "--resume", str(run), "--accept-config-change", "--quiet", cwd=world)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "status.json").read_text())["state"] == "complete"
+    rounds = [json.loads(x)["round"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == list(range(1, done + 2))  # every round once
+    assert snapshot(world, skip=(run,)) == before
+
+
+@pytest.mark.slow
+def test_sigint_marks_the_run_interrupted(world):
+    run = world / "results" / "ctrlc"
+    proc = fedvl("run", *args(world, "run.name=ctrlc", "algorithm.rounds=60"), cwd=world, wait=False)
+    _wait_for_checkpoint(run, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["resume_from_round"] == checkpoint_dirs(run)[0][0] + 1
