@@ -153,3 +153,89 @@ def test_sigint_marks_the_run_interrupted(world):
     assert proc.returncode == 128 + signal.SIGINT
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "interrupted" and status["resume_from_round"] == checkpoint_dirs(run)[0][0] + 1
+
+
+# -- 2. data are validated before anything is written ------------------------------------------------
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid PNG header that claims ``width`` x ``height`` pixels, in a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def write_folder_dataset(folder: Path, damage: str = "") -> None:
+    """A user's own data in the VQAv2 format (``folder:<dir>``), 8 questions per split, then one damage."""
+    from real_fixtures import COLOURS, ten, write_image
+
+    names = list(COLOURS)
+    for split in ("train", "val"):
+        qs, anns = [], []
+        for i in range(8):
+            image_id = f"{split}{i}.png"
+            write_image(folder / "images" / image_id, names[i % 4])
+            qs.append({"image_id": image_id, "question": "What colour is it?", "question_id": 100 * (split == "val") + i})
+            anns.append({"question_id": qs[-1]["question_id"], "answers": ten(names[i % 4])})
+        if split == "train" and damage == "escape":
+            write_image(folder.parent / "other" / "images" / "x.png", "red")
+            qs[3]["image_id"] = "../../other/images/x.png"
+        elif split == "train" and damage == "absolute":
+            qs[3]["image_id"] = str(folder.parent / "other.png")
+            write_image(folder.parent / "other.png", "red")
+        elif split == "train" and damage == "bomb":
+            (folder / "images" / "train3.png").write_bytes(png_claiming(60000, 60000))
+        elif split == "train" and damage == "not_an_image":
+            (folder / "images" / "train3.png").write_text("<html>this is not a picture</html>")
+        elif split == "train" and damage == "duplicate":
+            qs[3]["question_id"] = anns[3]["question_id"] = 2
+        elif split == "train" and damage == "no_answer":
+            anns[3]["answers"] = [{"answer": ""} for _ in range(10)]
+        (folder / f"{split}_questions.json").write_text(json.dumps({"questions": qs}))
+        (folder / f"{split}_annotations.json").write_text(json.dumps({"annotations": anns}))
+        if split == "train" and damage == "shape":
+            (folder / "train_questions.json").write_text(json.dumps({"questions": 5}))
+
+
+def real_args(work: Path, *extra: str) -> list[str]:
+    return args(work, "data.benchmark=real", f"data.root={work / 'data'}", "data.clients=folder:mine",
+                "data.image_size=32", "data.answer_vocab=4", *extra)
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("escape", "train_questions.json: question 3: image '../../other/images/x.png' lies outside the dataset folder"),
+    ("absolute", "train_questions.json: question 3: image '/"),
+    ("bomb", "train3.png claims more than 178,956,970 pixels"),
+    ("not_an_image", "train3.png is not a readable image of a supported type"),
+    ("shape", "train_questions.json: 'questions' must be a list of records, got int"),
+    ("duplicate", "train_questions.json: duplicate question_id 2"),
+    ("no_answer", "train_annotations.json: question 3 has no usable answer"),
+])
+def test_hostile_data_one_line_no_results_folder(world, damage, message):
+    write_folder_dataset(world / "data" / "mine", damage)
+    before = snapshot(world)
+    r = fedvl("run", *real_args(world, "run.name=bad"), cwd=world)
+    one_line(r, 2, message)
+    assert not (world / "results" / "bad").exists()
+    assert snapshot(world) == before
+
+
+def test_overwrite_with_bad_data_keeps_the_old_run(world):
+    write_folder_dataset(world / "data" / "mine", "duplicate")
+    before = snapshot(world)
+    r = fedvl("run", *real_args(world, "run.name=keep", "--overwrite"), cwd=world)
+    one_line(r, 2, "duplicate question_id 2")
+    assert snapshot(world) == before  # the old run included: it is only replaced by a run that can start
+
+
+@pytest.mark.slow
+def test_clean_folder_dataset_runs(world):
+    """The fixture itself is fine: without damage the same command runs (so the tests above test the damage)."""
+    write_folder_dataset(world / "data" / "mine")
+    r = fedvl("run", *real_args(world, "run.name=good", "algorithm.rounds=1"), cwd=world)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((world / "results" / "good" / "status.json").read_text())["state"] == "complete"
