@@ -239,3 +239,57 @@ def test_clean_folder_dataset_runs(world):
     r = fedvl("run", *real_args(world, "run.name=good", "algorithm.rounds=1"), cwd=world)
     assert r.returncode == 0, r.stderr
     assert json.loads((world / "results" / "good" / "status.json").read_text())["state"] == "complete"
+
+
+# -- 3. file-system failures are one line ---------------------------------------------------------------
+
+@pytest.mark.parametrize("key,where", [("run.output_dir", "afile"), ("run.output_dir", "afile/results"),
+                                       ("run.cache_dir", "afile")])
+def test_output_or_cache_path_that_is_a_file(world, key, where):
+    (world / "afile").write_text("not a folder")
+    before = snapshot(world)
+    r = fedvl("run", *args(world, "run.name=x", f"{key}={where}"), cwd=world)
+    line = one_line(r, 2, "afile is a file, not a folder")
+    assert line.startswith(f"fedvl: error: {key}={where}:")
+    assert snapshot(world) == before
+
+
+def test_output_dir_not_writable(world):
+    if os.geteuid() == 0:  # root writes through permission bits; sysfs refuses even root
+        target = "/sys/fedvl-hostile/results"
+        try:
+            os.mkdir("/sys/fedvl-hostile")
+        except OSError:
+            pass
+        else:
+            os.rmdir("/sys/fedvl-hostile")
+            pytest.skip("/sys is writable here: no read-only place to test with")
+    else:
+        (world / "ro").mkdir()
+        (world / "ro").chmod(0o500)
+        target = str(world / "ro" / "results")
+    before = snapshot(world)
+    r = fedvl("run", *args(world, "run.name=x", f"run.output_dir={target}"), cwd=world)
+    one_line(r, 2, "cannot write in")
+    assert snapshot(world) == before
+
+
+def _small_files_only():
+    """In the child: files may grow to 200 kB, so the first checkpoint (300 kB of parameters) fails
+    as on a full disk (EFBIG instead of ENOSPC: the same OSError path). Python ignores SIGXFSZ."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+
+@pytest.mark.slow
+def test_disk_full_mid_run_fails_in_one_line_and_resumes(world):
+    run = world / "results" / "full"
+    before = snapshot(world, skip=(run, world.parent / "cache"))
+    r = fedvl("run", *args(world, "run.name=full"), cwd=world, preexec=_small_files_only)
+    line = one_line(r, 1, "fedvl: error: cannot write results:")
+    assert "File too large" in line and f"fedvl run --resume {Path('results') / 'full'}" in line
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and "File too large" in status["error"] and status["resume_from_round"] == 1
+    assert snapshot(world, skip=(run, world.parent / "cache")) == before
+    r = fedvl("run", "--resume", str(run), "--quiet", cwd=world)  # space freed: the run continues
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["round"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
