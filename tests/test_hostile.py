@@ -293,3 +293,39 @@ def test_disk_full_mid_run_fails_in_one_line_and_resumes(world):
     r = fedvl("run", "--resume", str(run), "--quiet", cwd=world)  # space freed: the run continues
     assert r.returncode == 0, r.stderr
     assert [json.loads(x)["round"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+# -- 5. plausibility ----------------------------------------------------------------------------------
+
+def test_lr_nan_is_not_a_number(world):
+    before = snapshot(world)
+    one_line(fedvl("run", *args(world, "algorithm.lr=nan"), cwd=world), 2, "algorithm.lr is not a number (nan)")
+    assert snapshot(world) == before
+
+
+def test_empty_yaml_is_an_error(world):
+    (world / "empty.yaml").write_text("# nothing here\n")
+    before = snapshot(world)
+    one_line(fedvl("run", "empty.yaml", "--quiet", cwd=world), 2, "config file empty.yaml is empty")
+    assert snapshot(world) == before
+
+
+def test_round_estimate_small_runs_stay_quiet(tiny_cfg):
+    from fedvl.estimate import plausibility_warning, round_seconds
+
+    assert plausibility_warning(tiny_cfg()) is None
+    seconds, _ = round_seconds(tiny_cfg("data.num_clients=40", "data.cycle_variants=true", "data.train_images=160",
+                                        "data.test_images=100"))
+    assert 30 < seconds < 120  # measured: 53 s for this round (tiny model, 2 shared cores)
+    # a real dataset without a cap: its size is known only once read, so no guess
+    assert round_seconds(tiny_cfg("data.benchmark=real", "data.root=/nowhere", "data.clients=gqa")) is None
+
+
+def test_hour_long_rounds_are_named_before_the_run_starts(world):
+    proc = fedvl("run", *args(world, "run.name=huge", "data.num_clients=100000", "data.cycle_variants=true"),
+                 cwd=world, wait=False)
+    first = proc.stderr.readline()
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=120)
+    assert first.startswith("fedvl: warning: this run needs about") and "h per round (100,000 clients" in first
+    assert proc.returncode == 128 + signal.SIGTERM and "interrupted by SIGTERM" in rest

@@ -256,7 +256,6 @@ def _run_and_report(cfg, run_dir, ns, resume: bool = False) -> int:
     from fedvl.experiment import resume_round, run_experiment
     from fedvl.models.backbones import ModelUnavailableError
 
-    signal.signal(signal.SIGTERM, _on_signal)  # a scheduler's or `kill`'s stop: status interrupted, not running
     try:
         run_experiment(cfg, run_dir, progress_enabled=not ns.quiet, resume=resume, overwrite=ns.overwrite,
                        accept_config_change=ns.accept_config_change)
@@ -340,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         ns.args = list(ns.args) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if ns.command in ("run", "compare"):
+        import signal
+
+        signal.signal(signal.SIGTERM, _on_signal)  # a scheduler's or `kill`'s stop: status interrupted, not running
     try:
         if ns.command == "algorithms":
             from fedvl.algorithms import registry
@@ -406,10 +409,21 @@ def main(argv: list[str] | None = None) -> int:
 
             check_sources(cfg.data)  # a missing dataset folder: one line (ConfigError), no results folder
         run_dir = run_dir_for(cfg, overwrite=ns.overwrite)
+        from fedvl.estimate import plausibility_warning
+
+        warning = plausibility_warning(cfg)  # an hour per round is rarely what the user meant
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         return _run_and_report(cfg, run_dir, ns)
     except ConfigError as e:
         print(f"fedvl: error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as e:  # outside a run's own handling (before it started, or in `compare`)
+        import signal
+
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        print(f"fedvl: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     except (FloatingPointError, RuntimeError) as e:  # from `compare`; `run` reports its folder above
         from fedvl.models.backbones import ModelUnavailableError
 
