@@ -329,3 +329,53 @@ def test_hour_long_rounds_are_named_before_the_run_starts(world):
     _, rest = proc.communicate(timeout=120)
     assert first.startswith("fedvl: warning: this run needs about") and "h per round (100,000 clients" in first
     assert proc.returncode == 128 + signal.SIGTERM and "interrupted by SIGTERM" in rest
+
+
+# -- 4. deployment that gives up cleanly --------------------------------------------------------------
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if d.name.isdigit() and int(d.name) != os.getpid() and text in cmd:
+            found.append(cmd)
+    return found
+
+
+def test_join_gives_up_on_an_unreachable_server_after_wait_s(tmp_path):
+    from fedvl.runtime.deploy import free_port
+
+    port = free_port()  # nothing listens there
+    t0 = time.monotonic()
+    r = fedvl("join", "--server", f"127.0.0.1:{port}", "--partition", "0", "--insecure", "--wait-s", "2",
+              "--state-dir", str(tmp_path / "s"), cwd=tmp_path)
+    assert time.monotonic() - t0 < 60
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == f"fedvl join: error: cannot reach the SuperLink at 127.0.0.1:{port} after 2s (Connection refused); giving up"
+    assert not _processes_mentioning(f"127.0.0.1:{port}")  # no SuperNode left behind
+
+
+@pytest.mark.parametrize("server", ["notahostport", "host:", ":9092", "host:99999"])
+def test_join_refuses_a_malformed_server_address(tmp_path, server):
+    r = fedvl("join", "--server", server, "--partition", "0", "--insecure", "--state-dir", str(tmp_path / "s"),
+              cwd=tmp_path)
+    one_line(r, 2, f"--server {server!r} is not HOST:PORT")
+
+
+@pytest.mark.slow
+def test_serve_with_garbage_tls_files_prints_the_superlinks_own_error(world):
+    from fedvl.runtime.deploy import free_port
+
+    (world / "bad.pem").write_text("garbage\n")
+    port = free_port()
+    before = snapshot(world)
+    r = fedvl("serve", *TINY, "run.name=srv", "--port", str(port), "--ssl-certfile", "bad.pem", "--ssl-keyfile",
+              "bad.pem", "--ssl-ca-certfile", "bad.pem", cwd=world)
+    line = one_line(r, 1, "the SuperLink did not start")
+    assert "SSL" in line and "full log:" in line
+    assert snapshot(world) == before and not (world / "results" / "srv").exists()
+    assert not _processes_mentioning(f":{port}")

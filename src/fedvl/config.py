@@ -353,11 +353,9 @@ def parse_override(text: str) -> tuple[list[str], str]:
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Cross-field checks that types alone cannot express."""
     from fedvl.algorithms import available_algorithms  # late: registry imports torch
-    from fedvl.runfolder import check_name
 
     # first: NaN fails every comparison below, and "lr must be > 0" would be the wrong reason
     _check_finite(cfg, "")
-    check_name(cfg.run.name)
     checks = [
         (cfg.data.num_clients >= 1, "data.num_clients must be >= 1"),
         (cfg.data.train_images >= 1 and cfg.data.test_images >= 1, "data.train_images and data.test_images must be >= 1"),

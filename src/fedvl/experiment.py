@@ -21,7 +21,9 @@ from fedvl.report.history import History, set_status, write_json_atomic
 
 
 def run_dir_for(cfg: ExperimentConfig, overwrite: bool = False) -> Path:
-    """The run's folder, checked before any work: a plain name, a writable place, free or replaceable."""
+    """The run's folder, checked before any work: a plain name, a writable place, free or replaceable.
+    The name is checked here, when a run starts, not when a config loads: a comparison's runs are
+    named ``method/seedN`` inside its own folder, and their config.yaml must load for ``--resume``."""
     from fedvl.runfolder import check_free, check_name, check_writable
 
     check_name(cfg.run.name)
@@ -45,8 +47,7 @@ def _check_config_unchanged(run_dir: Path, cfg: ExperimentConfig, accept: bool) 
     saved = checkpoint_config_digest(run_dir)
     if saved is not None and saved[1] != config_digest(cfg) and not accept:
         raise ConfigError(f"{run_dir / 'config.yaml'} changed since the checkpoint of round {saved[0]}; restore it, "
-                          "or continue with the new config: fedvl run --resume --accept-config-change "
-                          f"{run_dir}")
+                          f"or continue with the new config: fedvl run --resume {run_dir} --accept-config-change")
 
 
 def resume_round(run_dir: Path) -> int:

@@ -212,7 +212,12 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
     link = runner = None
     try:
         link = subprocess.Popen(link_cmd, env=env, stdout=link_log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for_port(local, port, 60, link)
+        try:
+            wait_for_port(local, port, 60, link)
+        except (RuntimeError, TimeoutError) as e:  # e.g. a TLS file it cannot load: its own words, not just a code
+            link_log.flush()
+            raise RuntimeError(f"the SuperLink did not start ({e}): {last_error(scratch / 'superlink.log')} "
+                               f"(full log: {scratch / 'superlink.log'})") from None
         if keys:
             register_nodes(keys, env, scratch, log)
         log(f"SuperLink listening on {host}:{port} ({'TLS' if tls else 'insecure: no TLS'}); "
@@ -234,6 +239,16 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
         return 1
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def last_error(log: Path) -> str:
+    """The line of a Flower log that says what went wrong (the last ERROR line, else the last line)."""
+    try:
+        lines = [" ".join(x.split()) for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return "no log"
+    errors = [x for x in lines if "ERROR" in x or "Error" in x]
+    return ((errors or lines or ["the log is empty"])[-1])[:400]
 
 
 def join_command(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int,
@@ -282,6 +297,29 @@ def _run_node(cmd: list[str]) -> tuple[int, bool]:
     return proc.returncode if proc.returncode is not None else 1, refused
 
 
+def parse_server(server: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port), or one line saying what is wrong."""
+    host, sep, port = server.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--server {server!r} is not HOST:PORT (e.g. 192.168.1.10:9092)")
+    return host, int(port)
+
+
+def _unreachable(host: str, port: int, deadline: float) -> str | None:
+    """Wait until something accepts connections on host:port; the last reason it did not, if the
+    deadline passed first. A SuperNode pointed at a closed port retries forever in silence."""
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(1.0, min(5.0, deadline - time.monotonic()))):
+                return None
+        except OSError as e:  # refused, unroutable, or a name that does not resolve (gaierror)
+            reason = e.strerror or str(e) or type(e).__name__
+        if time.monotonic() >= deadline:
+            return reason
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
 def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int | None = None,
          auth_key: Path | None = None, wait_s: float = 300.0) -> int:
     """Run a SuperNode for ``partition`` in the foreground until it is stopped.
@@ -289,12 +327,22 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
     A SuperNode gives up after a few seconds when it cannot connect or the SuperLink does
     not (yet) know its key; nodes are often started before ``serve`` has its SuperLink up
     and their keys registered, so the node is restarted until ``wait_s`` have passed."""
+    host, server_port = parse_server(server)
     cmd = join_command(server, partition, state_dir, tls_ca, port or free_port(), auth_key)
     # SIGTERM becomes an exception so the SuperNode is always stopped with `fedvl join`
     signal.signal(signal.SIGTERM, _interrupt)
     deadline = time.monotonic() + wait_s
     try:
         while True:
+            reason = _unreachable(host, server_port, time.monotonic())  # one quick look first
+            if reason is not None:
+                print(f"fedvl join: the SuperLink at {server} is not reachable ({reason}); waiting up to "
+                      f"{max(0.0, deadline - time.monotonic()):.0f}s more", file=sys.stderr, flush=True)
+                reason = _unreachable(host, server_port, deadline)
+            if reason is not None:
+                print(f"fedvl join: error: cannot reach the SuperLink at {server} after {wait_s:.0f}s ({reason}); "
+                      "giving up", file=sys.stderr)
+                return 1
             code, refused = _run_node(cmd)
             if not refused:
                 return code
