@@ -179,7 +179,8 @@ def write_folder_dataset(folder: Path, damage: str = "") -> None:
         for i in range(8):
             image_id = f"{split}{i}.png"
             write_image(folder / "images" / image_id, names[i % 4])
-            qs.append({"image_id": image_id, "question": "What colour is it?", "question_id": 100 * (split == "val") + i})
+            qid = 100 * (split == "val") + i
+            qs.append({"image_id": image_id, "question": "What colour is it?", "question_id": qid})
             anns.append({"question_id": qs[-1]["question_id"], "answers": ten(names[i % 4])})
         if split == "train" and damage == "escape":
             write_image(folder.parent / "other" / "images" / "x.png", "red")
@@ -355,7 +356,8 @@ def test_join_gives_up_on_an_unreachable_server_after_wait_s(tmp_path):
     assert time.monotonic() - t0 < 60
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
-    assert last == f"fedvl join: error: cannot reach the SuperLink at 127.0.0.1:{port} after 2s (Connection refused); giving up"
+    assert last == (f"fedvl join: error: cannot reach the SuperLink at 127.0.0.1:{port} after 2s "
+                    "(Connection refused); giving up")
     assert not _processes_mentioning(f"127.0.0.1:{port}")  # no SuperNode left behind
 
 
@@ -379,3 +381,59 @@ def test_serve_with_garbage_tls_files_prints_the_superlinks_own_error(world):
     assert "SSL" in line and "full log:" in line
     assert snapshot(world) == before and not (world / "results" / "srv").exists()
     assert not _processes_mentioning(f":{port}")
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every living process below ``pid`` (from /proc: pid -> parent pid, zombies left out)."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            parent[int(d.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    out = set()
+    for p in pids:
+        try:
+            if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                out.add(p)
+        except (OSError, IndexError):
+            pass
+    return out
+
+
+@pytest.mark.slow
+def test_sigkill_of_serve_leaves_no_flower_process_behind(world):
+    from fedvl.runtime.deploy import free_port
+
+    port = free_port()
+    proc = fedvl("serve", *TINY, "run.name=orphans", "--port", str(port), "--insecure", cwd=world, wait=False)
+    try:
+        deadline = time.time() + 120
+        while "SuperLink listening" not in (line := proc.stdout.readline()):
+            assert line or proc.poll() is None, proc.communicate()
+            assert time.time() < deadline
+        time.sleep(2)  # the run is submitted: SuperLink, SuperExec, `flwr run`, ServerApp
+        children = _descendants(proc.pid)
+        assert len(children) >= 3, children
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 30
+        while _alive(children) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not _alive(children), [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in _alive(children)]
+    finally:
+        if proc.poll() is None:  # a failed assertion above: serve stops what it started
+            proc.terminate()
+            proc.wait(timeout=60)

@@ -102,6 +102,18 @@ def stop(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
             return
 
 
+def die_with_parent() -> None:
+    """``preexec_fn``: the child gets SIGTERM when the process that started it dies, even by SIGKILL
+    (Linux ``PR_SET_PDEATHSIG``; elsewhere a no-op), so a killed ``serve`` or ``join`` leaves no
+    SuperLink or SuperNode behind. Their own children are stopped by them on that SIGTERM."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -211,7 +223,8 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
     link_log = open(scratch / "superlink.log", "w")
     link = runner = None
     try:
-        link = subprocess.Popen(link_cmd, env=env, stdout=link_log, stderr=subprocess.STDOUT, start_new_session=True)
+        link = subprocess.Popen(link_cmd, env=env, stdout=link_log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent)
         try:
             wait_for_port(local, port, 60, link)
         except (RuntimeError, TimeoutError) as e:  # e.g. a TLS file it cannot load: its own words, not just a code
@@ -224,7 +237,7 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
             f"on each client machine run: fedvl join --server {local}:{port} --partition i"
             + (" --root-certificates CA.pem" if tls else " --insecure") + (" --auth-key NODE_KEY" if keys else ""))
         runner = subprocess.Popen([_bin("flwr"), "run", str(app), "fedvl", "--stream"], env=env, cwd=scratch,
-                                  start_new_session=True)
+                                  start_new_session=True, preexec_fn=die_with_parent)
         runner.wait(timeout=timeout)
     except BaseException:
         stop(runner)
@@ -282,7 +295,7 @@ def _run_node(cmd: list[str]) -> tuple[int, bool]:
     """Run one SuperNode in its own process group, its output passed through, until it ends
     or reports that the SuperLink refused it: (exit code, refused)."""
     proc = subprocess.Popen(cmd, env=flower_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", process_group=0)
+                            errors="replace", process_group=0, preexec_fn=die_with_parent)
     refused = False
     try:
         for line in proc.stdout:

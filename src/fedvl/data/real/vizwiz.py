@@ -21,7 +21,8 @@ def read(folder: Path, split: str) -> list[Question]:
     out = []
     for i, r in enumerate(rows):
         qid = f"{split}-{i}"
-        answers = [field(a, "answer", path) for a in records(field(r, "answers", path), path, f"question {qid}'s answers")]
+        votes = records(field(r, "answers", path), path, f"question {qid}'s answers")
+        answers = [field(a, "answer", path) for a in votes]
         image = inside(image_dir, field(r, "image", path), path, qid)
         out.append(Question(image, str(field(r, "question", path)), answered(answers, path, qid), qid))
     return out
