@@ -437,3 +437,28 @@ def test_sigkill_of_serve_leaves_no_flower_process_behind(world):
         if proc.poll() is None:  # a failed assertion above: serve stops what it started
             proc.terminate()
             proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_node_with_a_partition_the_run_lacks_stops_and_serve_names_it(world):
+    from fedvl.runtime.deploy import free_port
+
+    port = free_port()
+    srv = fedvl("serve", *TINY, "run.name=dep", "run.flower_wait_s=20", "--port", str(port), "--insecure",
+                cwd=world, wait=False)
+    try:
+        r = fedvl("join", "--server", f"127.0.0.1:{port}", "--partition", "99", "--insecure", "--wait-s", "60",
+                  "--state-dir", str(world.parent / "node"), cwd=world)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == ("fedvl join: error: this node holds partition 99, but the "
+                                                     "experiment has partitions 0..3; stopping this node")
+        assert r.stdout.count("Traceback") == 1  # one refusal, not a traceback per message
+        out, _ = srv.communicate(timeout=240)
+        assert srv.returncode == 1
+        assert "refused:" in out and "this node holds partition 99" in out  # serve names the bad node
+        status = json.loads((world / "results" / "dep" / "status.json").read_text())
+        assert status["state"] == "failed" and "this node holds partition 99" in status["error"]
+    finally:
+        if srv.poll() is None:
+            srv.terminate()
+            srv.wait(timeout=60)

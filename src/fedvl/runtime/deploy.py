@@ -246,9 +246,11 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
         stop(link)
         link_log.close()
     status = run_dir / "status.json"
-    state = json.loads(status.read_text()).get("state") if status.is_file() else "missing"
+    record = json.loads(status.read_text()) if status.is_file() else {"state": "missing"}
+    state = record.get("state")
     if state != "complete":
-        log(f"the deployed run did not complete (status: {state}); SuperLink log: {scratch / 'superlink.log'}")
+        why = f": {record['error']}" if record.get("error") else ""
+        log(f"the deployed run did not complete (status: {state}{why}); SuperLink log: {scratch / 'superlink.log'}")
         return 1
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
@@ -289,20 +291,28 @@ def _interrupt(signum, frame):
 # What a SuperNode logs when the SuperLink is unreachable or refuses it. It then exits 1, but its
 # SuperExec child lingers, retrying, so the whole process group is stopped on this line.
 SUPERNODE_CONNECTION_ERROR = "Exit Code: 305"
+# What the fedvl ClientApp raises for a partition the run does not have (flower._client_federation):
+# the node can never serve this run, so it stops instead of answering every message with a traceback.
+BAD_PARTITION = "ConfigError: this node holds partition"
 
 
-def _run_node(cmd: list[str]) -> tuple[int, bool]:
+def _run_node(cmd: list[str]) -> tuple[int, bool | str]:
     """Run one SuperNode in its own process group, its output passed through, until it ends
-    or reports that the SuperLink refused it: (exit code, refused)."""
+    or reports that the SuperLink refused it (True) or that its partition is not in the run
+    (that line): (exit code, refused)."""
     proc = subprocess.Popen(cmd, env=flower_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace", process_group=0, preexec_fn=die_with_parent)
-    refused = False
+    refused: bool | str = False
     try:
         for line in proc.stdout:
             sys.stdout.write(line)
             sys.stdout.flush()
             if SUPERNODE_CONNECTION_ERROR in line:
                 refused = True
+                break
+            if BAD_PARTITION in line:
+                refused = line[line.index(BAD_PARTITION) + len("ConfigError: "):].strip()
+                time.sleep(3)  # let the SuperNode deliver the error reply, so the server can name this node
                 break
     finally:
         # the SuperNode and its children; short grace: whoever stops `fedvl join` may not wait long
@@ -357,6 +367,9 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
                       "giving up", file=sys.stderr)
                 return 1
             code, refused = _run_node(cmd)
+            if isinstance(refused, str):
+                print(f"fedvl join: error: {refused}; stopping this node", file=sys.stderr)
+                return 2
             if not refused:
                 return code
             if time.monotonic() > deadline:
