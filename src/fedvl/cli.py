@@ -71,6 +71,8 @@ Join a Flower deployment started by `fedvl serve` as the client holding
 partition --partition (0..N-1 in the experiment's client order): starts a Flower
 SuperNode running the fedvl ClientApp. Client-local state (e.g. FedDAT's A_C)
 stays in --state-dir and never leaves this machine. Runs until stopped (Ctrl-C).
+Gives up (exit 1) when the SuperLink stays unreachable for --wait-s seconds; stops (exit 2)
+when the run has no partition --partition.
 """
 
 
