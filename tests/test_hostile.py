@@ -462,3 +462,32 @@ def test_node_with_a_partition_the_run_lacks_stops_and_serve_names_it(world):
         if srv.poll() is None:
             srv.terminate()
             srv.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_sigterm_on_serve_leaves_status_interrupted_not_running(world):
+    from fedvl.runtime.deploy import free_port
+
+    port = free_port()
+    status = world / "results" / "stopped" / "status.json"
+    srv = fedvl("serve", *TINY, "run.name=stopped", "run.flower_wait_s=300", "--port", str(port), "--insecure",
+                cwd=world, wait=False)
+    try:
+        deadline = time.time() + 180
+        while not status.is_file():  # the ServerApp has started the run and waits for nodes
+            assert srv.poll() is None, srv.communicate()
+            assert time.time() < deadline
+            time.sleep(0.5)
+        children = _descendants(srv.pid)
+        srv.send_signal(signal.SIGTERM)
+        _, err = srv.communicate(timeout=120)
+        assert srv.returncode == 128 + signal.SIGTERM, err
+        assert err.strip().splitlines()[-1] == "fedvl: interrupted by SIGTERM"
+        record = json.loads(status.read_text())
+        assert record["state"] == "interrupted" and "serve stopped" in record["reason"]
+        time.sleep(2)
+        assert not _alive(children)
+    finally:
+        if srv.poll() is None:
+            srv.terminate()
+            srv.wait(timeout=60)

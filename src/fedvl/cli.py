@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         ns.args = list(ns.args) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if ns.command in ("run", "compare"):
+    if ns.command in ("run", "compare", "serve"):
         import signal
 
         signal.signal(signal.SIGTERM, _on_signal)  # a scheduler's or `kill`'s stop: status interrupted, not running

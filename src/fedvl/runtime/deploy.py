@@ -245,6 +245,7 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
     finally:
         stop(link)
         link_log.close()
+        _settle_status(run_dir)
     status = run_dir / "status.json"
     record = json.loads(status.read_text()) if status.is_file() else {"state": "missing"}
     state = record.get("state")
@@ -254,6 +255,36 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
         return 1
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def _settle_status(run_dir: Path, wait_s: float = 20.0) -> None:
+    """A ServerApp stopped with its SuperLink (Ctrl-C or SIGTERM on ``serve``) may leave status
+    ``running``: once no process holds the run folder's lock, say ``interrupted`` instead."""
+    from fedvl.experiment import resume_round
+    from fedvl.report.history import set_status
+    from fedvl.runfolder import RunFolder, RunFolderError
+
+    status = run_dir / "status.json"
+    try:
+        if json.loads(status.read_text()).get("state") != "running":
+            return
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            folder = RunFolder(run_dir).acquire(fresh=False)
+            break
+        except RunFolderError:  # the ServerApp still ends its run
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.5)
+    try:
+        if json.loads(status.read_text()).get("state") == "running":
+            set_status(run_dir, "interrupted", reason="fedvl serve stopped before the run ended",
+                       resume_from_round=resume_round(run_dir))
+    finally:
+        folder.release()
 
 
 def last_error(log: Path) -> str:
