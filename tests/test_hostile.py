@@ -275,6 +275,19 @@ def test_output_dir_not_writable(world):
     assert snapshot(world) == before
 
 
+def test_full_disk_refused_before_the_run(tmp_path, monkeypatch):
+    """The free-space check itself (a real full disk cannot be made here without root mounts)."""
+    import shutil
+
+    from fedvl.runfolder import RunFolderError, check_writable
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=3 << 20))
+    with pytest.raises(RunFolderError, match=r"run.output_dir=.*: the disk holding .* is full \(3.0 MiB free\)"):
+        check_writable(tmp_path / "results", "run.output_dir")
+    assert list(tmp_path.iterdir()) == []  # the write probe left nothing behind
+
+
 def _small_files_only():
     """In the child: files may grow to 200 kB, so the first checkpoint (300 kB of parameters) fails
     as on a full disk (EFBIG instead of ENOSPC: the same OSError path). Python ignores SIGXFSZ."""
