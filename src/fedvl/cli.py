@@ -72,6 +72,8 @@ Join a Flower deployment started by `fedvl serve` as the client holding
 partition --partition (0..N-1 in the experiment's client order): starts a Flower
 SuperNode running the fedvl ClientApp. Client-local state (e.g. FedDAT's A_C)
 stays in --state-dir and never leaves this machine. Runs until stopped (Ctrl-C).
+Gives up (exit 1) when the SuperLink stays unreachable for --wait-s seconds; stops (exit 2)
+when the run has no partition --partition.
 """
 
 
@@ -243,6 +245,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no live progress bars")
     run.add_argument("--resume", metavar="RESULTS_DIR",
                      help="continue a stopped run from its last complete round, with the folder's config.yaml")
+    run.add_argument("--accept-config-change", action="store_true",
+                     help="with --resume: continue although config.yaml changed since the last checkpoint")
     cmp_ = sub.add_parser("compare", help="run several methods x seeds on the same clients, paper-style table",
                           description=COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     cmp_.add_argument("args", nargs="*", metavar="CONFIG|key=value")
@@ -339,24 +343,59 @@ def one_line(text: str) -> str:
     return " ".join(text.splitlines())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops at once and says where to resume."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame):
+    raise Terminated(signum)
+
+
 def _run_and_report(cfg, run_dir, ns, resume: bool = False) -> int:
-    from fedvl.experiment import run_experiment
+    import signal
+
+    from fedvl.experiment import resume_round, run_experiment
     from fedvl.models.backbones import ModelUnavailableError
 
     try:
-        run_experiment(cfg, run_dir, progress_enabled=not ns.quiet, resume=resume)
+        run_experiment(cfg, run_dir, progress_enabled=not ns.quiet, resume=resume, overwrite=ns.overwrite,
+                       accept_config_change=ns.accept_config_change)
     except ModelUnavailableError as e:
         print(f"fedvl: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"fedvl: interrupted; partial results (status: failed) in {run_dir}; continue with "
-              f"`fedvl run --resume {run_dir}`", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        if not (run_dir / "status.json").is_file():  # stopped before the run had a folder
+            print(f"fedvl: interrupted by {signal.Signals(signum).name} before the run started", file=sys.stderr)
+        else:
+            print(f"fedvl: interrupted by {signal.Signals(signum).name}; status interrupted in {run_dir}; continue "
+                  f"from round {resume_round(run_dir)} with `fedvl run --resume {run_dir}`", file=sys.stderr)
+        return 128 + signum
     except (FloatingPointError, RuntimeError) as e:
         # training diverged or every update was rejected: say so in one line, keep the evidence
-        print(f"fedvl: error: {e} (partial results, status: failed, in {run_dir})", file=sys.stderr)
+        print(f"fedvl: error: {one_line(str(e))} (partial results, status: failed, in {run_dir})", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if not _is_write_failure(e):
+            raise
+        if not (run_dir / "status.json").is_file():  # before the run began (e.g. the feature cache): nothing to resume
+            print(f"fedvl: error: {one_line(str(e))}", file=sys.stderr)
+            return EXIT_USAGE
+        # the disk filled up or went read-only mid-run: the newest committed checkpoint is intact
+        print(f"fedvl: error: cannot write results: {one_line(str(e))} (status: failed, in {run_dir}; after freeing "
+              f"space continue from round {resume_round(run_dir)} with `fedvl run --resume {run_dir}`)",
+              file=sys.stderr)
         return 1
     return 0
+
+
+def _is_write_failure(e: BaseException) -> bool:
+    """A file-system failure while writing (safetensors reports its I/O errors as SafetensorError)."""
+    return isinstance(e, OSError) or type(e).__name__ == "SafetensorError"
 
 
 def _resume(ns) -> int:
@@ -372,6 +411,7 @@ def _resume(ns) -> int:
     if len(moves) != len(ns.args) or ns.overwrite:
         raise ConfigError("--resume takes only the results folder (and run.device= / run.threads=): its "
                           "config.yaml decides everything else")
+    ns.overwrite = False
     run_dir = Path(ns.resume)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a fedvl results folder (no config.yaml)")
@@ -407,6 +447,10 @@ def main(argv: list[str] | None = None) -> int:
         ns.args = list(ns.args) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if ns.command in ("run", "compare", "serve"):
+        import signal
+
+        signal.signal(signal.SIGTERM, _on_signal)  # a scheduler's or `kill`'s stop: status interrupted, not running
     try:
         if ns.command == "algorithms":
             from fedvl.algorithms import registry
@@ -435,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
                 seeds = [int(s) for s in ns.seeds.split(",") if s != ""]
             except ValueError:
                 raise ConfigError(f"--seeds must be comma-separated integers, got {ns.seeds!r}") from None
+            from fedvl.runfolder import check_name
+
+            check_name(ns.name or "", "--name")  # one folder under run.output_dir, like run.name
             methods = [m for m in ns.methods.split(",") if m]
             if not methods or not seeds:
                 raise ConfigError("--algorithms and --seeds must name at least one method and one seed")
@@ -447,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if ns.command == "run" and ns.resume:
             return _resume(ns)
+        if ns.command == "run" and ns.accept_config_change:
+            raise ConfigError("--accept-config-change goes with --resume RESULTS_DIR")
         cfg = load_config(path, overrides)
         if ns.command == "show-config":
             print(dump_config(cfg), end="")
@@ -468,10 +517,21 @@ def main(argv: list[str] | None = None) -> int:
 
             check_sources(cfg.data)  # a missing dataset folder: one line (ConfigError), no results folder
         run_dir = run_dir_for(cfg, overwrite=ns.overwrite)
+        from fedvl.estimate import plausibility_warning
+
+        warning = plausibility_warning(cfg)  # an hour per round is rarely what the user meant
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         return _run_and_report(cfg, run_dir, ns)
     except ConfigError as e:
         print(f"fedvl: error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as e:  # outside a run's own handling (before it started, or in `compare`)
+        import signal
+
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        print(f"fedvl: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     except (FloatingPointError, RuntimeError) as e:  # from `compare`; `run` reports its folder above
         from fedvl.models.backbones import ModelUnavailableError
 

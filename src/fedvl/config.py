@@ -386,6 +386,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Cross-field checks that types alone cannot express."""
     from fedvl.algorithms import available_algorithms  # late: registry imports torch
 
+    # first: NaN fails every comparison below, and "lr must be > 0" would be the wrong reason
+    _check_finite(cfg, "")
     checks = [
         (cfg.data.num_clients >= 1, "data.num_clients must be >= 1"),
         (cfg.data.train_images >= 1 and cfg.data.test_images >= 1, "data.train_images and data.test_images must be >= 1"),
@@ -431,7 +433,6 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
-    _check_finite(cfg, "")
     _check_devices(cfg)
     from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
 
@@ -545,6 +546,8 @@ def _check_finite(obj: Any, prefix: str) -> None:
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             _check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and math.isnan(value):
+            raise ConfigError(f"{prefix}{f.name} is not a number (nan); give a finite number")
         elif isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{prefix}{f.name} must be a finite number, got {value}")
 
@@ -640,11 +643,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {p} cannot be read as text: {type(e).__name__}") from None
+        if data is None:  # an empty file is more likely a mistake (a wrong path, a failed save) than a wish
+            raise ConfigError(f"config file {p} is empty (to run the embedded default, give no config file)")
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping of sections "
                               "(model, data, algorithm, run, attack, privacy, t2i, fedmmkt)")

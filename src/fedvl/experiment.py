@@ -10,6 +10,7 @@ error): a crashed run is never presented as complete.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import datetime
 from pathlib import Path
@@ -20,15 +21,46 @@ from fedvl.report.history import History, set_status, write_json_atomic
 
 
 def run_dir_for(cfg: ExperimentConfig, overwrite: bool = False) -> Path:
+    """The run's folder, checked before any work: a plain name, a writable place, free or replaceable.
+    The name is checked here, when a run starts, not when a config loads: a comparison's runs are
+    named ``method/seedN`` inside its own folder, and their config.yaml must load for ``--resume``."""
+    from fedvl.runfolder import check_free, check_name, check_writable
+
+    check_name(cfg.run.name)
+    check_writable(cfg.run.output_dir, "run.output_dir")
+    check_writable(cfg.run.cache_dir, "run.cache_dir")
     name = cfg.run.name or f"{cfg.algorithm.name}-{cfg.data.benchmark}-{datetime.now():%Y%m%d-%H%M%S}"
     path = Path(cfg.run.output_dir) / name
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise ConfigError(f"results folder {path} already exists; choose another run.name or pass --overwrite")
+    check_free(path, overwrite)
     return path
 
 
+def config_digest(cfg: ExperimentConfig) -> str:
+    """What a checkpoint records of the config it was made with (the resolved config, so a
+    comment or a reordering in config.yaml is not a change)."""
+    return hashlib.sha256(dump_config(cfg).encode()).hexdigest()
+
+
+def _check_config_unchanged(run_dir: Path, cfg: ExperimentConfig, accept: bool) -> None:
+    from fedvl.runtime.checkpoint import checkpoint_config_digest
+
+    saved = checkpoint_config_digest(run_dir)
+    if saved is not None and saved[1] != config_digest(cfg) and not accept:
+        raise ConfigError(f"{run_dir / 'config.yaml'} changed since the checkpoint of round {saved[0]}; restore it, "
+                          f"or continue with the new config: fedvl run --resume {run_dir} --accept-config-change")
+
+
+def resume_round(run_dir: Path) -> int:
+    """The round a ``--resume`` of ``run_dir`` starts at (one past its newest committed checkpoint)."""
+    from fedvl.runtime.checkpoint import checkpoint_dirs
+
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[0][0] + 1 if dirs else 1
+
+
 def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_enabled: bool = True,
-                   runner=None, server_only: bool = False, resume: bool = False) -> dict[str, Any]:
+                   runner=None, server_only: bool = False, resume: bool = False, overwrite: bool = False,
+                   accept_config_change: bool = False) -> dict[str, Any]:
     """Build the federation, run every round, write the results folder.
 
     ``runner(fed, run_dir, history, progress) -> final record`` runs the rounds:
@@ -36,12 +68,18 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     ``run.runtime=flower-sim``, or a Flower deployment's grid (``server_only``:
     the server builds the model but holds no client data). ``resume=True``
     continues the run already in ``run_dir`` from its newest good checkpoint
-    (``fedvl run --resume``; in-process simulator only).
+    (``fedvl run --resume``; in-process simulator only), refusing a changed
+    config unless ``accept_config_change``. A new run builds (and so validates)
+    its data before its folder is created, or an ``overwrite``-n one emptied;
+    the folder stays locked by this process until the run ends (:mod:`fedvl.runfolder`).
+    A ``KeyboardInterrupt`` (SIGINT, or SIGTERM via the CLI) leaves status
+    ``interrupted`` with the round to resume from.
     """
     from rich.console import Console
 
-    from fedvl.report.plots import plot_accuracy
+    from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
     from fedvl.report.trackers import open_trackers
+    from fedvl.runfolder import RunFolder
     from fedvl.runtime.progress import Progress
     from fedvl.runtime.simulator import build_federation, simulate
 
@@ -49,39 +87,72 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
         raise ConfigError("run.runtime=flower-deploy is a real Flower deployment: start it with `fedvl serve` and "
                           "`fedvl join`")
     console = console or Console()
-    if not resume:
-        if run_dir.exists():
-            import shutil
-
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
-    set_status(run_dir, "running")
     t0, started_unix = time.perf_counter(), time.time()
     progress = Progress(console, cfg.algorithm.rounds, enabled=progress_enabled)
-    trackers = open_trackers(cfg, run_dir)
+    folder = RunFolder(run_dir)
+    kt = cfg.algorithm.name in KT_ALGORITHMS
+    trackers = None
     try:
+        if resume:  # the folder exists: claim it before anything else, so a live run is never joined
+            folder.acquire(fresh=False)
+            _check_config_unchanged(run_dir, cfg, accept_config_change)
         if runner is None and cfg.run.runtime == "flower-sim":
             from fedvl.runtime.flower import flower_simulate as runner
         # the server side holds no client data when the clients build their own (deployment, Ray workers)
         ray_workers = cfg.run.runtime == "flower-sim" and cfg.run.flower_backend == "ray"
-        from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
-
-        if cfg.algorithm.name in KT_ALGORITHMS:  # knowledge transfer: its own loop and results
+        fed = None if kt else build_federation(cfg, status=progress.status,
+                                               only=[] if server_only or ray_workers else None)
+        if not resume:  # config and data are valid: only now is the folder made (or an old run replaced)
+            folder.acquire(fresh=True, overwrite=overwrite)
+            (run_dir / "config.yaml").write_text(dump_config(cfg))
+        set_status(run_dir, "running")
+    except BaseException:
+        progress.close()
+        folder.release(abandon=not resume)
+        raise
+    try:
+        trackers = open_trackers(cfg, run_dir)  # only once the folder is ours: trackers write into it
+        if kt:  # knowledge transfer: its own loop and results
             return _finish_kt(cfg, run_dir, console, progress, t0, trackers)
-        fed = build_federation(cfg, status=progress.status, only=[] if server_only or ray_workers else None)
         setup_s = time.perf_counter() - t0
         history = History(run_dir, trackers)
         if runner is None:
-            final = simulate(fed, run_dir, history, progress, resume=resume)
+            final = simulate(fed, run_dir, history, progress, resume=resume, config_digest=config_digest(cfg))
         else:
             final = runner(fed, run_dir, history, progress)
+        progress.close()
+        return _finish_rounds(cfg, fed, run_dir, console, history, final, t0, setup_s, started_unix,
+                              progress.first_step_unix, trackers)
+    except KeyboardInterrupt:
+        progress.close()
+        set_status(run_dir, "interrupted", resume_from_round=resume_round(run_dir))
+        if trackers is not None:
+            trackers.finish(run_dir, ok=False)
+        raise
     except BaseException as e:
         progress.close()
-        set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
-        trackers.finish(run_dir, ok=False)
+        _mark_failed(run_dir, e)
+        if trackers is not None:
+            trackers.finish(run_dir, ok=False)
         raise
-    progress.close()
+    finally:
+        folder.release()
+
+
+def _mark_failed(run_dir: Path, e: BaseException) -> None:
+    """Status ``failed`` with the reason; on a full or broken disk even that may not be written."""
+    try:
+        set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}", resume_from_round=resume_round(run_dir))
+    except OSError:
+        pass
+
+
+def _finish_rounds(cfg: ExperimentConfig, fed, run_dir: Path, console, history: History, final: dict[str, Any],
+                   t0: float, setup_s: float, started_unix: float, first_step_unix,
+                   trackers=None) -> dict[str, Any]:
+    """The summary of a run whose rounds are done (still under the folder's lock)."""
+    from fedvl.report.plots import plot_accuracy
+
     wall = time.perf_counter() - t0
     params = fed.param_report()
     title = f"{cfg.algorithm.name} · {cfg.model.peft} · {cfg.data.benchmark} benchmark"
@@ -109,7 +180,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
                "algorithm": cfg.algorithm.name, "peft": cfg.model.peft, "benchmark": cfg.data.benchmark,
                "rejected_updates": rejected, "attackers": fed.attackers, "privacy": final.get("privacy"),
                # wall clock at the end of this process's first training step (startup benchmark)
-               "started_unix": started_unix, "first_step_unix": progress.first_step_unix}
+               "started_unix": started_unix, "first_step_unix": first_step_unix}
     return _write_results(run_dir, console, title, notes, summary, trackers)
 
 
@@ -212,7 +283,8 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
             # a run stopped mid-way with the same config continues from its last checkpoint
             saved = run_dir / "config.yaml"
             resume = saved.is_file() and saved.read_text() == dump_config(cfg) and (run_dir / "checkpoints").is_dir()
-            run_experiment(cfg, run_dir, console=console, progress_enabled=progress_enabled, resume=resume)
+            run_experiment(cfg, run_dir, console=console, progress_enabled=progress_enabled, resume=resume,
+                           overwrite=True)  # a stale run of this comparison (a fedvl run) is replaced
     runs = load_runs({m: [d for _, d in items] for m, items in configs.items()})
     first = configs[methods[0]][0][0]
     from fedvl.algorithms.fedmmkt import KT_ALGORITHMS

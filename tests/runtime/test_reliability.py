@@ -122,7 +122,7 @@ def test_default_options_leave_fedavg_unchanged(tiny_cfg, tmp_path):
     (["privacy.enabled=true"], "privacy.enabled needs algorithm.aggregator=mean and algorithm.aggregation=uniform"),
     (["privacy.enabled=true", "algorithm.aggregation=uniform", "privacy.delta=1"], "privacy.delta must be in"),
     (["privacy.enabled=true", "algorithm.aggregation=uniform", "algorithm.clip_to_median=true"], "unset algorithm"),
-    (["algorithm.lr=nan"], "algorithm.lr must be > 0"),
+    (["algorithm.lr=nan"], "algorithm.lr is not a number"),  # not "must be > 0": NaN fails every comparison
     (["attack.scale=inf"], "attack.scale must be a finite number"),
     (["run.keep_checkpoints=0"], "run.keep_checkpoints must be >= 1"),
 ])

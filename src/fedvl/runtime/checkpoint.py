@@ -9,7 +9,8 @@ After every round the runtime commits ``checkpoints/round-NNNNN/``:
   is re-seeded from (seed, round, client), and clients build a fresh optimiser
   each round, so nothing else carries over between rounds);
 * ``meta.json``: the round, the strategy's state, every round record so far
-  (the content of metrics.jsonl) and the SHA-256 of every file above.
+  (the content of metrics.jsonl), the SHA-256 of every file above and of the
+  run's resolved config (a resume refuses an edited config.yaml).
 
 The folder is written under a temporary name and renamed into place, so it
 exists complete or not at all; the ``keep`` newest are kept. On resume the
@@ -78,7 +79,8 @@ def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def commit_round(run_dir: Path, rnd: int, global_params: Params, store: ClientStateStore,
-                 history: list[dict[str, Any]], strategy_state: dict[str, Any], keep: int = 2) -> Path:
+                 history: list[dict[str, Any]], strategy_state: dict[str, Any], keep: int = 2,
+                 config_digest: str | None = None) -> Path:
     """Write round ``rnd``'s checkpoint atomically and drop all but the ``keep`` newest."""
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"round-{rnd:05d}", root / f".tmp-round-{rnd:05d}"
@@ -92,7 +94,8 @@ def commit_round(run_dir: Path, rnd: int, global_params: Params, store: ClientSt
     for p in sorted(tmp.rglob("*.safetensors")):
         _fsync(p)
         files[p.relative_to(tmp).as_posix()] = _sha256(p)
-    meta = {"format": FORMAT, "round": rnd, "files": files, "strategy": strategy_state, "history": history}
+    meta = {"format": FORMAT, "round": rnd, "files": files, "strategy": strategy_state, "history": history,
+            "config_sha256": config_digest}
     (tmp / "meta.json").write_text(json.dumps(meta, default=float))
     _fsync(tmp / "meta.json")
     if final.exists():  # a damaged checkpoint of this round, skipped by the resume that got us here
@@ -142,4 +145,16 @@ def latest_checkpoint(run_dir: Path, travel: list[str], warn: Callable[[str], No
             return read_checkpoint(path, travel)
         except CheckpointDamaged as e:
             warn(f"fedvl: warning: checkpoint of round {rnd} is damaged ({e}); using the previous one")
+    return None
+
+
+def checkpoint_config_digest(run_dir: Path) -> tuple[int, str] | None:
+    """(round, config SHA-256) recorded by the newest checkpoint that has one (None: nothing to compare)."""
+    for rnd, path in checkpoint_dirs(run_dir):
+        try:
+            digest = json.loads((path / "meta.json").read_text()).get("config_sha256")
+        except (OSError, ValueError, AttributeError):
+            continue  # a damaged checkpoint is reported (and skipped) by the resume itself
+        if isinstance(digest, str):
+            return rnd, digest
     return None

@@ -102,6 +102,18 @@ def stop(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
             return
 
 
+def die_with_parent() -> None:
+    """``preexec_fn``: the child gets SIGTERM when the process that started it dies, even by SIGKILL
+    (Linux ``PR_SET_PDEATHSIG``; elsewhere a no-op), so a killed ``serve`` or ``join`` leaves no
+    SuperLink or SuperNode behind. Their own children are stopped by them on that SIGTERM."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -211,15 +223,21 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
     link_log = open(scratch / "superlink.log", "w")
     link = runner = None
     try:
-        link = subprocess.Popen(link_cmd, env=env, stdout=link_log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for_port(local, port, 60, link)
+        link = subprocess.Popen(link_cmd, env=env, stdout=link_log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent)
+        try:
+            wait_for_port(local, port, 60, link)
+        except (RuntimeError, TimeoutError) as e:  # e.g. a TLS file it cannot load: its own words, not just a code
+            link_log.flush()
+            raise RuntimeError(f"the SuperLink did not start ({e}): {last_error(scratch / 'superlink.log')} "
+                               f"(full log: {scratch / 'superlink.log'})") from None
         if keys:
             register_nodes(keys, env, scratch, log)
         log(f"SuperLink listening on {host}:{port} ({'TLS' if tls else 'insecure: no TLS'}); "
             f"on each client machine run: fedvl join --server {local}:{port} --partition i"
             + (" --root-certificates CA.pem" if tls else " --insecure") + (" --auth-key NODE_KEY" if keys else ""))
         runner = subprocess.Popen([_bin("flwr"), "run", str(app), "fedvl", "--stream"], env=env, cwd=scratch,
-                                  start_new_session=True)
+                                  start_new_session=True, preexec_fn=die_with_parent)
         runner.wait(timeout=timeout)
     except BaseException:
         stop(runner)
@@ -227,13 +245,56 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
     finally:
         stop(link)
         link_log.close()
+        _settle_status(run_dir)
     status = run_dir / "status.json"
-    state = json.loads(status.read_text()).get("state") if status.is_file() else "missing"
+    record = json.loads(status.read_text()) if status.is_file() else {"state": "missing"}
+    state = record.get("state")
     if state != "complete":
-        log(f"the deployed run did not complete (status: {state}); SuperLink log: {scratch / 'superlink.log'}")
+        why = f": {record['error']}" if record.get("error") else ""
+        log(f"the deployed run did not complete (status: {state}{why}); SuperLink log: {scratch / 'superlink.log'}")
         return 1
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def _settle_status(run_dir: Path, wait_s: float = 20.0) -> None:
+    """A ServerApp stopped with its SuperLink (Ctrl-C or SIGTERM on ``serve``) may leave status
+    ``running``: once no process holds the run folder's lock, say ``interrupted`` instead."""
+    from fedvl.experiment import resume_round
+    from fedvl.report.history import set_status
+    from fedvl.runfolder import RunFolder, RunFolderError
+
+    status = run_dir / "status.json"
+    try:
+        if json.loads(status.read_text()).get("state") != "running":
+            return
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            folder = RunFolder(run_dir).acquire(fresh=False)
+            break
+        except RunFolderError:  # the ServerApp still ends its run
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.5)
+    try:
+        if json.loads(status.read_text()).get("state") == "running":
+            set_status(run_dir, "interrupted", reason="fedvl serve stopped before the run ended",
+                       resume_from_round=resume_round(run_dir))
+    finally:
+        folder.release()
+
+
+def last_error(log: Path) -> str:
+    """The line of a Flower log that says what went wrong (the last ERROR line, else the last line)."""
+    try:
+        lines = [" ".join(x.split()) for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return "no log"
+    errors = [x for x in lines if "ERROR" in x or "Error" in x]
+    return ((errors or lines or ["the log is empty"])[-1])[:400]
 
 
 def join_command(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int,
@@ -269,14 +330,18 @@ def _interrupt(signum, frame):
 # What a SuperNode logs when the SuperLink is unreachable or refuses it. It then exits 1, but its
 # SuperExec child lingers, retrying, so the whole process group is stopped on this line.
 SUPERNODE_CONNECTION_ERROR = "Exit Code: 305"
+# What the fedvl ClientApp raises for a partition the run does not have (flower._client_federation):
+# the node can never serve this run, so it stops instead of answering every message with a traceback.
+BAD_PARTITION = "ConfigError: this node holds partition"
 
 
-def _run_node(cmd: list[str]) -> tuple[int, bool]:
+def _run_node(cmd: list[str]) -> tuple[int, bool | str]:
     """Run one SuperNode in its own process group, its output passed through, until it ends
-    or reports that the SuperLink refused it: (exit code, refused)."""
+    or reports that the SuperLink refused it (True) or that its partition is not in the run
+    (that line): (exit code, refused)."""
     proc = subprocess.Popen(cmd, env=flower_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", process_group=0)
-    refused = False
+                            errors="replace", process_group=0, preexec_fn=die_with_parent)
+    refused: bool | str = False
     try:
         for line in proc.stdout:
             sys.stdout.write(line)
@@ -284,10 +349,37 @@ def _run_node(cmd: list[str]) -> tuple[int, bool]:
             if SUPERNODE_CONNECTION_ERROR in line:
                 refused = True
                 break
+            if BAD_PARTITION in line:
+                refused = line[line.index(BAD_PARTITION) + len("ConfigError: "):].strip()
+                time.sleep(3)  # let the SuperNode deliver the error reply, so the server can name this node
+                break
     finally:
         # the SuperNode and its children; short grace: whoever stops `fedvl join` may not wait long
         stop(proc, grace=3)
     return proc.returncode if proc.returncode is not None else 1, refused
+
+
+def parse_server(server: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port), or one line saying what is wrong."""
+    host, sep, port = server.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--server {server!r} is not HOST:PORT (e.g. 192.168.1.10:9092)")
+    return host, int(port)
+
+
+def _unreachable(host: str, port: int, deadline: float) -> str | None:
+    """Wait until something accepts connections on host:port; the last reason it did not, if the
+    deadline passed first. A SuperNode pointed at a closed port retries forever in silence."""
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(1.0, min(5.0, deadline - time.monotonic()))):
+                return None
+        except OSError as e:  # refused, unroutable, or a name that does not resolve (gaierror)
+            reason = e.strerror or str(e) or type(e).__name__
+        if time.monotonic() >= deadline:
+            return reason
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int | None = None,
@@ -297,13 +389,26 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
     A SuperNode gives up after a few seconds when it cannot connect or the SuperLink does
     not (yet) know its key; nodes are often started before ``serve`` has its SuperLink up
     and their keys registered, so the node is restarted until ``wait_s`` have passed."""
+    host, server_port = parse_server(server)
     cmd = join_command(server, partition, state_dir, tls_ca, port or free_port(), auth_key, device)
     # SIGTERM becomes an exception so the SuperNode is always stopped with `fedvl join`
     signal.signal(signal.SIGTERM, _interrupt)
     deadline = time.monotonic() + wait_s
     try:
         while True:
+            reason = _unreachable(host, server_port, time.monotonic())  # one quick look first
+            if reason is not None:
+                print(f"fedvl join: the SuperLink at {server} is not reachable ({reason}); waiting up to "
+                      f"{max(0.0, deadline - time.monotonic()):.0f}s more", file=sys.stderr, flush=True)
+                reason = _unreachable(host, server_port, deadline)
+            if reason is not None:
+                print(f"fedvl join: error: cannot reach the SuperLink at {server} after {wait_s:.0f}s ({reason}); "
+                      "giving up", file=sys.stderr)
+                return 1
             code, refused = _run_node(cmd)
+            if isinstance(refused, str):
+                print(f"fedvl join: error: {refused}; stopping this node", file=sys.stderr)
+                return 2
             if not refused:
                 return code
             if time.monotonic() > deadline:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -224,25 +225,34 @@ def discover(grid: Grid, client_ids: list[str], wait_s: float, sizes: dict[str, 
     ``sizes`` receives each client's training-set size when the nodes report it (SecAgg+)."""
     deadline = time.monotonic() + wait_s
     nodes: dict[str, int] = {}
+    refused: dict[int, str] = {}  # node -> its error (e.g. a partition the run does not have): asked once only
     while True:
-        node_ids = [n for n in grid.get_node_ids() if n not in nodes.values()]
+        node_ids = [n for n in grid.get_node_ids() if n not in nodes.values() and n not in refused]
         if node_ids:
             msgs = [Message(RecordDict({"config": ConfigRecord({"cid": "?"})}), dst_node_id=n, message_type="query")
                     for n in node_ids]
             replies = grid.send_and_receive(msgs, timeout=max(1.0, deadline - time.monotonic()))
             node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
             for r in replies:
-                if not r.has_error() and r.metadata.reply_to_message_id in node_of:
-                    info = r.content["config"]
-                    nodes[str(info["cid"])] = node_of[r.metadata.reply_to_message_id]
-                    if sizes is not None and "num-train" in info:
-                        sizes[str(info["cid"])] = int(info["num-train"])
+                node = node_of.get(r.metadata.reply_to_message_id)
+                if node is None:
+                    continue
+                if r.has_error():
+                    refused[node] = " ".join(str(r.error.reason).split())[-300:]
+                    print(f"fedvl serve: node {node} cannot serve this run: {refused[node]}", file=sys.stderr,
+                          flush=True)
+                    continue
+                info = r.content["config"]
+                nodes[str(info["cid"])] = node
+                if sizes is not None and "num-train" in info:
+                    sizes[str(info["cid"])] = int(info["num-train"])
         missing = [c for c in client_ids if c not in nodes]
         if not missing:
             return nodes
         if time.monotonic() > deadline:
+            bad = "".join(f"; node {n} refused: {why}" for n, why in refused.items())
             raise FlowerRunError(f"after {wait_s:.0f}s no node holds client(s) {', '.join(missing)}; "
-                                 "start one `fedvl join --partition i` per client")
+                                 f"start one `fedvl join --partition i` per client{bad}")
         time.sleep(0.5)
 
 
@@ -356,7 +366,8 @@ def make_server_app(fed: Federation | None = None, history: History | None = Non
 
             cfg = cfg_from_text(str(context.run_config[CONFIG_KEY]))
             final = run_experiment(cfg, Path(str(context.run_config[RESULTS_KEY])), progress_enabled=False,
-                                   runner=lambda f, d, h, p: run_rounds(grid, f, h, p), server_only=True)
+                                   runner=lambda f, d, h, p: run_rounds(grid, f, h, p), server_only=True,
+                                   overwrite=True)  # `fedvl serve` checked the folder before starting
         if outcome is not None:
             outcome["final"] = final
 
@@ -405,7 +416,6 @@ def ray_backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
     clients share one GPU, each in its own process, so their models and batches must fit
     together); Ray gets ``run.flower_workers`` workers' worth of CPUs and every GPU here. Ray
     hides the GPUs from a worker that reserves none, so such workers compute on the CPU."""
-    import torch
 
     r = cfg.run
     gpus = torch.cuda.device_count() if r.flower_gpus_per_client > 0 else 0

@@ -328,13 +328,14 @@ def evaluate_all(fed: Federation, store: ClientStateStore, global_params: Params
 
 
 def simulate(fed: Federation, run_dir: Path, history, progress=None, resume: bool = False,
-             warn=lambda msg: print(msg, file=sys.stderr)) -> dict[str, Any]:
+             warn=lambda msg: print(msg, file=sys.stderr), config_digest: str | None = None) -> dict[str, Any]:
     """Run every round, committing a checkpoint after each (``runtime.checkpoint``).
 
     ``resume=True`` continues from the newest good checkpoint in ``run_dir``
     (damaged ones are reported with ``warn`` and skipped), puts the clients'
     states and the round records of that round back, and runs the rest; with
-    the same config the result is the same as an uninterrupted run."""
+    the same config the result is the same as an uninterrupted run. ``config_digest``
+    is recorded in every checkpoint, so a resume can tell an edited config."""
     store = ClientStateStore(run_dir / "client_states")
     global_params = get_params(fed.model, fed.travel)
     record: dict[str, Any] = {}
@@ -355,7 +356,7 @@ def simulate(fed: Federation, run_dir: Path, history, progress=None, resume: boo
         global_params, record = run_round(fed, store, rnd, global_params, progress)
         history.append(record)  # before the commit: a resume truncates metrics.jsonl to the checkpoint's records
         commit_round(run_dir, rnd, global_params, store, history.rounds, fed.strategy.state_dict(),
-                     fed.cfg.run.keep_checkpoints)
+                     fed.cfg.run.keep_checkpoints, config_digest=config_digest)
         if progress and "eval" in record:
             progress.round_end(record)
     return record

@@ -121,6 +121,11 @@ def build_real_benchmark(cfg: DataConfig, seed: int) -> list[RealClient]:
             raise DatasetError(f"data.clients: {spec!r} has {len(train)} training and {len(test)} test questions")
         vocab = top_k_vocab([majority_answer(q.answers) for q in train], cfg.answer_vocab)
         parsed.append((client_id(k, spec), spec, train, test, vocab))
+    from fedvl.data.real.encode import check_image
+
+    for *_, train, test, _ in parsed:  # every image's header, before any is decoded or anything written
+        for image in dict.fromkeys(q.image for q in train + test):
+            check_image(image)
     if cfg.vocab_scope == "shared":
         union = list(dict.fromkeys(a for *_, vocab in parsed for a in vocab))
         parsed = [(cid, spec, tr, te, union) for cid, spec, tr, te, _ in parsed]

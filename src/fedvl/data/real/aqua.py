@@ -11,17 +11,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedvl.data.real.base import Question, field, normalized, read_json, require
+from fedvl.data.real.base import Question, answered, field, inside, read_json, records, require
 
 
 def read(folder: Path, split: str, knowledge: bool = False) -> list[Question]:
     path = folder / f"{split}.json"
-    records = read_json(path, "AQUA questions")
+    rows = records(read_json(path, "AQUA questions"), path)
     image_dir = require(folder / "Images", "SemArt images for AQUA")
     out = []
-    for i, r in enumerate(records):
+    for i, r in enumerate(rows):
         if not knowledge and bool(r.get("need_external_knowledge", False)):
             continue
-        out.append(Question(image_dir / field(r, "image", path), str(field(r, "question", path)),
-                            normalized([field(r, "answer", path)]), f"{split}-{i}"))
+        qid = f"{split}-{i}"
+        out.append(Question(inside(image_dir, field(r, "image", path), path, qid), str(field(r, "question", path)),
+                            answered([field(r, "answer", path)], path, qid), qid))
     return out

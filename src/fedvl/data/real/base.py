@@ -9,6 +9,7 @@ frozen features are computed (:mod:`fedvl.data.real.encode`).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,49 @@ def field(record: dict, key: str, path: Path) -> Any:
 
 def normalized(answers: list[str]) -> list[str]:
     return [normalize_answer(str(a)) for a in answers]
+
+
+def records(value: Any, path: Path, what: str = "the file") -> list[dict]:
+    """``value`` as a list of JSON objects, or a one-line error naming the file (e.g. ``{"questions": 5}``)."""
+    if not isinstance(value, list):
+        raise DatasetError(f"{path}: {what} must be a list of records, got {type(value).__name__} "
+                           f"(expected format: {DOCS})")
+    for i, r in enumerate(value):
+        if not isinstance(r, dict):
+            raise DatasetError(f"{path}: record {i} of {what} is a {type(r).__name__}, not an object "
+                               f"(expected format: {DOCS})")
+    return value
+
+
+def answered(answers: list[str], path: Path, qid: Any) -> list[str]:
+    """Normalised answers with at least one non-empty: a question nobody answered has no label to learn
+    (its loss and balanced accuracy would be NaN)."""
+    if not isinstance(answers, list):
+        raise DatasetError(f"{path}: question {qid}: answers must be a list, got {type(answers).__name__}")
+    out = normalized(answers)
+    if not any(out):
+        raise DatasetError(f"{path}: question {qid} has no usable answer (every answer is empty)")
+    return out
+
+
+def no_duplicates(ids: list[Any], path: Path, key: str) -> None:
+    """Question ids are unique: a duplicate silently merges two questions' labels."""
+    seen: set = set()
+    for i in ids:
+        if not isinstance(i, (int, str)):
+            raise DatasetError(f"{path}: {key} {i!r} is not a number or a string")
+        if i in seen:
+            raise DatasetError(f"{path}: duplicate {key} {i} (every question needs its own id)")
+        seen.add(i)
+
+
+def inside(folder: Path, name: Any, path: Path, qid: Any) -> Path:
+    """``folder / name``, refusing a name that leaves ``folder`` (``../..``, an absolute path).
+    Checked on the path as written, not resolved: a dataset may symlink its image folder elsewhere."""
+    image = folder / str(name)
+    if not os.path.normpath(image).startswith(os.path.normpath(folder) + os.sep):
+        raise DatasetError(f"{path}: question {qid}: image {str(name)!r} lies outside the dataset folder {folder}")
+    return image
 
 
 def first_existing(candidates: list[Path], what: str) -> Path:

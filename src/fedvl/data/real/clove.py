@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedvl.data.real.base import DatasetError, Question, field, first_existing, normalized, read_json
+from fedvl.data.real.base import (DatasetError, Question, answered, field, first_existing, inside, no_duplicates,
+                                  read_json, records)
 
 FUNCTION_STAGES = ("object", "attribute", "relation", "logical", "knowledge", "scenetext")
 SCENE_STAGES = {"a": "ShopAndDining", "b": "Workplace", "c": "HomeOrHotel", "d": "Transportation",
@@ -30,19 +31,22 @@ def stage_file(folder: Path, stage: str, split: str) -> Path:
                        f"scene: {', '.join(SCENE_STAGES)})")
 
 
-def _image(folder: Path, source: str, image_id: str) -> list[Path]:
-    if source == "vg":
-        return [folder / "vg" / "image" / f"{image_id}.jpg", folder / "vg" / f"{image_id}.jpg"]
-    return [folder / source / f"{image_id}.jpg"]
+def _image(folder: Path, source: str, image_id: str, path: Path, qid: str) -> list[Path]:
+    names = [f"vg/image/{image_id}.jpg", f"vg/{image_id}.jpg"] if source == "vg" else [f"{source}/{image_id}.jpg"]
+    return [inside(folder, n, path, qid) for n in names]
 
 
 def read(folder: Path, stage: str, split: str) -> list[Question]:
     path = stage_file(folder, stage, split)
+    rows = records(read_json(path, f"CLOVE {stage}"), path)
+    # the id falls back to the image id, which several questions share: only real question ids must be unique
+    no_duplicates([r["question_id"] for r in rows if "question_id" in r], path, "question_id")
     out = []
-    for r in read_json(path, f"CLOVE {stage}"):
-        answers = r.get("answers") or [field(r, "answer", path)]
+    for r in rows:
         image_id = str(field(r, "image_id", path))
-        image = first_existing(_image(folder, str(r.get("image_source", "vg")), image_id), f"CLOVE image {image_id}")
-        out.append(Question(image, str(field(r, "question", path)), normalized(answers),
-                            str(r.get("question_id", image_id))))
+        qid = str(r.get("question_id", image_id))
+        answers = r.get("answers") or [field(r, "answer", path)]
+        image = first_existing(_image(folder, str(r.get("image_source", "vg")), image_id, path, qid),
+                               f"CLOVE image {image_id}")
+        out.append(Question(image, str(field(r, "question", path)), answered(answers, path, qid), qid))
     return out

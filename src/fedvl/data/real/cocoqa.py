@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedvl.data.real.base import DatasetError, Question, first_existing, normalized, require
+from fedvl.data.real.base import DatasetError, Question, answered, first_existing, require
 
 
 def _lines(path: Path) -> list[str]:
@@ -35,5 +35,5 @@ def read(folder: Path, split: str) -> list[Question]:
             raise DatasetError(f"{d / 'img_ids.txt'} line {i + 1}: {img!r} is not a COCO image id") from None
         names = [f"COCO_train2014_{image_id:012d}.jpg", f"COCO_val2014_{image_id:012d}.jpg", f"{image_id:012d}.jpg"]
         image = first_existing([image_dir / n for n in names], f"COCO-QA image {image_id}")
-        out.append(Question(image, q.strip(), normalized([a]), f"{split}-{i}"))
+        out.append(Question(image, q.strip(), answered([a], d / "answers.txt", f"on line {i + 1}"), f"{split}-{i}"))
     return out

@@ -12,6 +12,7 @@ changed image or model misses the cache.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +25,46 @@ from fedvl.data.real.splits import RealSplit
 from fedvl.io import atomic_write
 
 
+# Photo formats only (JPEG covers MPO): Pillow would also open e.g. EPS (through Ghostscript) or formats with no
+# use for a VQA image; the list is what datasets ship.
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+MAX_PIXELS = 89_478_485
+"""Larger images are refused (Pillow's own bomb limit, about 0.25 GiB decoded): a header can claim
+60000x60000 pixels in a few bytes."""
+
+
+def check_image(path: Path) -> None:
+    """Open the header only: a readable image of an accepted type and size, or one line naming it."""
+    if not path.is_file():
+        raise DatasetError(f"image {path} not found or not a file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below
+            with Image.open(path, formats=FORMATS) as img:
+                w, h = img.size
+    except Image.DecompressionBombError:
+        raise DatasetError(f"image {path} claims more than {2 * MAX_PIXELS:,} pixels (limit {MAX_PIXELS:,}); "
+                           "refusing a possible decompression bomb") from None
+    except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
+        raise DatasetError(f"image {path} is not a readable image of a supported type "
+                           f"({', '.join(FORMATS)}): {one_line(e)}") from None
+    if w * h > MAX_PIXELS:
+        raise DatasetError(f"image {path} is {w}x{h} = {w * h:,} pixels, over the limit of {MAX_PIXELS:,}")
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def load_image(path: Path, size: int) -> np.ndarray:
     """uint8 (size, size, 3). JPEG decoding at a reduced scale first (``draft``) makes
     large photos cheap to shrink; the aspect ratio is not kept (the model sees squares)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=FORMATS) as img:
             img.draft("RGB", (2 * size, 2 * size))
             return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"cannot read image {path}: {e}") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"cannot read image {path}: {one_line(e)}") from None
 
 
 def images_digest(paths: list[Path]) -> str:

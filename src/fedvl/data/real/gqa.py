@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedvl.data.real.base import DatasetError, Question, field, normalized, read_json, require
+from fedvl.data.real.base import DatasetError, Question, answered, field, inside, read_json, records, require
 
 
 def read(folder: Path, split: str) -> list[Question]:
     path = folder / "questions" / f"{split}_balanced_questions.json"
-    records = read_json(path, "GQA questions")
-    if not isinstance(records, dict):
+    doc = read_json(path, "GQA questions")
+    if not isinstance(doc, dict):
         raise DatasetError(f"{path}: expected a mapping question id -> question (GQA format)")
     image_dir = require(folder / "images", "GQA images")
-    return [Question(image_dir / f"{field(r, 'imageId', path)}.jpg", str(field(r, "question", path)),
-                     normalized([field(r, "answer", path)]), str(qid)) for qid, r in records.items()]
+    rows = records(list(doc.values()), path)
+    return [Question(inside(image_dir, f"{field(r, 'imageId', path)}.jpg", path, qid), str(field(r, "question", path)),
+                     answered([field(r, "answer", path)], path, qid), str(qid)) for qid, r in zip(doc, rows)]

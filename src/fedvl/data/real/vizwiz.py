@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedvl.data.real.base import Question, field, normalized, read_json, require
+from fedvl.data.real.base import Question, answered, field, inside, read_json, records, require
 
 
 def read(folder: Path, split: str) -> list[Question]:
     path = folder / "Annotations" / f"{split}.json"
-    records = read_json(path, "VizWiz annotations")
+    rows = records(read_json(path, "VizWiz annotations"), path)
     image_dir = require(folder / split, "VizWiz images")
     out = []
-    for i, r in enumerate(records):
-        answers = [field(a, "answer", path) for a in field(r, "answers", path)]
-        image = image_dir / field(r, "image", path)
-        out.append(Question(image, str(field(r, "question", path)), normalized(answers), f"{split}-{i}"))
+    for i, r in enumerate(rows):
+        qid = f"{split}-{i}"
+        votes = records(field(r, "answers", path), path, f"question {qid}'s answers")
+        answers = [field(a, "answer", path) for a in votes]
+        image = inside(image_dir, field(r, "image", path), path, qid)
+        out.append(Question(image, str(field(r, "question", path)), answered(answers, path, qid), qid))
     return out

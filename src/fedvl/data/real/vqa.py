@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedvl.data.real.base import DatasetError, Question, field, first_existing, normalized, read_json, require
+from fedvl.data.real.base import (DatasetError, Question, answered, field, first_existing, inside, no_duplicates,
+                                  read_json, records, require)
 
 # split -> (questions file, annotations file, image folder) under the source folder
 VQAV2_FILES = {
@@ -48,19 +49,29 @@ def read_vqa_pair(questions_path: Path, annotations_path: Path, image_dir: Path,
     adoc = read_json(annotations_path, f"{kind} annotations")
     require(image_dir, f"{kind} images")
     subtype = qdoc.get("data_subtype", "") if isinstance(qdoc, dict) else ""
-    anns = {field(a, "question_id", annotations_path): a for a in field(adoc, "annotations", annotations_path)}
+    questions = records(field(qdoc, "questions", questions_path), questions_path, "'questions'")
+    annotations = records(field(adoc, "annotations", annotations_path), annotations_path, "'annotations'")
+    no_duplicates([field(q, "question_id", questions_path) for q in questions], questions_path, "question_id")
+    no_duplicates([field(a, "question_id", annotations_path) for a in annotations], annotations_path, "question_id")
+    anns = {a["question_id"]: a for a in annotations}
     out = []
-    for q in field(qdoc, "questions", questions_path):
-        qid = field(q, "question_id", questions_path)
+    for q in questions:
+        qid = q["question_id"]
         ann = anns.get(qid)
         if ann is None:
             raise DatasetError(f"{annotations_path}: no annotation for question_id {qid} of {questions_path}")
-        answers = [field(a, "answer", annotations_path) for a in field(ann, "answers", annotations_path)]
+        answers = [field(a, "answer", annotations_path) for a in records(field(ann, "answers", annotations_path),
+                                                                        annotations_path, f"question {qid}'s answers")]
         if not answers:  # a record with only the consensus answer
             answers = [field(ann, "multiple_choice_answer", annotations_path)]
         image_id = field(q, "image_id", questions_path)
-        image = first_existing([image_dir / n for n in _image_names(kind, subtype, image_id)], f"{kind} image {image_id}")
-        out.append(Question(image, str(field(q, "question", questions_path)), normalized(answers), str(qid)))
+        try:
+            names = _image_names(kind, subtype, image_id)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{questions_path}: question {qid}: image_id {image_id!r} is not a number") from None
+        image = first_existing([inside(image_dir, n, questions_path, qid) for n in names], f"{kind} image {image_id}")
+        out.append(Question(image, str(field(q, "question", questions_path)),
+                            answered(answers, annotations_path, qid), str(qid)))
     return out
 
 

@@ -1,0 +1,141 @@
+"""Run folders: where a run's results live, and which process may write them.
+
+A run folder is ``run.output_dir/run.name``; ``run.name`` is one plain path
+component, so no name reaches outside ``output_dir``. One process at a time owns
+a folder: it holds an exclusive ``flock`` on ``<folder>/.lock`` for the whole run
+(the OS drops it when the process dies, even by SIGKILL), so a second run of the
+same name, or a ``--resume`` of a run still going, stops with one line instead of
+interleaving its files with the first one's. Replacing an existing folder
+(``--overwrite``) only ever deletes a fedvl run (a folder with ``status.json``),
+and only once the new run's config and data have been validated.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from fedvl.config import ConfigError
+
+LOCK_NAME = ".lock"
+MIN_FREE_BYTES = 16 << 20
+"""Less free space than this where the results go: the run would fail at its first checkpoint."""
+
+
+class RunFolderError(ConfigError):
+    """The results folder cannot be used (taken, not a run, not writable): one line, exit 2."""
+
+
+def check_name(name: str, what: str = "run.name") -> None:
+    """``run.name`` names one folder under ``run.output_dir``, nothing else (empty: a timestamped name)."""
+    if not name:
+        return
+    seps = {os.sep, "/", "\\"} | ({os.altsep} if os.altsep else set())
+    if name in (".", "..") or any(s in name for s in seps) or "\0" in name:
+        raise ConfigError(f"{what}={name!r} must be one plain folder name (no '/', '.', '..' or absolute "
+                          "path): it names a folder under run.output_dir")
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Before anything is written: ``folder`` is, or can become, a writable folder with room to spare."""
+    p = Path(folder).absolute()
+    existing = next(q for q in (p, *p.parents) if q.exists() or q == q.parent)
+    if not existing.is_dir():
+        raise RunFolderError(f"{what}={folder}: {existing} is a file, not a folder")
+    try:  # root passes os.access everywhere; a read-only mount or an immutable folder shows only on a write
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".fedvl-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise RunFolderError(f"{what}={folder}: cannot write in {existing} ({e.strerror or e})") from None
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise RunFolderError(f"{what}={folder}: the disk holding {existing} is full ({free / 2**20:.1f} MiB free)")
+
+
+def _entries(path: Path) -> list[Path]:
+    return [c for c in path.iterdir() if c.name != LOCK_NAME] if path.is_dir() else []
+
+
+def check_free(path: Path, overwrite: bool) -> None:
+    """Whether a new run may take ``path`` (before any work: a fast, lock-free first look)."""
+    if path.is_symlink():
+        raise RunFolderError(f"results folder {path} is a symbolic link; choose another run.name")
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"results folder {path} is a file; choose another run.name")
+    if not _entries(path):
+        return
+    if not overwrite:
+        raise RunFolderError(f"results folder {path} already exists; choose another run.name or pass --overwrite")
+    if not (path / "status.json").is_file():
+        raise RunFolderError(f"{path} is not a fedvl run folder (no status.json); --overwrite deletes only fedvl "
+                             "runs: choose another run.name")
+
+
+class RunFolder:
+    """One process's exclusive claim on a run folder, from :meth:`acquire` to :meth:`release`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+        self._created = False
+
+    def acquire(self, fresh: bool, overwrite: bool = False) -> RunFolder:
+        """Lock the folder; ``fresh``: create it, or empty it when ``overwrite`` and it is a fedvl run."""
+        p = self.path
+        if fresh:
+            check_free(p, overwrite)
+            self._created = not p.exists()
+            try:
+                p.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise RunFolderError(f"cannot create results folder {p}: {e.strerror or e}") from None
+        elif not p.is_dir() or p.is_symlink():
+            raise RunFolderError(f"{p} is not a fedvl results folder")
+        try:
+            fd = os.open(p / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            self._remove_if_created()
+            raise RunFolderError(f"cannot write in results folder {p}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise RunFolderError(f"cannot lock results folder {p}: {e.strerror}") from None
+            raise RunFolderError(f"results folder {p} is in use by another fedvl process"
+                                 f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to end or "
+                                 "choose another run.name") from None
+        self._fd = fd
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if fresh:
+            try:
+                check_free(p, overwrite)  # again, under the lock: another run may have finished here meanwhile
+            except RunFolderError:
+                self.release()
+                raise
+            for child in _entries(p):  # a fedvl run being replaced (checked above)
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        return self
+
+    def _remove_if_created(self) -> None:
+        if self._created and not _entries(self.path):
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def release(self, abandon: bool = False) -> None:
+        """Drop the lock (the lock file stays: deleting it would let two processes lock two files).
+        ``abandon``: the run never started; a folder this process created goes again."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor releases the flock
+            self._fd = None
+        if abandon:
+            self._remove_if_created()
