@@ -316,9 +316,12 @@ def plot_curves(meta: dict, path: Path) -> None:
 
 
 @torch.no_grad()
-def itm_report(path: Path, cfg: VLPretrainConfig, images: int | None = None) -> dict[str, float]:
+def itm_report(path: Path, cfg: VLPretrainConfig, images: int | None = None,
+               shuffle_images: bool = False) -> dict[str, float]:
     """Held-out ITM accuracy of a saved base, overall and per caption kind, read back from the file:
-    the model built as fine-tuning builds it (delta merged) plus the ITM head stored beside it."""
+    the model built as fine-tuning builds it (delta merged) plus the ITM head stored beside it.
+    ``shuffle_images``: every caption is shown another image (a fixed shift), so what accuracy
+    remains was read from the caption's text alone (a shortcut, not image-text matching)."""
     from fedvl.models.vlbase import read_base
 
     state, _ = read_base(path)
@@ -330,6 +333,9 @@ def itm_report(path: Path, cfg: VLPretrainConfig, images: int | None = None) -> 
     itm.load_state_dict({k[len("itm."):]: v.float() for k, v in state.items() if k.startswith("itm.")})
     held = make_corpus(images or cfg.held_out_images, 2, cfg.image_size, 2_000_003 + cfg.seed, cfg.max_objects)
     data = Encoded(held, model, load_tokenizer(), cfg.max_text_len, None)
+    if shuffle_images:
+        n = data.features.shape[0]
+        data.image = (data.image + max(1, n // 2)) % n  # every caption meets an image that is not its own
     right = []
     for i in range(0, len(data.label), 128):
         idx = torch.arange(i, min(i + 128, len(data.label)))
