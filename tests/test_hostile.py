@@ -25,7 +25,10 @@ def fedvl(*args, cwd: Path, wait: bool = True, preexec=None):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "fedvl", *args]
     if not wait:
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # a shell's background job inherits SIGINT ignored, and Python then never raises KeyboardInterrupt:
+        # give the child the default disposition, as a terminal's foreground job has
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=preexec or (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)))
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, preexec_fn=preexec)
 
 
