@@ -504,3 +504,40 @@ def test_sigterm_on_serve_leaves_status_interrupted_not_running(world):
         if srv.poll() is None:
             srv.terminate()
             srv.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_join_exits_by_itself_once_the_run_has_ended(world):
+    from fedvl.runtime.deploy import free_port, stop
+
+    port = free_port()
+    srv = fedvl("serve", *TINY, "data.num_clients=2", "run.name=ends", "--port", str(port), "--insecure",
+                cwd=world, wait=False)
+    nodes = []
+    try:
+        deadline = time.time() + 120
+        while "SuperLink listening" not in (line := srv.stdout.readline()):
+            assert line or srv.poll() is None, srv.communicate()
+            assert time.time() < deadline
+        for i in range(2):  # node output to a file: a full pipe would stall the node
+            with open(world.parent / f"node{i}.log", "w") as log:
+                nodes.append(subprocess.Popen(
+                    [sys.executable, "-m", "fedvl", "join", "--server", f"127.0.0.1:{port}", "--partition", str(i),
+                     "--insecure", "--wait-s", "5", "--state-dir", str(world.parent / f"node{i}")],
+                    cwd=world, stdout=log, stderr=subprocess.PIPE, text=True, start_new_session=True))
+        out, _ = srv.communicate(timeout=600)
+        assert srv.returncode == 0, out[-3000:]
+        t0 = time.monotonic()
+        for node in nodes:  # the SuperLink is gone: 5 s of --wait-s, then each node stops itself
+            _, err = node.communicate(timeout=60)
+            assert node.returncode == 0, err
+            assert err.strip().splitlines() == [(f"fedvl join: the run at 127.0.0.1:{port} has ended (its "
+                                                 "SuperLink has been gone for 5s); stopping this node")]
+        assert time.monotonic() - t0 < 60
+        assert not _processes_mentioning(f"127.0.0.1:{port}")  # no SuperNode left behind
+    finally:
+        for node in nodes:
+            stop(node, grace=5)  # the node and its SuperNode (its own session)
+        if srv.poll() is None:
+            srv.terminate()
+            srv.wait(timeout=60)
