@@ -225,6 +225,23 @@ def test_hostile_data_one_line_no_results_folder(world, damage, message):
     assert snapshot(world) == before
 
 
+def test_gqa_question_id_twice_in_one_file_is_named(world):
+    """GQA maps question id -> question in one JSON object: a repeated key would silently replace
+    the question before it (json.load keeps the last), so it is refused like any duplicate id."""
+    from real_fixtures import write_all
+
+    write_all(world / "data", n=4)
+    path = world / "data" / "gqa" / "questions" / "train_balanced_questions.json"
+    doc = json.loads(path.read_text())
+    again = json.dumps({**doc["train00002"], "answer": "blue"})
+    path.write_text(json.dumps(doc)[:-1] + f', "train00002": {again}}}')
+    before = snapshot(world)
+    r = fedvl("run", *args(world, "data.benchmark=real", f"data.root={world / 'data'}", "data.clients=gqa",
+                           "data.image_size=32", "data.answer_vocab=4", "run.name=bad"), cwd=world)
+    one_line(r, 2, f"{path}: duplicate question id train00002 (every question needs its own id)")
+    assert not (world / "results" / "bad").exists() and snapshot(world) == before
+
+
 def test_overwrite_with_bad_data_keeps_the_old_run(world):
     write_folder_dataset(world / "data" / "mine", "duplicate")
     before = snapshot(world)
