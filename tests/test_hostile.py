@@ -250,6 +250,28 @@ def test_overwrite_with_bad_data_keeps_the_old_run(world):
     assert snapshot(world) == before  # the old run included: it is only replaced by a run that can start
 
 
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_overwrite_of_a_live_run_is_refused_before_anything_is_built(world, command):
+    """The lock of a run still going is looked at first: its data (bad here, so a later check would
+    name them instead) are never built and nothing is started or written."""
+    from fedvl.runfolder import RunFolder
+    from fedvl.runtime.deploy import free_port
+
+    write_folder_dataset(world / "data" / "mine", "duplicate")
+    live = RunFolder(world / "results" / "keep").acquire(fresh=False)  # this process: the run still going
+    try:
+        before = snapshot(world)
+        argv = real_args(world, "run.name=keep", "--overwrite")
+        if command == "serve":  # it would start a SuperLink here
+            argv = [a for a in argv if a != "--quiet"] + ["--port", str(free_port()), "--insecure"]
+        r = fedvl(command, *argv, cwd=world)
+        one_line(r, 2, "results folder results/keep is in use by another fedvl process "
+                       f"(pid {os.getpid()}); wait for it to end or choose another run.name")
+        assert snapshot(world) == before
+    finally:
+        live.release()
+
+
 @pytest.mark.slow
 def test_clean_folder_dataset_runs(world):
     """The fixture itself is fine: without damage the same command runs (so the tests above test the damage)."""
