@@ -228,12 +228,51 @@ def test_hostile_data_one_line_no_results_folder(world, damage, message):
     assert snapshot(world) == before
 
 
+def test_gqa_question_id_twice_in_one_file_is_named(world):
+    """GQA maps question id -> question in one JSON object: a repeated key would silently replace
+    the question before it (json.load keeps the last), so it is refused like any duplicate id."""
+    from real_fixtures import write_all
+
+    write_all(world / "data", n=4)
+    path = world / "data" / "gqa" / "questions" / "train_balanced_questions.json"
+    doc = json.loads(path.read_text())
+    again = json.dumps({**doc["train00002"], "answer": "blue"})
+    path.write_text(json.dumps(doc)[:-1] + f', "train00002": {again}}}')
+    before = snapshot(world)
+    r = fedvl("run", *args(world, "data.benchmark=real", f"data.root={world / 'data'}", "data.clients=gqa",
+                           "data.image_size=32", "data.answer_vocab=4", "run.name=bad"), cwd=world)
+    one_line(r, 2, f"{path}: duplicate question id train00002 (every question needs its own id)")
+    assert not (world / "results" / "bad").exists() and snapshot(world) == before
+
+
 def test_overwrite_with_bad_data_keeps_the_old_run(world):
     write_folder_dataset(world / "data" / "mine", "duplicate")
     before = snapshot(world)
     r = fedvl("run", *real_args(world, "run.name=keep", "--overwrite"), cwd=world)
     one_line(r, 2, "duplicate question_id 2")
     assert snapshot(world) == before  # the old run included: it is only replaced by a run that can start
+
+
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_overwrite_of_a_live_run_is_refused_before_anything_is_built(world, command):
+    """The lock of a run still going is looked at first: its data (bad here, so a later check would
+    name them instead) are never built and nothing is started or written."""
+    from fedvl.runfolder import RunFolder
+    from fedvl.runtime.deploy import free_port
+
+    write_folder_dataset(world / "data" / "mine", "duplicate")
+    live = RunFolder(world / "results" / "keep").acquire(fresh=False)  # this process: the run still going
+    try:
+        before = snapshot(world)
+        argv = real_args(world, "run.name=keep", "--overwrite")
+        if command == "serve":  # it would start a SuperLink here
+            argv = [a for a in argv if a != "--quiet"] + ["--port", str(free_port()), "--insecure"]
+        r = fedvl(command, *argv, cwd=world)
+        one_line(r, 2, "results folder results/keep is in use by another fedvl process "
+                       f"(pid {os.getpid()}); wait for it to end or choose another run.name")
+        assert snapshot(world) == before
+    finally:
+        live.release()
 
 
 @pytest.mark.slow
@@ -504,6 +543,43 @@ def test_sigterm_on_serve_leaves_status_interrupted_not_running(world):
         time.sleep(2)
         assert not _alive(children)
     finally:
+        if srv.poll() is None:
+            srv.terminate()
+            srv.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_join_exits_by_itself_once_the_run_has_ended(world):
+    from fedvl.runtime.deploy import free_port, stop
+
+    port = free_port()
+    srv = fedvl("serve", *TINY, "data.num_clients=2", "run.name=ends", "--port", str(port), "--insecure",
+                cwd=world, wait=False)
+    nodes = []
+    try:
+        deadline = time.time() + 120
+        while "SuperLink listening" not in (line := srv.stdout.readline()):
+            assert line or srv.poll() is None, srv.communicate()
+            assert time.time() < deadline
+        for i in range(2):  # node output to a file: a full pipe would stall the node
+            with open(world.parent / f"node{i}.log", "w") as log:
+                nodes.append(subprocess.Popen(
+                    [sys.executable, "-m", "fedvl", "join", "--server", f"127.0.0.1:{port}", "--partition", str(i),
+                     "--insecure", "--wait-s", "5", "--state-dir", str(world.parent / f"node{i}")],
+                    cwd=world, stdout=log, stderr=subprocess.PIPE, text=True, start_new_session=True))
+        out, _ = srv.communicate(timeout=600)
+        assert srv.returncode == 0, out[-3000:]
+        t0 = time.monotonic()
+        for node in nodes:  # the SuperLink is gone: 5 s of --wait-s, then each node stops itself
+            _, err = node.communicate(timeout=60)
+            assert node.returncode == 0, err
+            assert err.strip().splitlines() == [(f"fedvl join: the run at 127.0.0.1:{port} has ended (its "
+                                                 "SuperLink has been gone for 5s); stopping this node")]
+        assert time.monotonic() - t0 < 60
+        assert not _processes_mentioning(f"127.0.0.1:{port}")  # no SuperNode left behind
+    finally:
+        for node in nodes:
+            stop(node, grace=5)  # the node and its SuperNode (its own session)
         if srv.poll() is None:
             srv.terminate()
             srv.wait(timeout=60)

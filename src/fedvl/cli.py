@@ -71,9 +71,10 @@ JOIN_HELP = """\
 Join a Flower deployment started by `fedvl serve` as the client holding
 partition --partition (0..N-1 in the experiment's client order): starts a Flower
 SuperNode running the fedvl ClientApp. Client-local state (e.g. FedDAT's A_C)
-stays in --state-dir and never leaves this machine. Runs until stopped (Ctrl-C).
-Gives up (exit 1) when the SuperLink stays unreachable for --wait-s seconds; stops (exit 2)
-when the run has no partition --partition.
+stays in --state-dir and never leaves this machine. Runs until the run ends: once
+the SuperLink has been gone for --wait-s seconds it says so and exits 0 (or Ctrl-C).
+Gives up (exit 1) when the SuperLink stays unreachable for --wait-s seconds at the start;
+stops (exit 2) when the run has no partition --partition.
 """
 
 
@@ -291,7 +292,8 @@ def _parser() -> argparse.ArgumentParser:
     jn.add_argument("--insecure", action="store_true", help="no TLS (only if the server was started with --insecure)")
     jn.add_argument("--port", type=int, default=None, help="local port of this node's ClientApp API (default: free)")
     jn.add_argument("--wait-s", type=float, default=300.0,
-                    help="keep retrying this long while the SuperLink is unreachable or refuses this node (default: 300)")
+                    help="keep retrying this long while the SuperLink is unreachable or refuses this node; once "
+                         "it has been gone this long after the node joined, the run has ended (default: 300)")
     jn.add_argument("--device", default="",
                     help="where this node's client computes: cpu, cuda, cuda:N (default: the run's run.device)")
     jn.add_argument("--auth-key", metavar="KEY",

@@ -24,7 +24,7 @@ def run_dir_for(cfg: ExperimentConfig, overwrite: bool = False) -> Path:
     """The run's folder, checked before any work: a plain name, a writable place, free or replaceable.
     The name is checked here, when a run starts, not when a config loads: a comparison's runs are
     named ``method/seedN`` inside its own folder, and their config.yaml must load for ``--resume``."""
-    from fedvl.runfolder import check_free, check_name, check_writable
+    from fedvl.runfolder import check_free, check_name, check_not_live, check_writable
 
     check_name(cfg.run.name)
     check_writable(cfg.run.output_dir, "run.output_dir")
@@ -32,6 +32,7 @@ def run_dir_for(cfg: ExperimentConfig, overwrite: bool = False) -> Path:
     name = cfg.run.name or f"{cfg.algorithm.name}-{cfg.data.benchmark}-{datetime.now():%Y%m%d-%H%M%S}"
     path = Path(cfg.run.output_dir) / name
     check_free(path, overwrite)
+    check_not_live(path)  # a live run is not replaced: said now, not after its data were built
     return path
 
 

@@ -5,7 +5,8 @@ component, so no name reaches outside ``output_dir``. One process at a time owns
 a folder: it holds an exclusive ``flock`` on ``<folder>/.lock`` for the whole run
 (the OS drops it when the process dies, even by SIGKILL), so a second run of the
 same name, or a ``--resume`` of a run still going, stops with one line instead of
-interleaving its files with the first one's. Replacing an existing folder
+interleaving its files with the first one's; ``--overwrite`` of a run still going is
+refused before any work (:func:`check_not_live`). Replacing an existing folder
 (``--overwrite``) only ever deletes a fedvl run (a folder with ``status.json``),
 and only once the new run's config and data have been validated.
 """
@@ -76,6 +77,30 @@ def check_free(path: Path, overwrite: bool) -> None:
                              "runs: choose another run.name")
 
 
+def _in_use(path: Path, fd: int) -> RunFolderError:
+    holder = os.pread(fd, 32, 0).decode(errors="replace").strip()  # the pid its owner wrote
+    return RunFolderError(f"results folder {path} is in use by another fedvl process"
+                          f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to end or "
+                          "choose another run.name")
+
+
+def check_not_live(path: Path) -> None:
+    """Refuse a folder whose run is still going (its lock held), before any work: a non-blocking
+    look that holds a shared lock for an instant and writes nothing, so ``--overwrite`` of a live
+    run stops at once instead of after building its data."""
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDONLY)
+    except OSError:  # no lock file: no run ever held this folder
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise _in_use(path, fd) from None
+    finally:
+        os.close(fd)  # and with it the shared lock
+
+
 class RunFolder:
     """One process's exclusive claim on a run folder, from :meth:`acquire` to :meth:`release`."""
 
@@ -104,13 +129,12 @@ class RunFolder:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                error = _in_use(p, fd)
+            else:
+                error = RunFolderError(f"cannot lock results folder {p}: {e.strerror}")
             os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise RunFolderError(f"cannot lock results folder {p}: {e.strerror}") from None
-            raise RunFolderError(f"results folder {p} is in use by another fedvl process"
-                                 f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to end or "
-                                 "choose another run.name") from None
+            raise error from None
         self._fd = fd
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

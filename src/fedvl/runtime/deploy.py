@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,28 +336,47 @@ SUPERNODE_CONNECTION_ERROR = "Exit Code: 305"
 BAD_PARTITION = "ConfigError: this node holds partition"
 
 
-def _run_node(cmd: list[str]) -> tuple[int, bool | str]:
-    """Run one SuperNode in its own process group, its output passed through, until it ends
-    or reports that the SuperLink refused it (True) or that its partition is not in the run
-    (that line): (exit code, refused)."""
+REFUSED, ENDED = "refused", "ended"
+
+
+def _watch_superlink(proc: subprocess.Popen, host: str, port: int, gone_s: float, ended: threading.Event) -> None:
+    """Stop the node once nothing has listened on host:port for ``gone_s``: the SuperLink went
+    away with the run it served (a SuperNode would retry it forever)."""
+    seen = time.monotonic()
+    while proc.poll() is None:
+        if _unreachable(host, port, time.monotonic()) is None:
+            seen = time.monotonic()
+        elif time.monotonic() - seen >= gone_s:
+            ended.set()
+            stop(proc, grace=3)
+            return
+        time.sleep(1)
+
+
+def _run_node(cmd: list[str], host: str, port: int, gone_s: float) -> tuple[int, str | None]:
+    """Run one SuperNode in its own process group, its output passed through, until it ends,
+    reports that the SuperLink refused it (REFUSED) or that its partition is not in the run
+    (that line), or the SuperLink has been gone for ``gone_s`` (ENDED): (exit code, why)."""
     proc = subprocess.Popen(cmd, env=flower_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace", process_group=0, preexec_fn=die_with_parent)
-    refused: bool | str = False
+    ended = threading.Event()
+    threading.Thread(target=_watch_superlink, args=(proc, host, port, gone_s, ended), daemon=True).start()
+    why: str | None = None
     try:
         for line in proc.stdout:
             sys.stdout.write(line)
             sys.stdout.flush()
             if SUPERNODE_CONNECTION_ERROR in line:
-                refused = True
+                why = REFUSED
                 break
             if BAD_PARTITION in line:
-                refused = line[line.index(BAD_PARTITION) + len("ConfigError: "):].strip()
+                why = line[line.index(BAD_PARTITION) + len("ConfigError: "):].strip()
                 time.sleep(3)  # let the SuperNode deliver the error reply, so the server can name this node
                 break
     finally:
         # the SuperNode and its children; short grace: whoever stops `fedvl join` may not wait long
         stop(proc, grace=3)
-    return proc.returncode if proc.returncode is not None else 1, refused
+    return proc.returncode if proc.returncode is not None else 1, ENDED if ended.is_set() else why
 
 
 def parse_server(server: str) -> tuple[str, int]:
@@ -384,7 +404,8 @@ def _unreachable(host: str, port: int, deadline: float) -> str | None:
 
 def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int | None = None,
          auth_key: Path | None = None, wait_s: float = 300.0, device: str = "") -> int:
-    """Run a SuperNode for ``partition`` in the foreground until it is stopped.
+    """Run a SuperNode for ``partition`` in the foreground until the run it serves has ended (its
+    SuperLink gone for ``wait_s``: exit 0) or it is stopped.
 
     A SuperNode gives up after a few seconds when it cannot connect or the SuperLink does
     not (yet) know its key; nodes are often started before ``serve`` has its SuperLink up
@@ -405,12 +426,16 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
                 print(f"fedvl join: error: cannot reach the SuperLink at {server} after {wait_s:.0f}s ({reason}); "
                       "giving up", file=sys.stderr)
                 return 1
-            code, refused = _run_node(cmd)
-            if isinstance(refused, str):
-                print(f"fedvl join: error: {refused}; stopping this node", file=sys.stderr)
-                return 2
-            if not refused:
+            code, why = _run_node(cmd, host, server_port, wait_s)
+            if why == ENDED:
+                print(f"fedvl join: the run at {server} has ended (its SuperLink has been gone for {wait_s:.0f}s); "
+                      "stopping this node", file=sys.stderr)
+                return 0
+            if why is None:
                 return code
+            if why != REFUSED:
+                print(f"fedvl join: error: {why}; stopping this node", file=sys.stderr)
+                return 2
             if time.monotonic() > deadline:
                 print(f"fedvl join: the SuperLink at {server} still refuses this node after {wait_s:.0f}s; giving up",
                       file=sys.stderr)

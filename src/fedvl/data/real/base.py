@@ -39,13 +39,34 @@ def require(path: Path, what: str) -> Path:
     return path
 
 
-def read_json(path: Path, what: str) -> Any:
+class _Repeated(dict):
+    """A JSON object one of whose keys repeats (``json.load`` keeps the last value, silently)."""
+
+    first: str
+
+
+def _note_repeats(pairs: list[tuple[str, Any]]) -> dict:
+    out = dict(pairs)
+    if len(out) == len(pairs):
+        return out
+    seen: set[str] = set()
+    repeated = _Repeated(out)
+    repeated.first = next(k for k, _ in pairs if k in seen or seen.add(k))
+    return repeated
+
+
+def read_json(path: Path, what: str, key: str | None = None) -> Any:
+    """The parsed file; ``key``: the top-level object maps ids (named ``key``) to records, and an id
+    that repeats is an error (a duplicate would silently replace the question before it)."""
     require(path, what)
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            doc = json.load(f, object_pairs_hook=_note_repeats if key else None)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{what}: {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    if isinstance(doc, _Repeated):
+        raise DatasetError(f"{path}: duplicate {key} {doc.first} (every question needs its own id)")
+    return doc
 
 
 def field(record: dict, key: str, path: Path) -> Any:

@@ -15,7 +15,7 @@ from fedvl.data.real.base import DatasetError, Question, answered, field, inside
 
 def read(folder: Path, split: str) -> list[Question]:
     path = folder / "questions" / f"{split}_balanced_questions.json"
-    doc = read_json(path, "GQA questions")
+    doc = read_json(path, "GQA questions", key="question id")
     if not isinstance(doc, dict):
         raise DatasetError(f"{path}: expected a mapping question id -> question (GQA format)")
     image_dir = require(folder / "images", "GQA images")
