@@ -73,7 +73,7 @@ def check_available(cfg: ModelConfig) -> None:
             read_base(base_path(cfg))
         except BaseWeightsError as e:
             raise ModelUnavailableError(str(e)) from None
-    elif cfg.name in ("vilt", "clip", "blip"):
+    if cfg.name in ("vilt", "clip", "blip"):
         from fedvl.models.hf import resolve_checkpoint
 
         resolve_checkpoint(cfg)

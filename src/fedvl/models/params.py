@@ -7,7 +7,8 @@ Every parameter belongs to one group:
   ``adapter.<role>``    bottleneck adapters (roles: shared / local / teacher)
   ``lora.<role>``       peft LoRA matrices of that role
   ``prompt.<role>``     soft prompt of that role (prompt tuning)
-  ``connector``, ``head`` new modules every method trains
+  ``connector``, ``head`` new modules: the head always trains; the connector too, except on
+                        the VL-pretrained base, where it belongs to the frozen foundation
 """
 
 from __future__ import annotations
