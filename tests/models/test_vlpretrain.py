@@ -50,14 +50,15 @@ def _truth(scene: list[Obj], text: str) -> bool:
     return len(parts) == len(scene) and {obj(p) for p in parts} == objs
 
 
-def test_every_caption_is_true_and_every_hard_negative_false():
+@pytest.mark.parametrize("count_negatives", ["uniform", "matched"])
+def test_every_caption_is_true_and_every_hard_negative_false(count_negatives):
     rng = np.random.default_rng(0)
     seen = set()
     for _ in range(400):
         scene = random_scene(rng, 1, 4)
         for kind in KINDS:
             for negative in (False, True):
-                text = describe(scene, kind, negative, rng)
+                text = describe(scene, kind, negative, rng, count_negatives)
                 assert _truth(scene, text) is (not negative), (scene, kind, text)
                 seen.add(text.split()[0])
     assert {"there", "a", "an"} <= seen
@@ -69,6 +70,29 @@ def test_corpus_is_seeded_half_negative_and_never_asks():
     assert 0.35 < sum(a.match) / len(a.match) < 0.65
     assert not any("?" in t for t in a.text)  # captions describe; benchmark questions never appear
     assert len(a.text) == 120 and max(a.image) == 39
+
+
+def _match_rate_by_number(count_negatives: str) -> dict[str, float]:
+    corpus = make_corpus(1500, 4, 32, seed=7, max_objects=3, count_negatives=count_negatives)
+    seen: dict[str, list[int]] = {}
+    for text, match, kind in zip(corpus.text, corpus.match, corpus.kind):
+        if kind == "count":
+            seen.setdefault(text.split()[2], []).append(match)
+    return {w: sum(m) / len(m) for w, m in seen.items() if len(m) >= 50}
+
+
+def test_matched_count_negatives_leave_the_number_word_uninformative():
+    """A text-only reader of a count caption: under ``uniform`` (the shipped base's corpus) the number
+    word nearly decides the label ("no" true 89%, "three"/"four" true 0-1%); under ``matched`` every
+    frequent number word is true about half the time, so only the image can tell."""
+    uniform, matched = _match_rate_by_number("uniform"), _match_rate_by_number("matched")
+    assert uniform["no"] > 0.8 and uniform["four"] < 0.05
+    assert matched.keys() >= {"no", "one", "two"} and all(0.4 < r < 0.6 for r in matched.values())
+
+
+def test_count_negatives_option_keeps_the_shipped_key():
+    assert pretrain_key(VLPretrainConfig(count_negatives="uniform")) == pretrain_key(VLPretrainConfig())
+    assert pretrain_key(VLPretrainConfig(count_negatives="matched")) != pretrain_key(VLPretrainConfig())
 
 
 # ----------------------------------------------------------- pretraining

@@ -77,8 +77,14 @@ def _changed(o: Obj, scene: list[Obj], rng: np.random.Generator) -> Obj:
             return new
 
 
-def describe(scene: list[Obj], kind: str, negative: bool, rng: np.random.Generator) -> str:
-    """One caption of ``kind`` for the scene: true, or (``negative``) false in exactly one detail."""
+def describe(scene: list[Obj], kind: str, negative: bool, rng: np.random.Generator,
+             count_negatives: str = "uniform") -> str:
+    """One caption of ``kind`` for the scene: true, or (``negative``) false in exactly one detail.
+
+    ``count_negatives``: how a false count caption picks its number. ``uniform``: any other number
+    (the shipped base's corpus; true counts are mostly "no" / "one", so the number alone gives the
+    answer away). ``matched``: the number is the drawn colour's or shape's true count, and the caption
+    names another one whose count differs, so true and false captions state numbers alike."""
     objs = [scene[i] for i in rng.permutation(len(scene))]
     if kind == "relation":
         pairs = [(a, b) for a in objs for b in objs if a.col < b.col]
@@ -105,12 +111,22 @@ def describe(scene: list[Obj], kind: str, negative: bool, rng: np.random.Generat
         o = objs[0]
         return f"there is {_phrase(_changed(o, scene, rng) if negative else o)}"
     if kind == "count":
-        if rng.random() < 0.5:
-            c = str(rng.choice(list(COLORS)))
-            n, what = sum(x.color == c for x in scene), lambda k: f"{c} object" + ("" if k == 1 else "s")
+        by_color = rng.random() < 0.5
+        attr, pool = ("color", list(COLORS)) if by_color else ("shape", SHAPES)
+        v = str(rng.choice(pool))
+        n = sum(getattr(x, attr) == v for x in scene)
+        if by_color:
+            what = lambda k: f"{v} object" + ("" if k == 1 else "s")  # noqa: E731
         else:
-            s = str(rng.choice(SHAPES))
-            n, what = sum(x.shape == s for x in scene), lambda k: _shape_word(s, k)
+            what = lambda k: _shape_word(v, k)  # noqa: E731
+        if negative and count_negatives == "matched":
+            # the number is the true count of the drawn value (as a true caption states it); the caption
+            # names another value whose count differs: numbers of true and false captions are alike
+            wrong = [u for u in pool if sum(getattr(x, attr) == u for x in scene) != n]
+            u = str(wrong[int(rng.integers(len(wrong)))])
+            if by_color:
+                return f"{'there is' if n == 1 else 'there are'} {NUMBERS[n]} {u} object" + ("" if n == 1 else "s")
+            return f"{'there is' if n == 1 else 'there are'} {NUMBERS[n]} {_shape_word(u, n)}"
         if negative:
             n = [k for k in range(len(NUMBERS)) if k != n][int(rng.integers(len(NUMBERS) - 1))]
         return f"{'there is' if n == 1 else 'there are'} {NUMBERS[n]} {what(n)}"
@@ -118,7 +134,7 @@ def describe(scene: list[Obj], kind: str, negative: bool, rng: np.random.Generat
 
 
 def make_corpus(n_images: int, captions_per_image: int, image_size: int, seed: int,
-                max_objects: int = 4, domain: str = "gallery") -> CaptionSet:
+                max_objects: int = 4, domain: str = "gallery", count_negatives: str = "uniform") -> CaptionSet:
     """``n_images`` scenes, each with ``captions_per_image`` captions, half of them hard negatives."""
     rng = np.random.default_rng(seed)
     scenes = [random_scene(rng, 1, max_objects) for _ in range(n_images)]
@@ -129,7 +145,7 @@ def make_corpus(n_images: int, captions_per_image: int, image_size: int, seed: i
         for _ in range(captions_per_image):
             negative = bool(rng.random() < 0.5)
             out.kind.append(KINDS[int(rng.integers(len(KINDS)))])  # as drawn (a relation may read as an object)
-            out.text.append(describe(scene, out.kind[-1], negative, rng))
+            out.text.append(describe(scene, out.kind[-1], negative, rng, count_negatives))
             out.image.append(i)
             out.match.append(not negative)
     return out

@@ -42,6 +42,9 @@ class VLPretrainConfig:
     held_out_images: int = 300
     """Images (a separate seed) whose captions measure held-out ITM accuracy."""
     max_objects: int = 3
+    count_negatives: Literal["uniform", "matched"] = "uniform"
+    """How a false count caption picks its number (fedvl.data.captions.describe): uniform (the shipped
+    base; the number alone gives the answer away) or matched (as true captions state them)."""
     steps: int = 1200
     batch_size: int = 32
     lr: float = 5e-4
@@ -70,6 +73,8 @@ _NOT_KEYED = {"threads", "cache_dir", "checkpoint_every", "eval_every", "device"
 
 def pretrain_key(cfg: VLPretrainConfig) -> str:
     spec = {k: v for k, v in asdict(cfg).items() if k not in _NOT_KEYED}
+    if spec["count_negatives"] == "uniform":
+        del spec["count_negatives"]  # the value before the option existed: bases made then keep their key
     spec["version"] = VERSION
     return "vl-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -198,8 +198,9 @@ def pretrain(cfg: VLPretrainConfig, status: Callable[[str], None] = print,
     status(f"rendering the caption corpus: {cfg.corpus_images} images x {cfg.captions_per_image} captions "
            f"(+ {cfg.held_out_images} held-out images)")
     corpus = make_corpus(cfg.corpus_images, cfg.captions_per_image, cfg.image_size, 1_000_003 + cfg.seed,
-                         cfg.max_objects)
-    held = make_corpus(cfg.held_out_images, 2, cfg.image_size, 2_000_003 + cfg.seed, cfg.max_objects)
+                         cfg.max_objects, count_negatives=cfg.count_negatives)
+    held = make_corpus(cfg.held_out_images, 2, cfg.image_size, 2_000_003 + cfg.seed, cfg.max_objects,
+                       count_negatives=cfg.count_negatives)
     cache = str(Path(cfg.cache_dir) / "features")
     train, test = (Encoded(c, pt.model, pt.tokenizer, cfg.max_text_len, cache) for c in (corpus, held))
     positives = torch.nonzero(train.label == MATCH).squeeze(1)
@@ -331,7 +332,8 @@ def itm_report(path: Path, cfg: VLPretrainConfig, images: int | None = None,
     hidden = model.text.config.hidden_size
     itm = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 2))
     itm.load_state_dict({k[len("itm."):]: v.float() for k, v in state.items() if k.startswith("itm.")})
-    held = make_corpus(images or cfg.held_out_images, 2, cfg.image_size, 2_000_003 + cfg.seed, cfg.max_objects)
+    held = make_corpus(images or cfg.held_out_images, 2, cfg.image_size, 2_000_003 + cfg.seed, cfg.max_objects,
+                       count_negatives=cfg.count_negatives)
     data = Encoded(held, model, load_tokenizer(), cfg.max_text_len, None)
     if shuffle_images:
         n = data.features.shape[0]
