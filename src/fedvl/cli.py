@@ -99,7 +99,7 @@ Trains the connector, a low-rank delta on the MiniLM layers and their LayerNorms
 image-text matching (hard negatives: one colour, shape, size, position or count changed)
 and masked language modelling, on a public caption corpus the synthetic world renders in
 a style no benchmark client uses (captions only, never a benchmark's questions). Writes
-run.cache_dir/vl/<key>.safetensors (float16) with a JSON report and a PNG of the loss and
+<cache_dir>/vl/<key>.safetensors (float16; cache_dir=results/cache) with a JSON report, a PNG of the loss and
 held-out accuracy curves; key = hash of the settings. Resumable: rerun the same command
 after a kill. Deterministic for a seed. Settings: key=value (see fedvl.models.vlbase.
 VLPretrainConfig), e.g. steps=1500 corpus_images=4000 model=tiny.
