@@ -57,3 +57,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_base(tmp_path_factory):
+    """A VL base for the tiny model (two steps of `fedvl pretrain vl` on 8 images, seconds): runs on it
+    freeze the connector as the default model's shipped base does (model.base=vl)."""
+    from fedvl.models.vlbase import VLPretrainConfig
+    from fedvl.models.vlpretrain import pretrain
+
+    cfg = VLPretrainConfig(model="tiny", image_size=64, corpus_images=8, held_out_images=4, captions_per_image=2,
+                           steps=2, batch_size=4, threads=1, cache_dir=str(tmp_path_factory.mktemp("vlbase")))
+    return pretrain(cfg, status=lambda s: None)[0]

@@ -635,55 +635,50 @@ def _check_secagg(cfg: ExperimentConfig) -> None:
                           f"{per_round} clients per round), got {threshold}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Defaults <- YAML file (if given) <- ``key=value`` overrides, then validate."""
-    cfg = ExperimentConfig()
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {p} cannot be read as text: {type(e).__name__}") from None
-        if data is None:  # an empty file is more likely a mistake (a wrong path, a failed save) than a wish
-            raise ConfigError(f"config file {p} is empty (to run the embedded default, give no config file)")
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of sections "
-                              "(model, data, algorithm, run, attack, privacy, t2i, fedmmkt)")
-        _apply(cfg, data, "", from_text=False)
-    for text in overrides or []:
-        keys, value = parse_override(text)
-        nested: dict[str, Any] = {keys[-1]: value}
-        for k in reversed(keys[:-1]):
-            nested = {k: nested}
-        _apply(cfg, nested, "", from_text=True)
-    return validate(cfg)
+def _read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping a YAML config file holds; every way it can fail is one ConfigError line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p} cannot be read as text: {type(e).__name__}") from None
+    if data is None:  # an empty file is more likely a mistake (a wrong path, a failed save) than a wish
+        raise ConfigError(f"config file {p} is empty (to run the embedded default, give no config file)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of {what}")
+    return data
 
 
-def load_section(cls: type, path: str | Path | None, overrides: list[str] | None) -> Any:
-    """One settings dataclass (e.g. ``fedvl pretrain vl``'s) from an optional YAML mapping and ``key=value``s."""
-    obj = cls()
+def _load(obj: Any, path: str | Path | None, overrides: list[str] | None, what: str) -> Any:
+    """Defaults (``obj``) <- YAML file (if given) <- ``key=value`` overrides."""
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {p} cannot be read as YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of keys")
-        _apply(obj, data, "", from_text=False)
+        _apply(obj, _read_mapping(path, what), "", from_text=False)
     for text in overrides or []:
         keys, value = parse_override(text)
         nested: dict[str, Any] = {keys[-1]: value}
         for k in reversed(keys[:-1]):
             nested = {k: nested}
         _apply(obj, nested, "", from_text=True)
+    return obj
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Defaults <- YAML file (if given) <- ``key=value`` overrides, then validate."""
+    sections = "sections (model, data, algorithm, run, attack, privacy, t2i, fedmmkt)"
+    return validate(_load(ExperimentConfig(), path, overrides, sections))
+
+
+def load_section(cls: type, path: str | Path | None, overrides: list[str] | None) -> Any:
+    """One settings dataclass (e.g. ``fedvl pretrain vl``'s) from an optional YAML mapping and ``key=value``s;
+    its own ``validate()`` runs if it has one."""
+    obj = _load(cls(), path, overrides, "keys")
     _check_finite(obj, "")
+    if hasattr(obj, "validate"):
+        obj.validate()
     return obj
 
 

@@ -152,17 +152,14 @@ def test_also_travel_shares_the_connector_but_never_a_c(tiny_cfg):
         tiny_cfg("algorithm.name=feddat", "algorithm.also_travel=adapter.local")
 
 
-def test_shared_encoder_pass_matches_three_passes(tiny_cfg, tmp_path):
+def test_shared_encoder_pass_matches_three_passes(tiny_cfg, tmp_path, tiny_vl_base):
     """With the connector frozen (the VL base) one encoder forward serves the teacher and the A_C step:
     with dropout off (the tiny model) every parameter after a client's round is the three-pass one."""
     after = {}
     for shared in (True, False):
-        fed = _fed(tiny_cfg, f"algorithm.feddat_shared_pass={str(shared).lower()}", "algorithm.rounds=1")
-        fed.model.frozen_groups = ("connector",)
-        names = [n for n in fed.trainable if param_group(n) != "connector"]
-        for n, p in fed.model.named_parameters():
-            p.requires_grad_(n in set(names))
-        fed.trainable[:] = names
+        fed = _fed(tiny_cfg, f"algorithm.feddat_shared_pass={str(shared).lower()}", "algorithm.rounds=1",
+                   "model.base=vl", f"model.base_weights={tiny_vl_base}")
+        assert not any(param_group(n) == "connector" for n in fed.trainable)
         calls = []
         encode = fed.model.encode
         fed.model.encode = lambda *a, **k: calls.append(1) or encode(*a, **k)  # count encoder forwards

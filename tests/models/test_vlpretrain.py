@@ -252,7 +252,7 @@ def test_cli_corrupt_base_is_one_line_exit_2_and_no_results(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("fedvl: error:") and "cannot be read" in lines[0], r.stderr
     assert not (tmp_path / "results" / "x").exists()
     r = _fedvl("pretrain", "vl", "steps=0", cwd=tmp_path)
-    assert r.returncode == 2 and "steps must be >= 1" in r.stderr
+    assert r.returncode == 2 and "steps and batch_size must be >= 1" in r.stderr
 
 
 def test_pretraining_device_is_checked_and_not_part_of_the_key(tmp_path):
@@ -304,7 +304,8 @@ def test_shipped_base_is_the_default_settings_and_matches_above_chance():
     scores held-out captions as it did when it was made. Caution, measured: its above-chance ITM is a text
     shortcut (count captions score the same with every image swapped for another; docs/results.md), so
     this pins the artifact, not image-text grounding."""
-    from fedvl.models.vlbase import file_sha256, shipped_path
+    from fedvl.io import file_sha256
+    from fedvl.models.vlbase import shipped_path
     from fedvl.models.vlpretrain import itm_report
 
     path = shipped_path("default")

@@ -68,6 +68,27 @@ class VLPretrainConfig:
     """auto / cpu / cuda / cuda:N, as run.device (the weights are the same up to float rounding)."""
 
 
+    def validate(self) -> None:
+        """Cross-field checks, one ConfigError line each (``load_section`` calls this)."""
+        from fedvl.config import ConfigError
+
+        checks = [
+            (self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1"),
+            (self.corpus_images >= 1 and self.held_out_images >= 1, "corpus_images and held_out_images must be >= 1"),
+            (self.captions_per_image >= 1, "captions_per_image must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (0.0 < self.mlm_prob < 1.0, "mlm_prob must be in (0, 1)"),
+            (0.0 < self.warmup < 1.0, "warmup must be in (0, 1)"),
+            (self.lora_rank >= 1, "lora_rank must be >= 1"),
+            (1 <= self.max_objects <= 4, "max_objects must be in 1..4"),
+            (self.image_size >= 32, "image_size must be >= 32"),
+            (self.checkpoint_every >= 1 and self.eval_every >= 1, "checkpoint_every and eval_every must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+
 _NOT_KEYED = {"threads", "cache_dir", "checkpoint_every", "eval_every", "device"}
 
 
@@ -155,11 +176,3 @@ def load_base(model: nn.Module, path: Path) -> dict:
         lin = linears[name]
         lin.weight.add_((state[f"delta.{name}.B"].float() @ state[f"delta.{name}.A"].float()).to(lin.weight.dtype))
     return meta
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -329,8 +329,7 @@ def itm_report(path: Path, cfg: VLPretrainConfig, images: int | None = None,
     mcfg = ModelConfig(name=cfg.model, vision_tokens=cfg.vision_tokens, peft="head", base="vl",
                        base_weights=str(path))
     model = build_model(mcfg, num_answers=2, image_size=cfg.image_size, seed=cfg.seed).eval()
-    hidden = model.text.config.hidden_size
-    itm = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 2))
+    itm = PretrainHeads(model.text.config.hidden_size, 1).itm  # the saved head's shape; MLM is not shipped
     itm.load_state_dict({k[len("itm."):]: v.float() for k, v in state.items() if k.startswith("itm.")})
     held = make_corpus(images or cfg.held_out_images, 2, cfg.image_size, 2_000_003 + cfg.seed, cfg.max_objects,
                        count_negatives=cfg.count_negatives)

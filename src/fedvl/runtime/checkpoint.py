@@ -20,7 +20,6 @@ reported in one line and the previous one is used instead.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -34,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedvl.algorithms.aggregate import Params
+from fedvl.io import file_sha256
 from fedvl.runtime.state import ClientStateStore
 
 FORMAT = 1
@@ -52,14 +52,6 @@ class Checkpoint:
     history: list[dict[str, Any]]
     strategy_state: dict[str, Any]
     rng_state: torch.Tensor
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -93,7 +85,7 @@ def commit_round(run_dir: Path, rnd: int, global_params: Params, store: ClientSt
     files = {}
     for p in sorted(tmp.rglob("*.safetensors")):
         _fsync(p)
-        files[p.relative_to(tmp).as_posix()] = _sha256(p)
+        files[p.relative_to(tmp).as_posix()] = file_sha256(p)
     meta = {"format": FORMAT, "round": rnd, "files": files, "strategy": strategy_state, "history": history,
             "config_sha256": config_digest}
     (tmp / "meta.json").write_text(json.dumps(meta, default=float))
@@ -119,7 +111,7 @@ def read_checkpoint(path: Path, travel: list[str]) -> Checkpoint:
         p = path / rel
         if not p.is_file():
             raise CheckpointDamaged(f"{rel} is missing")
-        if _sha256(p) != digest:
+        if file_sha256(p) != digest:
             raise CheckpointDamaged(f"{rel}: checksum mismatch")
     try:
         loaded = load_file(path / "global.safetensors")
