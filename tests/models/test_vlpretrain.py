@@ -167,6 +167,71 @@ def test_both_objectives_learn_on_a_small_corpus(tmp_path):
     assert meta["held_out_mlm_acc"] > 0.3
 
 
+def test_swapped_image_negatives_follow_vilt_and_spare_count_captions():
+    """itm_swap: a true non-count caption meets another image and becomes a mismatch; false captions and
+    count captions (often true of another image) are left as they are."""
+    from types import SimpleNamespace
+
+    from fedvl.models.vlpretrain import MATCH, MISMATCH, swap_images
+
+    feats = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 2, 1, 1)  # image i's features are all i
+    data = SimpleNamespace(features=feats, image=torch.tensor([0, 1, 2, 3, 4, 0]),
+                           kind=["object", "scene", "count", "relation", "object", "count"])
+    idx = torch.tensor([0, 1, 2, 3, 4, 5])
+    target = torch.tensor([MATCH, MATCH, MATCH, MISMATCH, MATCH, MISMATCH])
+    f0 = feats[data.image[idx]].float()
+    f, t = swap_images(data, idx, f0, target, 1.0, torch.Generator().manual_seed(0))
+    assert t.tolist() == [MISMATCH, MISMATCH, MATCH, MISMATCH, MISMATCH, MISMATCH]
+    assert target.tolist() == [MATCH, MATCH, MATCH, MISMATCH, MATCH, MISMATCH]  # the batch is not edited in place
+    shown = f[:, 0, 0, 0].long().tolist()
+    assert [shown[i] for i in (2, 3, 5)] == [2, 3, 0]  # untouched rows keep their own image
+    assert all(shown[i] != int(data.image[i]) for i in (0, 1, 4))  # a swapped caption never meets its own
+    f, t = swap_images(data, idx, f0, target, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(f, f0) and torch.equal(t, target)
+
+
+def test_grounded_masking_chooses_the_image_decided_words():
+    from fedvl.models.backbones import load_tokenizer
+    from fedvl.models.vlpretrain import _mask_tokens
+
+    tok = load_tokenizer()
+    enc = tok(["there is a small red circle at the top left"] * 64, return_tensors="pt")
+    g = torch.Generator().manual_seed(0)
+    _, labels = _mask_tokens(enc["input_ids"], enc["attention_mask"], tok, 1e-6, g, grounded_prob=1 - 1e-6)
+    words = tok.convert_ids_to_tokens(labels[0][labels[0] != -100].tolist())
+    assert words == ["small", "red", "circle", "top", "left"] and (labels != -100).sum() == 64 * 5
+    _, plain = _mask_tokens(enc["input_ids"], enc["attention_mask"], tok, 0.3, g)
+    chosen = set(tok.convert_ids_to_tokens(plain[plain != -100].tolist()))
+    assert {"there", "is", "at"} & chosen  # plain masking picks text-decided words as well
+
+
+def test_grounded_word_accuracy_needs_the_image_to_differ(tmp_path):
+    """With every image identical, showing a caption another image changes nothing; the groups reported
+    are those of the caption words."""
+    from fedvl.models.vlpretrain import Encoded, Pretrainer
+
+    cfg = VLPretrainConfig(**TINY_PRE)
+    pt = Pretrainer(cfg)
+    corpus = make_corpus(12, 2, 64, seed=3, max_objects=2)
+    corpus.images[:] = corpus.images[0]
+    data = Encoded(corpus, pt.model, pt.tokenizer, 40, None)
+    own, other = pt.grounded_mlm(data), pt.grounded_mlm(data, shuffle_images=True)
+    assert own == other and set(own) <= {"colour", "shape", "size", "position", "number", "all"}
+    assert 0.0 <= own["all"] <= 1.0 and len(own) >= 3
+
+
+def test_new_pretraining_options_are_checked_and_keep_old_keys():
+    from fedvl.config import ConfigError
+
+    shipped = pretrain_key(VLPretrainConfig())
+    assert pretrain_key(VLPretrainConfig(itm_swap=0.0, mlm_grounded_prob=None)) == shipped
+    assert pretrain_key(VLPretrainConfig(itm_swap=0.5)) != shipped
+    assert pretrain_key(VLPretrainConfig(mlm_grounded_prob=0.5)) != shipped
+    for bad, msg in ((dict(itm_swap=1.0), "itm_swap"), (dict(mlm_grounded_prob=1.5), "mlm_grounded_prob")):
+        with pytest.raises(ConfigError, match=msg):
+            VLPretrainConfig(**bad).validate()
+
+
 # ---------------------------------------------------------- the base in a model
 
 

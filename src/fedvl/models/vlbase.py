@@ -53,7 +53,13 @@ class VLPretrainConfig:
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_targets: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
+    itm_swap: float = 0.0
+    """Share of true captions shown another image as an extra ITM negative (ViLT's negatives; count
+    captions excepted). 0: hard-negative captions only (the shipped base)."""
     mlm_prob: float = 0.15
+    mlm_grounded_prob: float | None = None
+    """Masking probability of the image-decided words (colour, shape, size, position, number);
+    None: mlm_prob like every other word (the shipped base)."""
     itm_weight: float = 1.0
     mlm_weight: float = 1.0
     seed: int = 0
@@ -78,6 +84,9 @@ class VLPretrainConfig:
             (self.captions_per_image >= 1, "captions_per_image must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (0.0 < self.mlm_prob < 1.0, "mlm_prob must be in (0, 1)"),
+            (0.0 <= self.itm_swap < 1.0, "itm_swap must be in [0, 1)"),
+            (self.mlm_grounded_prob is None or 0.0 < self.mlm_grounded_prob < 1.0,
+             "mlm_grounded_prob must be in (0, 1)"),
             (0.0 < self.warmup < 1.0, "warmup must be in (0, 1)"),
             (self.lora_rank >= 1, "lora_rank must be >= 1"),
             (1 <= self.max_objects <= 4, "max_objects must be in 1..4"),
@@ -94,8 +103,13 @@ _NOT_KEYED = {"threads", "cache_dir", "checkpoint_every", "eval_every", "device"
 
 def pretrain_key(cfg: VLPretrainConfig) -> str:
     spec = {k: v for k, v in asdict(cfg).items() if k not in _NOT_KEYED}
+    # the values before these options existed: bases made then keep their key
     if spec["count_negatives"] == "uniform":
-        del spec["count_negatives"]  # the value before the option existed: bases made then keep their key
+        del spec["count_negatives"]
+    if spec["itm_swap"] == 0.0:
+        del spec["itm_swap"]
+    if spec["mlm_grounded_prob"] is None:
+        del spec["mlm_grounded_prob"]
     spec["version"] = VERSION
     return "vl-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -30,14 +30,23 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from fedvl.config import ModelConfig
-from fedvl.data.captions import CaptionSet, make_corpus
+from fedvl.data.captions import NUMBERS, ROWS, CaptionSet, make_corpus
 from fedvl.data.features import image_features
+from fedvl.data.world import COLORS, COLUMNS, SHAPES, SIZES
 from fedvl.io import atomic_write
 from fedvl.models.backbones import VisionLanguageModel, build_model, load_tokenizer
 from fedvl.models.vlbase import (_NOT_KEYED, VLPretrainConfig, base_state, layernorm_params, lowrank_targets,
                                  pretrain_key)
 
 MATCH, MISMATCH = 0, 1  # the label order of world.TASKS["itm"]
+
+# Caption words only the image decides (each one WordPiece token), by what they name. Masked-word
+# accuracy on these with the caption's own image against another image measures grounding directly:
+# the rest of the caption cannot tell "red" from "blue".
+GROUNDED = {
+    "colour": list(COLORS), "shape": SHAPES + ["circles", "squares", "triangles", "diamonds", "crosses"],
+    "size": list(SIZES), "position": ROWS + COLUMNS, "number": NUMBERS,
+}
 
 
 class LowRank(nn.Module):
@@ -73,6 +82,7 @@ class Encoded:
         self.input_ids, self.attention_mask = tok["input_ids"], tok["attention_mask"]
         self.image = torch.tensor(corpus.image, dtype=torch.long)
         self.label = torch.tensor([MATCH if m else MISMATCH for m in corpus.match], dtype=torch.long)
+        self.kind = list(corpus.kind)
         self.features = image_features(model, corpus.images, cache_dir)
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,12 +91,25 @@ class Encoded:
         return self.input_ids[idx, :width], mask[:, :width], self.features[self.image[idx]].float()
 
 
+def grounded_ids(tokenizer) -> torch.Tensor:
+    """Token ids of every ``GROUNDED`` word."""
+    return torch.tensor(tokenizer.convert_tokens_to_ids([w for ws in GROUNDED.values() for w in ws]))
+
+
 def _mask_tokens(ids: torch.Tensor, attn: torch.Tensor, tokenizer, prob: float,
-                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT's masking: ``prob`` of the caption tokens chosen; of those 80% [MASK], 10% random, 10% kept."""
+                 g: torch.Generator, grounded_prob: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: ``prob`` of the caption tokens chosen; of those 80% [MASK], 10% random, 10% kept.
+
+    ``grounded_prob``: image-decided words (``GROUNDED``) are chosen with this probability instead.
+    In our captions most tokens ("there", "is", "at the") follow from the text, so plain masking
+    spends most of its signal where the image is not needed; ViLT's whole-word masking exists for
+    the same reason (the text alone must not be enough)."""
     special = torch.tensor(tokenizer.all_special_ids)
     can = (attn == 1) & ~torch.isin(ids, special)
-    chosen = (torch.rand(ids.shape, generator=g) < prob) & can
+    p = torch.full(ids.shape, prob)
+    if grounded_prob is not None:
+        p[torch.isin(ids, grounded_ids(tokenizer))] = grounded_prob
+    chosen = (torch.rand(ids.shape, generator=g) < p) & can
     # at least one target per caption: an empty row would add nothing but cost a forward pass
     none = ~chosen.any(1)
     if none.any():
@@ -141,9 +164,13 @@ class Pretrainer:
         ids, attn, feats, labels = self.on_device(ids, attn, feats, labels)
         h, _, _ = self.model.encode(ids, attn, feats)
         at = labels != -100
-        t = self.heads.mlm(h[:, : ids.shape[1]][at])
-        logits = t @ self.model.text.embeddings.word_embeddings.weight.T + self.heads.mlm_bias
+        logits = self.word_logits(h[:, : ids.shape[1]][at])
         return nn.functional.cross_entropy(logits, labels[at]), (logits.argmax(1) == labels[at]).float().mean()
+
+    def word_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """MLM scores over the vocabulary for output tokens ``h`` (N, hidden): the decoder is tied to
+        the frozen word embeddings."""
+        return self.heads.mlm(h) @ self.model.text.embeddings.word_embeddings.weight.T + self.heads.mlm_bias
 
     def deltas(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """(A, scale x B) per adapted Linear: the shipped form, merged as W + B A."""
@@ -168,8 +195,72 @@ class Pretrainer:
             ids, attn, feats = data.batch(pos[i:i + batch])
             masked, labels = _mask_tokens(ids, attn, self.tokenizer, self.cfg.mlm_prob, g)
             accs.append(float(self.mlm_loss(masked, attn, feats, labels)[1]))
+        own, other = self.grounded_mlm(data), self.grounded_mlm(data, shuffle_images=True)
         self.model.train()
-        return {"itm_acc": hits / max(n, 1), "mlm_acc": sum(accs) / max(len(accs), 1)}
+        return {"itm_acc": hits / max(n, 1), "mlm_acc": sum(accs) / max(len(accs), 1),
+                "grounded_acc": own["all"], "grounded_acc_other_image": other["all"]}
+
+    @torch.no_grad()
+    def grounded_mlm(self, data: Encoded, shuffle_images: bool = False, limit: int = 512,
+                     batch: int = 128) -> dict[str, float]:
+        """Masked-word accuracy on one image-decided word (``GROUNDED``) per true caption, overall and
+        per group. ``shuffle_images``: each caption is shown another image, so what accuracy remains
+        came from the text (word frequencies, the other words) and not from looking."""
+        was = self.model.training
+        self.model.eval()
+        ids_of = {g: torch.tensor(self.tokenizer.convert_tokens_to_ids(ws)) for g, ws in GROUNDED.items()}
+        pos = torch.nonzero(data.label == MATCH).squeeze(1)[:limit]
+        g = torch.Generator().manual_seed(4321)  # the same masked word with either image
+        n_img = data.features.shape[0]
+        hits: dict[str, list[bool]] = {k: [] for k in GROUNDED}
+        for i in range(0, len(pos), batch):
+            rows = pos[i:i + batch]
+            ids, attn, feats = data.batch(rows)
+            if shuffle_images:
+                feats = data.features[(data.image[rows] + max(1, n_img // 2)) % n_img].float()
+            group = torch.full(ids.shape, -1)
+            for k, vocab in enumerate(ids_of.values()):
+                group[torch.isin(ids, vocab) & (attn == 1)] = k
+            score = torch.rand(ids.shape, generator=g).masked_fill(group < 0, -1.0)
+            keep = score.max(1).values >= 0  # captions with at least one grounded word
+            if not keep.any():
+                continue
+            r, at = torch.nonzero(keep).squeeze(1), score.argmax(1)[keep]  # one masked word per caption
+            ids, attn, feats = ids[r], attn[r], feats[r]
+            masked = ids.clone()
+            masked[torch.arange(len(r)), at] = self.tokenizer.mask_token_id
+            ids_d, attn_d, feats_d = self.on_device(masked, attn, feats)
+            h, _, _ = self.model.encode(ids_d, attn_d, feats_d)
+            rows_d = torch.arange(len(r), device=h.device)
+            logits = self.word_logits(h[rows_d, at.to(h.device)])
+            right = (logits.argmax(1).cpu() == ids[torch.arange(len(r)), at]).tolist()
+            for ok, grp in zip(right, group[r, at].tolist()):
+                hits[list(GROUNDED)[grp]].append(ok)
+        self.model.train(was)
+        out = {k: sum(v) / len(v) for k, v in hits.items() if v}
+        every = [x for v in hits.values() for x in v]
+        out["all"] = sum(every) / max(len(every), 1)
+        return out
+
+
+def swap_images(data: Encoded, idx: torch.Tensor, feats: torch.Tensor, target: torch.Tensor, share: float,
+                g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """ViLT's ITM negatives: a ``share`` of the true captions meets another image (label MISMATCH).
+
+    Count captions are left alone: "there are no red objects" holds for many images, so a
+    swapped one would often be a false negative. A scene, object or relation caption names
+    colour, shape and (scene, object) size and cell of an object, which a random other image of
+    the corpus rarely shows: the few false negatives left are label noise, not a shortcut."""
+    draw = torch.rand(len(idx), generator=g) < share
+    other = torch.randint(1, max(2, data.features.shape[0]), (len(idx),), generator=g)
+    swap = draw & (target == MATCH) & torch.tensor([data.kind[int(i)] != "count" for i in idx])
+    if not swap.any():
+        return feats, target
+    feats, target = feats.clone(), target.clone()
+    new_img = (data.image[idx[swap]] + other[swap]) % data.features.shape[0]  # never the caption's own
+    feats[swap] = data.features[new_img].float()
+    target[swap] = MISMATCH
+    return feats, target
 
 
 def _checkpoint_state(pt: Pretrainer, opt, sched, g: torch.Generator, step: int, log: dict) -> dict:
@@ -234,10 +325,14 @@ def pretrain(cfg: VLPretrainConfig, status: Callable[[str], None] = print,
     t_train = time.perf_counter()
     for step in range(start + 1, cfg.steps + 1):
         idx = torch.randint(0, len(train.label), (cfg.batch_size,), generator=g)
-        itm = nn.functional.cross_entropy(pt.itm_logits(*train.batch(idx)), train.label[idx].to(pt.device))
+        ids, attn, feats = train.batch(idx)
+        target = train.label[idx].clone()
+        if cfg.itm_swap > 0:
+            feats, target = swap_images(train, idx, feats, target, cfg.itm_swap, g)
+        itm = nn.functional.cross_entropy(pt.itm_logits(ids, attn, feats), target.to(pt.device))
         pidx = positives[torch.randint(0, len(positives), (cfg.batch_size,), generator=g)]
         ids, attn, feats = train.batch(pidx)
-        masked, labels = _mask_tokens(ids, attn, pt.tokenizer, cfg.mlm_prob, g)
+        masked, labels = _mask_tokens(ids, attn, pt.tokenizer, cfg.mlm_prob, g, cfg.mlm_grounded_prob)
         mlm, _ = pt.mlm_loss(masked, attn, feats, labels)
         loss = cfg.itm_weight * itm + cfg.mlm_weight * mlm
         if not torch.isfinite(loss):
@@ -253,7 +348,8 @@ def pretrain(cfg: VLPretrainConfig, status: Callable[[str], None] = print,
             log["eval"].append({"step": step, **pt.evaluate(test)})
             e = log["eval"][-1]
             status(f"step {step}: held-out ITM accuracy {100 * e['itm_acc']:.1f}%, "
-                   f"masked-word accuracy {100 * e['mlm_acc']:.1f}%")
+                   f"masked-word accuracy {100 * e['mlm_acc']:.1f}%, image-decided words "
+                   f"{100 * e['grounded_acc']:.1f}% (another image: {100 * e['grounded_acc_other_image']:.1f}%)")
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
             log["seconds"] = elapsed_before + time.perf_counter() - t_train
             state = _checkpoint_state(pt, opt, sched, g, step, log)
@@ -267,6 +363,9 @@ def pretrain(cfg: VLPretrainConfig, status: Callable[[str], None] = print,
         "corpus": {"images": cfg.corpus_images, "captions": len(train.label), "held_out_images":
                    cfg.held_out_images, "held_out_captions": len(test.label), "style": "gallery"},
         "steps": cfg.steps, "held_out_itm_acc": final["itm_acc"], "held_out_mlm_acc": final["mlm_acc"],
+        # per group of image-decided words: what looking adds over the other words (docs/results.md)
+        "held_out_grounded": {"own_image": pt.grounded_mlm(test),
+                              "other_image": pt.grounded_mlm(test, shuffle_images=True)},
         "eval": log["eval"], "itm_loss": log["itm_loss"], "mlm_loss": log["mlm_loss"],
         "train_seconds": round(train_seconds, 1), "total_seconds": round(time.perf_counter() - t_start, 1),
         "trained_params": sum(p.numel() for p in pt.params) - sum(p.numel() for p in pt.heads.parameters()),
