@@ -117,7 +117,7 @@ def test_pretraining_is_deterministic_and_writes_report_and_curves(tmp_path):
     a, b = _tensors(path_a), _tensors(path_b)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert all(v.dtype == torch.float16 for v in a.values())
-    assert {k.split(".")[0] for k in a} == {"connector", "text", "delta", "itm"}
+    assert {k.split(".")[0] for k in a} == {"connector", "text", "delta", "itm", "mlm"}
     # the delta covers every Linear of the text layers (query, key, value and the three dense)
     assert len([k for k in a if k.startswith("delta.") and k.endswith(".A")]) == 2 * 6
     report = json.loads(path_a.with_suffix(".json").read_text())
@@ -128,11 +128,16 @@ def test_pretraining_is_deterministic_and_writes_report_and_curves(tmp_path):
     assert path_a.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert not path_a.with_suffix(".ckpt").exists()  # the resumable checkpoint is gone once done
     # read back from the float16 file, built as fine-tuning builds it: the report's held-out ITM accuracy
-    from fedvl.models.vlpretrain import itm_report
+    from fedvl.models.vlpretrain import held_out_report
 
-    back = itm_report(path_a, VLPretrainConfig(**TINY_PRE))
+    back = held_out_report(path_a, VLPretrainConfig(**TINY_PRE))
     assert back["pairs"] == 12 and abs(back["itm_acc"] - report["held_out_itm_acc"]) <= 1 / 12 + 1e-9
-    assert {k for k in back if k.startswith("itm_acc_")} <= {f"itm_acc_{k}" for k in KINDS}
+    assert {k for k in back if k.startswith("itm_acc_")} <= {f"itm_acc_{k}" for k in KINDS} | {"itm_acc_image_swapped"}
+    # the MLM head travels too: the image-decided words are read back as pretraining measured them
+    e = report["eval"][-1]
+    assert abs(back["grounded_all"] - e["grounded_acc"]) <= 1 / 6 + 1e-9
+    assert report["held_out_grounded"]["own_image"]["all"] == e["grounded_acc"]
+    assert "grounded_other_image_all" in back
 
 
 def test_a_killed_pretraining_resumes_to_the_same_weights(tmp_path):
@@ -371,13 +376,13 @@ def test_shipped_base_is_the_default_settings_and_matches_above_chance():
     this pins the artifact, not image-text grounding."""
     from fedvl.io import file_sha256
     from fedvl.models.vlbase import shipped_path
-    from fedvl.models.vlpretrain import itm_report
+    from fedvl.models.vlpretrain import held_out_report
 
     path = shipped_path("default")
     assert path.name == f"{pretrain_key(VLPretrainConfig())}.safetensors"
     assert file_sha256(path) == SHIPPED_SHA256
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["key"] == pretrain_key(VLPretrainConfig()) and meta["steps"] == 1200
-    rep = itm_report(path, VLPretrainConfig(threads=1), images=150)
+    rep = held_out_report(path, VLPretrainConfig(threads=1), images=150)
     assert rep["pairs"] == 300
     assert rep["itm_acc_count"] > 0.7 and rep["itm_acc"] > 0.55

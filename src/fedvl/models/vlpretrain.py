@@ -124,31 +124,16 @@ def _mask_tokens(ids: torch.Tensor, attn: torch.Tensor, tokenizer, prob: float,
     return out, labels
 
 
-class Pretrainer:
-    """The model with its low-rank deltas, the two heads, and the two objectives."""
+class Reader:
+    """A model with the two pretraining heads, and what is measured with them: shared by pretraining
+    (:class:`Pretrainer`) and the read-back of a saved base (:func:`held_out_report`)."""
 
-    def __init__(self, cfg: VLPretrainConfig, device: torch.device | str = "cpu"):
-        self.cfg = cfg
-        self.device = torch.device(device)
-        mcfg = ModelConfig(name=cfg.model, vision_tokens=cfg.vision_tokens, peft="head", base="raw")
-        self.model = build_model(mcfg, num_answers=2, image_size=cfg.image_size, seed=cfg.seed)
-        self.tokenizer = load_tokenizer()
-        torch.manual_seed(cfg.seed + 2)
-        self.targets = lowrank_targets(self.model.text, cfg.lora_targets)
-        for lin in self.targets.values():
-            parametrize.register_parametrization(
-                lin, "weight", LowRank(lin.out_features, lin.in_features, cfg.lora_rank, cfg.lora_alpha))
-        hidden = self.model.text.config.hidden_size
-        self.heads = PretrainHeads(hidden, self.model.text.embeddings.word_embeddings.weight.shape[0])
-        # built (and initialised) on the CPU, then moved: the same start on every device
-        self.model.to(self.device)
-        self.heads.to(self.device)
-        self.model.requires_grad_(False)
-        self.params = list(self.model.connector.parameters()) + list(layernorm_params(self.model.text).values())
-        self.params += [p for lin in self.targets.values() for p in lin.parametrizations.weight[0].parameters()]
-        self.params += list(self.heads.parameters())
-        for p in self.params:
-            p.requires_grad_(True)
+    model: VisionLanguageModel
+    heads: PretrainHeads
+    device: torch.device
+
+    def __init__(self, model: VisionLanguageModel, heads: PretrainHeads, tokenizer, device: torch.device):
+        self.model, self.heads, self.tokenizer, self.device = model, heads, tokenizer, device
 
     def on_device(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
         """Batches are made (and masked) on the CPU from the seeded generator, then moved."""
@@ -159,46 +144,10 @@ class Pretrainer:
         h, _, _ = self.model.encode(ids, attn, feats)
         return self.heads.itm(h[:, 0])
 
-    def mlm_loss(self, ids, attn, feats, labels) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy over the vocabulary at the masked caption tokens; also their accuracy."""
-        ids, attn, feats, labels = self.on_device(ids, attn, feats, labels)
-        h, _, _ = self.model.encode(ids, attn, feats)
-        at = labels != -100
-        logits = self.word_logits(h[:, : ids.shape[1]][at])
-        return nn.functional.cross_entropy(logits, labels[at]), (logits.argmax(1) == labels[at]).float().mean()
-
     def word_logits(self, h: torch.Tensor) -> torch.Tensor:
         """MLM scores over the vocabulary for output tokens ``h`` (N, hidden): the decoder is tied to
         the frozen word embeddings."""
         return self.heads.mlm(h) @ self.model.text.embeddings.word_embeddings.weight.T + self.heads.mlm_bias
-
-    def deltas(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """(A, scale x B) per adapted Linear: the shipped form, merged as W + B A."""
-        out = {}
-        for name, lin in self.targets.items():
-            lr = lin.parametrizations.weight[0]
-            out[name] = (lr.A.detach().cpu().clone(), (lr.B * lr.scale).detach().cpu().clone())
-        return out
-
-    @torch.no_grad()
-    def evaluate(self, data: Encoded, batch: int = 128) -> dict[str, float]:
-        """Held-out ITM accuracy (every caption) and MLM accuracy (a fixed masking of the true ones)."""
-        self.model.eval()
-        hits, n = 0, len(data.label)
-        for i in range(0, n, batch):
-            idx = torch.arange(i, min(i + batch, n))
-            hits += int((self.itm_logits(*data.batch(idx)).argmax(1).cpu() == data.label[idx]).sum())
-        pos = torch.nonzero(data.label == MATCH).squeeze(1)[:512]
-        g = torch.Generator().manual_seed(1234)
-        accs = []
-        for i in range(0, len(pos), batch):
-            ids, attn, feats = data.batch(pos[i:i + batch])
-            masked, labels = _mask_tokens(ids, attn, self.tokenizer, self.cfg.mlm_prob, g)
-            accs.append(float(self.mlm_loss(masked, attn, feats, labels)[1]))
-        own, other = self.grounded_mlm(data), self.grounded_mlm(data, shuffle_images=True)
-        self.model.train()
-        return {"itm_acc": hits / max(n, 1), "mlm_acc": sum(accs) / max(len(accs), 1),
-                "grounded_acc": own["all"], "grounded_acc_other_image": other["all"]}
 
     @torch.no_grad()
     def grounded_mlm(self, data: Encoded, shuffle_images: bool = False, limit: int = 512,
@@ -242,6 +191,68 @@ class Pretrainer:
         out["all"] = sum(every) / max(len(every), 1)
         return out
 
+
+class Pretrainer(Reader):
+    """The model with its low-rank deltas, the two heads, and the two objectives."""
+
+    def __init__(self, cfg: VLPretrainConfig, device: torch.device | str = "cpu"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        mcfg = ModelConfig(name=cfg.model, vision_tokens=cfg.vision_tokens, peft="head", base="raw")
+        self.model = build_model(mcfg, num_answers=2, image_size=cfg.image_size, seed=cfg.seed)
+        self.tokenizer = load_tokenizer()
+        torch.manual_seed(cfg.seed + 2)
+        self.targets = lowrank_targets(self.model.text, cfg.lora_targets)
+        for lin in self.targets.values():
+            parametrize.register_parametrization(
+                lin, "weight", LowRank(lin.out_features, lin.in_features, cfg.lora_rank, cfg.lora_alpha))
+        hidden = self.model.text.config.hidden_size
+        self.heads = PretrainHeads(hidden, self.model.text.embeddings.word_embeddings.weight.shape[0])
+        # built (and initialised) on the CPU, then moved: the same start on every device
+        self.model.to(self.device)
+        self.heads.to(self.device)
+        self.model.requires_grad_(False)
+        self.params = list(self.model.connector.parameters()) + list(layernorm_params(self.model.text).values())
+        self.params += [p for lin in self.targets.values() for p in lin.parametrizations.weight[0].parameters()]
+        self.params += list(self.heads.parameters())
+        for p in self.params:
+            p.requires_grad_(True)
+
+    def mlm_loss(self, ids, attn, feats, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy over the vocabulary at the masked caption tokens; also their accuracy."""
+        ids, attn, feats, labels = self.on_device(ids, attn, feats, labels)
+        h, _, _ = self.model.encode(ids, attn, feats)
+        at = labels != -100
+        logits = self.word_logits(h[:, : ids.shape[1]][at])
+        return nn.functional.cross_entropy(logits, labels[at]), (logits.argmax(1) == labels[at]).float().mean()
+
+    def deltas(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(A, scale x B) per adapted Linear: the shipped form, merged as W + B A."""
+        out = {}
+        for name, lin in self.targets.items():
+            lr = lin.parametrizations.weight[0]
+            out[name] = (lr.A.detach().cpu().clone(), (lr.B * lr.scale).detach().cpu().clone())
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, data: Encoded, batch: int = 128) -> dict[str, float]:
+        """Held-out ITM accuracy (every caption) and MLM accuracy (a fixed masking of the true ones)."""
+        self.model.eval()
+        hits, n = 0, len(data.label)
+        for i in range(0, n, batch):
+            idx = torch.arange(i, min(i + batch, n))
+            hits += int((self.itm_logits(*data.batch(idx)).argmax(1).cpu() == data.label[idx]).sum())
+        pos = torch.nonzero(data.label == MATCH).squeeze(1)[:512]
+        g = torch.Generator().manual_seed(1234)
+        accs = []
+        for i in range(0, len(pos), batch):
+            ids, attn, feats = data.batch(pos[i:i + batch])
+            masked, labels = _mask_tokens(ids, attn, self.tokenizer, self.cfg.mlm_prob, g)
+            accs.append(float(self.mlm_loss(masked, attn, feats, labels)[1]))
+        own, other = self.grounded_mlm(data), self.grounded_mlm(data, shuffle_images=True)
+        self.model.train()
+        return {"itm_acc": hits / max(n, 1), "mlm_acc": sum(accs) / max(len(accs), 1),
+                "grounded_acc": own["all"], "grounded_acc_other_image": other["all"]}
 
 def swap_images(data: Encoded, idx: torch.Tensor, feats: torch.Tensor, target: torch.Tensor, share: float,
                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -376,11 +387,14 @@ def pretrain(cfg: VLPretrainConfig, status: Callable[[str], None] = print,
 
 
 def save_base(pt: Pretrainer, path: Path, meta: dict) -> None:
-    """float16 safetensors (connector, LayerNorms, low-rank deltas, ITM head) + the JSON report + the PNG."""
+    """float16 safetensors (connector, LayerNorms, low-rank deltas, and the ITM and MLM heads, which
+    fine-tuning ignores but the held-out report reads back) + the JSON report + the PNG."""
     from safetensors.torch import save_file
 
     state = base_state(pt.model, pt.deltas())
     state.update({f"itm.{k}": v.detach().float() for k, v in pt.heads.itm.state_dict().items()})
+    state.update({f"mlm.{k}": v.detach().float() for k, v in pt.heads.mlm.state_dict().items()})
+    state["mlm.bias"] = pt.heads.mlm_bias.detach().float()
     state = {k: v.to("cpu", torch.float16).contiguous() for k, v in state.items()}
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"key": meta["key"]}))
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
@@ -416,34 +430,61 @@ def plot_curves(meta: dict, path: Path) -> None:
 
 
 @torch.no_grad()
-def itm_report(path: Path, cfg: VLPretrainConfig, images: int | None = None,
-               shuffle_images: bool = False) -> dict[str, float]:
-    """Held-out ITM accuracy of a saved base, overall and per caption kind, read back from the file:
-    the model built as fine-tuning builds it (delta merged) plus the ITM head stored beside it.
-    ``shuffle_images``: every caption is shown another image (a fixed shift), so what accuracy
-    remains was read from the caption's text alone (a shortcut, not image-text matching)."""
+def held_out_report(path: Path, cfg: VLPretrainConfig, images: int | None = None,
+                    shuffle_images: bool = False) -> dict[str, float]:
+    """Held-out numbers of a saved base, read back from the file: the model built as fine-tuning builds
+    it (delta merged) plus the heads stored beside it.
+
+    ``itm_acc`` overall and per caption kind (hard negatives); ``itm_acc_image_swapped``: each true
+    non-count caption with its own image and with another (ViLT's easy negatives); ``grounded_*``:
+    masked image-decided words with the caption's own image and with another (bases saved with
+    their MLM head). ``shuffle_images``: every caption is shown another image (a fixed shift), so
+    what ITM accuracy remains was read from the caption's text alone (a shortcut, not matching)."""
     from fedvl.models.vlbase import read_base
 
     state, _ = read_base(path)
     mcfg = ModelConfig(name=cfg.model, vision_tokens=cfg.vision_tokens, peft="head", base="vl",
                        base_weights=str(path))
     model = build_model(mcfg, num_answers=2, image_size=cfg.image_size, seed=cfg.seed).eval()
-    itm = PretrainHeads(model.text.config.hidden_size, 1).itm  # the saved head's shape; MLM is not shipped
-    itm.load_state_dict({k[len("itm."):]: v.float() for k, v in state.items() if k.startswith("itm.")})
+    vocab = model.text.embeddings.word_embeddings.weight.shape[0]
+    heads = PretrainHeads(model.text.config.hidden_size, vocab)
+    heads.itm.load_state_dict({k[len("itm."):]: v.float() for k, v in state.items() if k.startswith("itm.")})
+    has_mlm = "mlm.bias" in state  # the first shipped base kept only its ITM head
+    if has_mlm:
+        heads.mlm.load_state_dict({k[len("mlm."):]: v.float() for k, v in state.items()
+                                   if k.startswith("mlm.") and k != "mlm.bias"})
+        heads.mlm_bias.data.copy_(state["mlm.bias"].float())
+    reader = Reader(model, heads.eval(), load_tokenizer(), torch.device("cpu"))
     held = make_corpus(images or cfg.held_out_images, 2, cfg.image_size, 2_000_003 + cfg.seed, cfg.max_objects,
                        count_negatives=cfg.count_negatives)
-    data = Encoded(held, model, load_tokenizer(), cfg.max_text_len, None)
-    if shuffle_images:
-        n = data.features.shape[0]
-        data.image = (data.image + max(1, n // 2)) % n  # every caption meets an image that is not its own
+    data = Encoded(held, model, reader.tokenizer, cfg.max_text_len, None)
+    n_img = data.features.shape[0]
+
+    def other_image(rows: torch.Tensor) -> torch.Tensor:  # never the caption's own
+        return data.features[(data.image[rows] + max(1, n_img // 2)) % n_img].float()
+
     right = []
     for i in range(0, len(data.label), 128):
         idx = torch.arange(i, min(i + 128, len(data.label)))
         ids, attn, feats = data.batch(idx)
-        h, _, _ = model.encode(ids, attn, feats)
-        right += (itm(h[:, 0]).argmax(1) == data.label[idx]).tolist()
+        pred = reader.itm_logits(ids, attn, other_image(idx) if shuffle_images else feats).argmax(1)
+        right += (pred == data.label[idx]).tolist()
     out = {"itm_acc": sum(right) / len(right), "pairs": len(right)}
     for kind in sorted(set(held.kind)):
         hits = [r for r, k in zip(right, held.kind) if k == kind]
         out[f"itm_acc_{kind}"] = sum(hits) / len(hits)
+    if shuffle_images:
+        return out
+    rows = torch.nonzero(torch.tensor([m and k != "count" for m, k in zip(held.match, held.kind)])).squeeze(1)
+    other = []
+    for i in range(0, len(rows), 128):
+        idx = rows[i:i + 128]
+        ids, attn, _ = data.batch(idx)
+        other += (reader.itm_logits(ids, attn, other_image(idx)).argmax(1) == MISMATCH).tolist()
+    own = [right[int(i)] for i in rows]
+    out["itm_acc_image_swapped"] = (sum(own) + sum(other)) / max(2 * len(rows), 1)
+    if has_mlm:
+        own_g, other_g = reader.grounded_mlm(data), reader.grounded_mlm(data, shuffle_images=True)
+        out.update({f"grounded_{k}": v for k, v in own_g.items()})
+        out.update({f"grounded_other_image_{k}": v for k, v in other_g.items()})
     return out
