@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from fedvl.config import ModelConfig
+from fedvl.schema import ModelConfig
 from fedvl.data.captions import CaptionSet, make_corpus
 from fedvl.data.features import image_features
 from fedvl.io import atomic_write
