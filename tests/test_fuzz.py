@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from fedvl.algorithms.aggregate import global_norm
-from fedvl.algorithms.base import FitResult, Strategy
+from fedvl.algorithms.base import FitResult, ServerRule
 from fedvl.cli import main
 from fedvl.config import ConfigError, ExperimentConfig, load_config
 from fedvl.models.params import get_params
@@ -230,7 +230,7 @@ def test_random_malformed_updates_never_crash_and_never_change_the_model(tiny_cf
 
 
 def test_strategy_keeps_no_state_and_refuses_foreign_state(tiny_cfg):
-    s = Strategy(tiny_cfg())
+    s = ServerRule(tiny_cfg())
     assert s.state_dict() == {}
     s.load_state_dict({})
     with pytest.raises(ValueError):

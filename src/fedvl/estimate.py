@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from fedvl.config import ExperimentConfig
+from fedvl.schema import ExperimentConfig
 
 TRAIN_S_PER_SAMPLE = {"tiny": 0.0015, "default": 0.014, "vilt": 0.14, "clip": 0.14, "blip": 0.14}
 BUILD_S_PER_IMAGE = {"tiny": 0.001, "default": 0.006, "vilt": 0.06, "clip": 0.06, "blip": 0.06}

@@ -18,6 +18,7 @@ from typing import Any
 
 from fedvl.config import ConfigError, ExperimentConfig, dump_config
 from fedvl.report.history import History, set_status, write_json_atomic
+from fedvl.runtime.checkpoint import resume_round  # noqa: F401  (also read from here)
 
 
 def run_dir_for(cfg: ExperimentConfig, overwrite: bool = False) -> Path:
@@ -49,14 +50,6 @@ def _check_config_unchanged(run_dir: Path, cfg: ExperimentConfig, accept: bool) 
     if saved is not None and saved[1] != config_digest(cfg) and not accept:
         raise ConfigError(f"{run_dir / 'config.yaml'} changed since the checkpoint of round {saved[0]}; restore it, "
                           f"or continue with the new config: fedvl run --resume {run_dir} --accept-config-change")
-
-
-def resume_round(run_dir: Path) -> int:
-    """The round a ``--resume`` of ``run_dir`` starts at (one past its newest committed checkpoint)."""
-    from fedvl.runtime.checkpoint import checkpoint_dirs
-
-    dirs = checkpoint_dirs(run_dir)
-    return dirs[0][0] + 1 if dirs else 1
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_enabled: bool = True,

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fedvl.config import ConfigError
+from fedvl.schema import ConfigError
 
 LOCK_NAME = ".lock"
 MIN_FREE_BYTES = 16 << 20

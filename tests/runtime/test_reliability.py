@@ -96,7 +96,7 @@ def test_dp_round_is_dp_mean_with_seeded_noise_and_reports_epsilon(tiny_cfg, tmp
 def test_dp_sample_rate_is_the_share_of_clients_actually_sampled(tiny_cfg):
     # 0.4 x 4 clients rounds to 2 sampled: the accountant must use 0.5, not 0.4 (which would understate epsilon)
     fed = _fed(tiny_cfg, "algorithm.fraction_fit=0.4")
-    assert fed.strategy.sample_rate(4) == 0.5 and fed.strategy.clients_per_round(4) == 2
+    assert fed.server.sample_rate(4) == 0.5 and fed.server.clients_per_round(4) == 2
 
 
 def test_default_options_leave_fedavg_unchanged(tiny_cfg, tmp_path):

@@ -62,7 +62,7 @@ def test_flower_size_arguments_are_exact():
 @pytest.mark.slow
 def test_secagg_gives_the_plain_runs_numbers_and_the_server_only_the_sum(tiny_cfg, tmp_path, monkeypatch):
     """Quantity-skewed clients (different sample counts), so the weighted mean is what is checked."""
-    from fedvl.algorithms.base import Strategy
+    from fedvl.algorithms.base import ServerRule
     from fedvl.runtime import flower, secagg
 
     common = [*SIM, "data.partition=quantity", "data.num_clients=3"]
@@ -81,7 +81,7 @@ def test_secagg_gives_the_plain_runs_numbers_and_the_server_only_the_sum(tiny_cf
     def never(*a, **k):
         raise AssertionError("the strategy received individual client updates")
 
-    monkeypatch.setattr(Strategy, "aggregate", never)
+    monkeypatch.setattr(ServerRule, "aggregate", never)
     monkeypatch.setattr(flower, "server_aggregate", never)
     real_reply, real_train = secagg.masked_reply, secagg.secure_train
 

@@ -1,4 +1,4 @@
-"""One interface for every algorithm: a server :class:`Strategy` and a client
+"""One interface for every algorithm: a server :class:`ServerRule` and a client
 :class:`ClientUpdate`, kept together in one module and registered together
 as one :class:`Algorithm`.
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fedvl.algorithms.aggregate import Params, aggregate_updates, dp_mean
-from fedvl.config import ExperimentConfig
+from fedvl.schema import ExperimentConfig
 from fedvl.engine.device import FP32_CPU, Amp
 from fedvl.data.features import EncodedSplit
 from fedvl.engine.loops import TrainResult, cross_entropy_step, evaluate, train_local
@@ -100,9 +100,10 @@ class ClientUpdate:
         return evaluate(ctx.model, data, amp=ctx.amp)
 
 
-class Strategy:
+class ServerRule:
     """Server half. The default samples ``fraction_fit`` of the clients and
-    averages what travels (FedAvg)."""
+    averages what travels (FedAvg). Not called ``Strategy``: Flower has one, and in the
+    Flower runtime both are in play (Flower's carries messages, this one decides)."""
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
@@ -160,7 +161,7 @@ class Algorithm:
     """
 
     name: str
-    strategy: type[Strategy]
+    server: type[ServerRule]
     client: type[ClientUpdate]
     summary: str
     adapter_roles: tuple[str, ...] = ("shared",)

@@ -6,11 +6,11 @@ and is averaged, weighted by sample count unless ``algorithm.aggregation=uniform
 The base classes already are FedAvg; this module only registers them.
 """
 
-from fedvl.algorithms.base import Algorithm, ClientUpdate, Strategy, register
+from fedvl.algorithms.base import Algorithm, ClientUpdate, ServerRule, register
 
 ALGORITHM = register(Algorithm(
     name="fedavg",
-    strategy=Strategy,
+    server=ServerRule,
     client=ClientUpdate,
     summary="FedAvg of every trainable parameter (PEFT method from model.peft)",
 ))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, Strategy, register
+from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, ServerRule, register
 from fedvl.algorithms.losses import task_kd_loss
 from fedvl.data.features import EncodedSplit
 from fedvl.engine.loops import Batch, set_lr
@@ -126,7 +126,7 @@ class FedDATClient(ClientUpdate):
 
 ALGORITHM = register(Algorithm(
     name="feddat",
-    strategy=Strategy,
+    server=ServerRule,
     client=FedDATClient,
     summary="FedDAT: dual-adapter teacher + mutual KD; only the shared adapter travels (AAAI 2024)",
     adapter_roles=("shared", "local", "teacher"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, Strategy, register
+from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, ServerRule, register
 from fedvl.engine.loops import cross_entropy_step
 
 
@@ -30,7 +30,7 @@ class FedProxClient(ClientUpdate):
 
 ALGORITHM = register(Algorithm(
     name="fedprox",
-    strategy=Strategy,
+    server=ServerRule,
     client=FedProxClient,
     summary="FedAvg with a proximal term mu/2·||w - w_global||² on the client",
 ))

@@ -5,17 +5,17 @@ method that does not beat it has not helped that client."""
 from __future__ import annotations
 
 from fedvl.algorithms.aggregate import Params
-from fedvl.algorithms.base import Algorithm, ClientUpdate, FitResult, Strategy, register
+from fedvl.algorithms.base import Algorithm, ClientUpdate, FitResult, ServerRule, register
 
 
-class NoAggregation(Strategy):
+class NoAggregation(ServerRule):
     def aggregate(self, rnd: int, global_params: Params, results: list[FitResult]) -> Params:
         return global_params  # nothing travels, nothing to average
 
 
 ALGORITHM = register(Algorithm(
     name="local",
-    strategy=NoAggregation,
+    server=NoAggregation,
     client=ClientUpdate,
     summary="each client trains alone (no communication)",
     local_groups=frozenset({"*"}),

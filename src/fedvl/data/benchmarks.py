@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedvl.config import DataConfig
 from fedvl.data.partitioners import dirichlet_label_skew, quantity_skew
 from fedvl.data.world import ANSWERS, FUNCTIONS, SCENES, TASKS, Split, make_split, make_task_split
+from fedvl.schema import DataConfig
 
 
 @dataclass

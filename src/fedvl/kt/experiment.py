@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from fedvl.config import ExperimentConfig
 from fedvl.report.history import History, write_json_atomic
+from fedvl.schema import ExperimentConfig
 
 
 def save_grid(images: torch.Tensor, labels: torch.Tensor, classes: list[str], path: Path, scale: int = 3) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedvl.config import ConfigError, ExperimentConfig
+from fedvl.schema import ConfigError, ExperimentConfig
 
 
 def validate_kt(cfg: ExperimentConfig) -> None:

@@ -11,22 +11,18 @@ features are computed once per image (see :mod:`fedvl.data.features`).
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from fedvl.config import ModelConfig
 from fedvl.data.world import TASKS
 from fedvl.models.adapters import AdapterMix, inject_adapters, inject_lora, make_prompts
 from fedvl.models.mobilenet import IMAGENET_MEAN, IMAGENET_STD, MobileNetV2
+from fedvl.models.parts import AnswerHead, ModelUnavailableError, VisionSpec  # (also read from here)
+from fedvl.schema import ModelConfig
 
 ROLES = ("shared", "local", "teacher")
-
-
-class ModelUnavailableError(RuntimeError):
-    """A pretrained part is missing; the message names the package that provides it."""
 
 
 def _package_dir(package: str, module: str) -> Path:
@@ -77,49 +73,6 @@ def check_available(cfg: ModelConfig) -> None:
         from fedvl.models.hf import resolve_checkpoint
 
         resolve_checkpoint(cfg)
-
-
-@dataclass
-class VisionSpec:
-    """Identifies the frozen vision tower; part of the feature-cache key."""
-
-    name: str
-    image_size: int
-    tokens: str = "s32"
-
-    # Bump when image_features() changes what it computes: the cache key holds it.
-    version: int = 2
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}-{self.image_size}px-{self.tokens}-v{self.version}"
-
-
-class AnswerHead(nn.Module):
-    """Question-conditioned attention pooling, then an MLP over the answers.
-
-    The question (mean of its text tokens, how all-MiniLM-L6-v2 pools) forms
-    the query of a small multi-head attention over all output tokens, so the
-    head can read the visual token the question is about; mean pooling alone
-    averages that token away and learned grounding far more slowly here.
-    The question tokens are ``h[:, text_start:text_start + text_len]``: a soft
-    prompt in front of them (peft=prompt) must not be averaged into the query.
-    """
-
-    def __init__(self, hidden: int, head_hidden: int, num_answers: int, heads: int = 4):
-        super().__init__()
-        self.query = nn.Linear(hidden, hidden)
-        self.attn = nn.MultiheadAttention(hidden, heads, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(2 * hidden, head_hidden), nn.GELU(), nn.LayerNorm(head_hidden),
-                                 nn.Linear(head_hidden, num_answers))
-
-    def forward(self, h: torch.Tensor, mask: torch.Tensor, text_len: int, text_start: int = 0) -> torch.Tensor:
-        text = slice(text_start, text_start + text_len)
-        tm = mask[:, text].unsqueeze(-1).to(h.dtype)
-        question = (h[:, text] * tm).sum(1) / tm.sum(1).clamp_min(1.0)
-        read, _ = self.attn(self.query(question).unsqueeze(1), h, h, key_padding_mask=mask == 0,
-                            need_weights=False)
-        return self.mlp(torch.cat([question, read.squeeze(1)], dim=-1))
 
 
 class VisionLanguageModel(nn.Module):

@@ -34,8 +34,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedvl.config import ModelConfig
 from fedvl.models.adapters import inject_adapters, inject_lora
+from fedvl.models.parts import AnswerHead, ModelUnavailableError, VisionSpec
+from fedvl.schema import ModelConfig
 
 DEFAULT_CHECKPOINTS = {"vilt": "dandelin/vilt-b32-finetuned-vqa", "clip": "openai/clip-vit-base-patch32",
                        "blip": "Salesforce/blip-vqa-base"}
@@ -51,7 +52,6 @@ _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 def resolve_checkpoint(cfg: ModelConfig) -> Path:
     """The checkpoint directory: ``cfg.checkpoint`` as a local directory, or a repo id
     found in the local Hugging Face cache. Never downloads."""
-    from fedvl.models.backbones import ModelUnavailableError
 
     ref = cfg.checkpoint or DEFAULT_CHECKPOINTS[cfg.name]
     path = Path(ref).expanduser()
@@ -111,7 +111,6 @@ class HFVisionLanguageModel(nn.Module):
     def __init__(self, kind: str, text: nn.Module, vision: nn.Module, vision_spec, vision_width: int,
                  vision_size: int | None, heads: dict[str, int], head_hidden: int,
                  pixel_norm: tuple[tuple[float, ...], tuple[float, ...]]):
-        from fedvl.models.backbones import AnswerHead
 
         super().__init__()
         self.kind = kind
@@ -218,7 +217,6 @@ def build_hf_model(cfg: ModelConfig, heads: dict[str, int], image_size: int, see
     Pretrained weights come from the checkpoint; new modules (head, connector,
     adapters, LoRA) are initialised from ``seed``.
     """
-    from fedvl.models.backbones import VisionSpec
 
     path = resolve_checkpoint(cfg)
     text, vision, width, vit_size, layers, family = _load(cfg.name, path)

@@ -76,7 +76,7 @@ class VLPretrainConfig:
 
     def validate(self) -> None:
         """Cross-field checks, one ConfigError line each (``load_section`` calls this)."""
-        from fedvl.config import ConfigError
+        from fedvl.schema import ConfigError
 
         checks = [
             (self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1"),

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from fedvl.config import ModelConfig
 from fedvl.data.captions import NUMBERS, ROWS, CaptionSet, make_corpus
 from fedvl.data.features import image_features
 from fedvl.data.world import COLORS, COLUMNS, SHAPES, SIZES
@@ -37,6 +36,7 @@ from fedvl.io import atomic_write
 from fedvl.models.backbones import VisionLanguageModel, build_model, load_tokenizer
 from fedvl.models.vlbase import (_NOT_KEYED, VLPretrainConfig, base_state, layernorm_params, lowrank_targets,
                                  pretrain_key)
+from fedvl.schema import ModelConfig
 
 MATCH, MISMATCH = 0, 1  # the label order of world.TASKS["itm"]
 

@@ -142,7 +142,7 @@ class Trackers:
 
 def open_trackers(cfg, run_dir: Path, warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Trackers:
     """The trackers ``cfg.run.trackers`` names; one that cannot start is a warning, not an error."""
-    from fedvl.config import dump_config
+    from fedvl.schema import dump_config
 
     config, text = cfg.to_dict(), dump_config(cfg)
     out = Trackers(warn=warn)

@@ -150,3 +150,9 @@ def checkpoint_config_digest(run_dir: Path) -> tuple[int, str] | None:
         if isinstance(digest, str):
             return rnd, digest
     return None
+
+
+def resume_round(run_dir: Path) -> int:
+    """The round a ``--resume`` of ``run_dir`` starts at (one past its newest committed checkpoint)."""
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[0][0] + 1 if dirs else 1

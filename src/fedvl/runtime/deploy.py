@@ -30,8 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedvl.config import ConfigError, ExperimentConfig, dump_config
 from fedvl.runtime.flower import CONFIG_KEY, DEVICE_KEY, FLOWER_ENV, RESULTS_KEY, STATE_KEY
+from fedvl.schema import ConfigError, ExperimentConfig, dump_config
 
 
 @dataclass
@@ -261,7 +261,7 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
 def _settle_status(run_dir: Path, wait_s: float = 20.0) -> None:
     """A ServerApp stopped with its SuperLink (Ctrl-C or SIGTERM on ``serve``) may leave status
     ``running``: once no process holds the run folder's lock, say ``interrupted`` instead."""
-    from fedvl.experiment import resume_round
+    from fedvl.runtime.checkpoint import resume_round
     from fedvl.report.history import set_status
     from fedvl.runfolder import RunFolder, RunFolderError
 

@@ -1,6 +1,6 @@
 """Flower runtime: the same Strategy and ClientUpdate inside a Flower ServerApp / ClientApp.
 
-Flower's Message API (flwr >= 1.41) carries the round; fedvl's own pieces do the
+Flower's Message API (flwr 1.42, pinned in pyproject.toml) carries the round; fedvl's own pieces do the
 work, so there is no second copy of any algorithm:
 
 - ServerApp (``server_main``): asks every node which partition it holds (a
@@ -346,28 +346,19 @@ def run_rounds(grid: Grid, fed: Federation, history: History, progress=None) -> 
     return record
 
 
-def make_server_app(fed: Federation | None = None, history: History | None = None, progress=None,
-                    outcome: dict | None = None) -> ServerApp:
-    """A ServerApp running fedvl's server half. The in-process Flower simulation passes the
-    built federation and results folder; a deployment builds them from the run config."""
+def make_server_app(fed: Federation, history: History, progress=None, outcome: dict | None = None) -> ServerApp:
+    """A ServerApp running fedvl's server half on an already built federation and results folder
+    (the in-process Flower simulation). A deployment's ServerApp is :mod:`fedvl.runtime.flower_app`."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        if fed is not None:
-            try:
-                final = run_rounds(grid, fed, history, progress)
-            except Exception as e:  # Flower only logs a ServerApp's exception: hand it to the caller
-                if outcome is not None:
-                    outcome["error"] = e
-                raise
-        else:  # deployment: the ServerApp process writes the whole results folder
-            from fedvl.experiment import run_experiment
-
-            cfg = cfg_from_text(str(context.run_config[CONFIG_KEY]))
-            final = run_experiment(cfg, Path(str(context.run_config[RESULTS_KEY])), progress_enabled=False,
-                                   runner=lambda f, d, h, p: run_rounds(grid, f, h, p), server_only=True,
-                                   overwrite=True)  # `fedvl serve` checked the folder before starting
+        try:
+            final = run_rounds(grid, fed, history, progress)
+        except Exception as e:  # Flower only logs a ServerApp's exception: hand it to the caller
+            if outcome is not None:
+                outcome["error"] = e
+            raise
         if outcome is not None:
             outcome["final"] = final
 
@@ -465,7 +456,7 @@ def flower_simulate(fed: Federation, run_dir: Path, history: History, progress=N
         sys.modules[name] = stand_in
         try:
             # any name but "ray" skips run_simulation's early exit when Ray is not installed;
-            # the engine itself ignores the name (flwr 1.41 start_vce)
+            # the engine itself ignores the name (flwr 1.42 start_vce)
             run_simulation(server_app=server, client_app=client, num_supernodes=len(fed.client_ids),
                            backend_name="fedvl-inprocess", backend_config=backend_config)
         finally:

@@ -29,13 +29,13 @@ from fedvl.algorithms.fedmmkt import (
     global_prototypes,
     quality_filter,
 )
-from fedvl.config import ConfigError, ExperimentConfig
 from fedvl.engine.device import FP32_CPU, Amp, DeviceError, amp_for
 from fedvl.generation.judge import fidelity, judge_outputs, train_judge
 from fedvl.generation.t2i import Sampling, T2IGenerator
 from fedvl.kt.data import ImageTextSet, class_names, make_set, prompt
 from fedvl.kt.models import build_task_model
 from fedvl.runtime.state import ClientStateStore
+from fedvl.schema import ConfigError, ExperimentConfig
 from fedvl.seeding import derived_seed
 
 
@@ -75,7 +75,8 @@ class ServerState:
     samples: dict[str, torch.Tensor] = field(default_factory=dict)  # eval images of the first and last round
 
 
-def client_ids(kt) -> list[str]:
+def client_ids_from(kt) -> list[str]:
+    """The client ids a FedMMKT config describes, one per (domain, architecture), in order."""
     return [f"c{i}-{d}-{a}" for i, (d, a) in enumerate(zip(kt.domains, kt.archs))]
 
 
@@ -90,7 +91,7 @@ def build(cfg: ExperimentConfig, run_dir: Path, status=print, on_pretrain_step=N
     classes = class_names(kt.colors, kt.shapes)
     size = cfg.t2i.image_size
     strategy = KT_ALGORITHMS[cfg.algorithm.name]
-    ids = client_ids(kt)
+    ids = client_ids_from(kt)
     status(f"making {len(ids)} clients' private image-text data ({len(classes)} classes)")
     train = {cid: make_set(classes, d, kt.train_per_class, size, derived_seed(seed, "kt-train", cid))
              for cid, d in zip(ids, kt.domains)}

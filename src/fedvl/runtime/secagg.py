@@ -40,7 +40,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 
 from fedvl.algorithms.aggregate import Params, UpdateRejected, validate_update
-from fedvl.config import ExperimentConfig
+from fedvl.schema import ExperimentConfig
 from fedvl.seeding import derived_seed
 
 FITINS_CONFIG = "fitins.config"  # present only in the masked-vector stage's message: a secure train round

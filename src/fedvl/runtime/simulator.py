@@ -24,8 +24,8 @@ import torch
 from fedvl.algorithms import get_algorithm
 from fedvl.algorithms.aggregate import Params, UpdateRejected, global_norm, validate_update
 from fedvl.algorithms.attacks import attack_update, choose_attackers
-from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, FitResult, Strategy
-from fedvl.config import ConfigError, ExperimentConfig
+from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, FitResult, ServerRule
+from fedvl.schema import ConfigError, ExperimentConfig
 from fedvl.data.benchmarks import (NUM_ANSWERS, benchmark_client_ids, benchmark_tasks, build_benchmark,
                                    make_client_split)
 from fedvl.data.features import EncodedSplit, encode_split
@@ -49,7 +49,7 @@ class Federation:
     cfg: ExperimentConfig
     algo: Algorithm
     model: torch.nn.Module
-    strategy: Strategy
+    server: ServerRule
     client: ClientUpdate
     train: Mapping[str, EncodedSplit]  # the clients that train (one "pooled" client if centralized)
     test: Mapping[str, EncodedSplit]  # every client's own test split (both may be LazyClientData)
@@ -157,7 +157,7 @@ def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None
             train = {"pooled": EncodedSplit.concat(list(train.values()))}
     attackers = [] if cfg.attack.kind == "none" or algo.pooled else \
         choose_attackers(client_ids, cfg.attack.fraction, cfg.run.seed)
-    return Federation(cfg, algo, model, algo.strategy(cfg), algo.client(cfg), train, test, trainable,
+    return Federation(cfg, algo, model, algo.server(cfg), algo.client(cfg), train, test, trainable,
                       travel, local, get_params(model, local), client_ids, attackers, amp)
 
 
@@ -214,7 +214,7 @@ def client_evaluate(fed: Federation, store: ClientStateStore, cid: str, global_p
 def sample_round(fed: Federation, rnd: int) -> list[str]:
     rng = np.random.default_rng(derived_seed(fed.cfg.run.seed, "sample", rnd))
     ids = ["pooled"] if fed.algo.pooled else fed.client_ids
-    return fed.strategy.sample_clients(rnd, ids, rng)
+    return fed.server.sample_clients(rnd, ids, rng)
 
 
 def check_result(fed: Federation, cid: str, res: Any, global_params: Params,
@@ -264,7 +264,7 @@ def server_aggregate(fed: Federation, rnd: int, global_params: Params,
         train_metrics[cid] = dict(res.metrics, n=res.num_examples)
     if not accepted:
         raise RuntimeError(f"round {rnd}: every client update was rejected ({rejected}); stopping")
-    global_params = fed.strategy.aggregate(rnd, global_params, accepted)
+    global_params = fed.server.aggregate(rnd, global_params, accepted)
     record: dict[str, Any] = {"round": rnd, "sampled": list(results), "train": train_metrics}
     if rejected:
         record["rejected"] = rejected
@@ -275,7 +275,7 @@ def server_aggregate(fed: Federation, rnd: int, global_params: Params,
         from fedvl.algorithms.privacy import epsilon_spent
 
         # every client of the federation, also on a Flower server that holds no client data
-        rate = fed.strategy.sample_rate(1 if fed.algo.pooled else len(fed.client_ids))
+        rate = fed.server.sample_rate(1 if fed.algo.pooled else len(fed.client_ids))
         record["privacy"] = {"epsilon": epsilon_spent(dp.noise_multiplier, rate, rnd, dp.delta), "delta": dp.delta,
                              "sample_rate": rate}
     return global_params, record
@@ -346,7 +346,7 @@ def simulate(fed: Federation, run_dir: Path, history, progress=None, resume: boo
         history.reset(ckpt.history if ckpt else [])
         if ckpt is not None:
             global_params, start = ckpt.global_params, ckpt.round + 1
-            fed.strategy.load_state_dict(ckpt.strategy_state)
+            fed.server.load_state_dict(ckpt.strategy_state)
             torch.set_rng_state(ckpt.rng_state)
             record = ckpt.history[-1]
             warn(f"fedvl: resuming from round {ckpt.round} of {fed.cfg.algorithm.rounds}")
@@ -355,7 +355,7 @@ def simulate(fed: Federation, run_dir: Path, history, progress=None, resume: boo
     for rnd in range(start, fed.cfg.algorithm.rounds + 1):
         global_params, record = run_round(fed, store, rnd, global_params, progress)
         history.append(record)  # before the commit: a resume truncates metrics.jsonl to the checkpoint's records
-        commit_round(run_dir, rnd, global_params, store, history.rounds, fed.strategy.state_dict(),
+        commit_round(run_dir, rnd, global_params, store, history.rounds, fed.server.state_dict(),
                      fed.cfg.run.keep_checkpoints, config_digest=config_digest)
         if progress and "eval" in record:
             progress.round_end(record)

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fedvl.config import DataConfig
 from fedvl.data.real import aqua, clove, cocoqa, gqa, vizwiz, vqa
 from fedvl.data.real.answers import majority_answer, top_k_vocab
 from fedvl.data.real.base import DOCS, DatasetError, Question
 from fedvl.data.real.splits import RealSplit, make_split
+from fedvl.schema import DataConfig
 
 Reader = Callable[[Path, str, str, DataConfig], list[Question]]
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedvl.config import ConfigError
 from fedvl.data.real.answers import normalize_answer
+from fedvl.schema import ConfigError
 
 DOCS = "docs/datasets.md"
 

@@ -1,0 +1,444 @@
+"""The typed options of an experiment: dataclasses, YAML files, ``key=value`` overrides.
+
+The dataclass defaults *are* the embedded default experiment (``fedvl run`` with
+no argument). Every value is type-checked on load; an unknown key or a value of
+the wrong type raises :class:`ConfigError` with one line that names the key.
+
+This module knows no subsystem, so every layer may read it; checks across
+subsystems (does the algorithm exist, does the benchmark allow it) are
+:func:`fedvl.config.validate`, which sits above the algorithms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from fedvl.kt.config import FedMMKTConfig, T2IConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the CLI prints it on one line, exit 2."""
+
+
+PeftMethod = Literal["adapter", "lora", "bitfit", "layernorm", "head", "full", "prompt"]
+
+
+@dataclass
+class ModelConfig:
+    name: Literal["default", "tiny", "vilt", "clip", "blip"] = "default"
+    """default: pretrained MiniLM-L6 + ImageNet MobileNetV2; tiny: random, same structure (tests);
+    vilt / clip / blip: a Hugging Face checkpoint (see ``checkpoint``)."""
+    checkpoint: str = ""
+    """vilt / clip / blip: a local checkpoint directory, or a hub repo id already in the local Hugging Face
+    cache (nothing is downloaded); empty -> dandelin/vilt-b32-finetuned-vqa, openai/clip-vit-base-patch32,
+    Salesforce/blip-vqa-base."""
+    peft: PeftMethod = "adapter"
+    adapter_reduction: int = 16
+    """Bottleneck adapter width is hidden_size // adapter_reduction (FedDAT: 16)."""
+    lora_rank: int = 16
+    lora_alpha: int = 16
+    lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])
+    prompt_length: int = 8
+    """Soft-prompt vectors prepended to the tokens when peft=prompt (Lester et al. 2021)."""
+    vision_tokens: Literal["multiscale", "s32", "s16"] = "multiscale"
+    """Visual token features: see VisionLanguageModel.image_features."""
+    max_text_len: int = 24
+    head_hidden: int = 256
+    base: Literal["auto", "vl", "raw"] = "auto"
+    """vl: the VL-pretrained base (``fedvl pretrain vl``: connector, low-rank text deltas merged, LayerNorms),
+    shipped for the default model; raw: the unpretrained glue of two unimodal encoders (for comparison);
+    auto: vl for the default model, raw for tiny. Hugging Face checkpoints are their own base."""
+    base_weights: str = ""
+    """model.base=vl: a base file made by ``fedvl pretrain vl`` (empty = the one shipped for the default model)."""
+    train_connector: bool = False
+    """With the vl base the connector belongs to the frozen foundation (as ViLT's embeddings in the paper):
+    PEFT methods train their PEFT parameters and the answer head only, unless this is true."""
+    gradient_checkpointing: bool = False
+    """Recompute the text / fusion encoder's layer activations in the backward pass instead of
+    keeping them (less memory for ~one more forward pass; default, vilt, clip and blip)."""
+
+
+@dataclass
+class DataConfig:
+    benchmark: Literal["domain", "function", "scene", "task", "real"] = "domain"
+    """domain: one visual domain per client; function: one question function per client
+    (at most 5 clients); scene: one scene composition per client (at most 6 clients);
+    task: one task per client (vqa, itm, entail; at most 3), each with its own head;
+    real: real datasets from ``root``, one source per entry of ``clients`` (docs/datasets.md)."""
+    root: str = ""
+    """real: the folder holding the datasets (layout: docs/datasets.md)."""
+    clients: list[str] = field(default_factory=lambda: ["aqua", "abstract", "vizwiz", "cocoqa", "gqa"])
+    """real: one source per client, FORMAT[:ARG] (formats: vqav2, abstract, vizwiz, gqa, cocoqa, aqua,
+    clove:<stage>, folder:<dir>); the client count is the length of this list (num_clients is not used).
+    The default is FedDAT's Domain benchmark."""
+    answer_vocab: int = 100
+    """real: the top-K training answers of each client form its answer vocabulary (FedDAT: 100)."""
+    vocab_scope: Literal["client", "shared"] = "client"
+    """real: client -> each client's labels index its own top-K (its head never travels); shared -> the union
+    of the clients' top-K lists, one head every client speaks (it travels as the algorithm says)."""
+    max_train_questions: int = 0
+    """real: keep at most this many training questions per client (a seeded sample; 0 = all)."""
+    max_test_questions: int = 0
+    """real: keep at most this many test questions per client (a seeded sample; 0 = all)."""
+    aqua_knowledge: bool = False
+    """real, AQUA: also keep the questions that need external knowledge (need_external_knowledge=true)."""
+    num_clients: int = 4
+    domains: list[str] = field(default_factory=lambda: ["photo", "sketch", "night", "painting"])
+    """Visual domain of each client, in client order (Domain benchmark)."""
+    function_domain: str = "cartoon"
+    """The one visual domain all clients share (Function benchmark)."""
+    scene_domain: str = "photo"
+    """The one visual domain all clients share (Scene benchmark)."""
+    task_domain: str = "cartoon"
+    """The one visual domain all clients share (Task benchmark)."""
+    train_images: int = 160
+    """Images per client in the training split (each carries ``questions_per_image`` questions)."""
+    test_images: int = 100
+    questions_per_image: int = 3
+    max_objects: int = 2
+    """Objects per scene are drawn from 1..max_objects (at most 4: counting answers stop at 4)."""
+    image_size: int = 96
+    cycle_variants: bool = False
+    """Cross-device scale: allow more clients than the benchmark has domains / functions / scenes /
+    tasks; client k takes variant k mod n, with its own images (natural partition only)."""
+    partition: Literal["natural", "dirichlet", "quantity"] = "natural"
+    """natural: the benchmark's own split; dirichlet / quantity: re-partition the pooled data."""
+    dirichlet_alpha: float = 0.5
+    quantity_alpha: float = 1.0
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "fedavg"
+    rounds: int = 12
+    fraction_fit: float = 1.0
+    """Share of clients sampled each round (at least one)."""
+    local_epochs: int = 1
+    local_steps: int = 0
+    """If > 0, each client trains exactly this many steps per round instead of epochs."""
+    batch_size: int = 32
+    lr: float = 1e-3
+    full_lr: float = 1e-5
+    """model.peft=full: learning rate of the pretrained backbone weights (connector and head keep
+    ``lr``; follows the same schedule). 0 = use ``lr`` for everything."""
+    weight_decay: float = 0.0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """cosine decays over the whole run (never restarts each round)."""
+    aggregation: Literal["weighted", "uniform"] = "weighted"
+    prox_mu: float = 0.01
+    """FedProx proximal weight (only used by fedprox)."""
+    dat_weight: float = 0.5
+    """FedDAT: w in the Dual-Adapter Teacher h + w·A_C(h) + (1-w)·Â_S(h)."""
+    kd_weight: float = 0.5
+    """FedDAT: weight of the KD term in both MKD losses (the task loss gets 1 - kd_weight)."""
+    kd_temperature: float = 3.0
+    feddat_teacher: Literal["dat", "local"] = "dat"
+    """FedDAT ablation: "local" replaces the DAT teacher by A_C alone (no DAT)."""
+    feddat_mutual: bool = True
+    """FedDAT ablation: False trains A_C with the task loss only (one-way KD)."""
+    feddat_shared_pass: bool = True
+    """FedDAT: when nothing the A_S step moves feeds the encoder's DAT pass (the VL base's frozen connector;
+    only A_S and the head train besides A_C), one encoder forward serves the teacher logits and the A_C
+    step (3 -> 2 encoder forwards per batch; with dropout on, both roles then see one dropout mask).
+    False always runs the three passes."""
+    also_travel: list[str] = field(default_factory=list)
+    """Parameter groups that travel (are averaged) even though the algorithm keeps them on the
+    client, e.g. ``connector`` or ``head`` for feddat; never ``adapter.local``."""
+    keep_local: list[str] = field(default_factory=list)
+    """Parameter groups every client keeps and never sends, for any algorithm: ``connector``
+    and/or ``head``. The FedDAT reference code keeps each client's task head out of the average
+    for every baseline; ``keep_local=connector,head`` makes a FedAvg-PEFT baseline send only its
+    PEFT parameters, the same upload as FedDAT (the paper's protocol)."""
+    aggregator: Literal["mean", "median", "trimmed_mean", "krum"] = "mean"
+    """Server rule for the travelling parameters, for every algorithm: mean (FedAvg, weighted as
+    ``aggregation`` says), median (coordinate-wise), trimmed_mean (coordinate-wise, ``trim_ratio``)
+    or krum (``krum_byzantine``, ``krum_select``). The robust rules ignore sample counts."""
+    trim_ratio: float = 0.1
+    """trimmed_mean: share beta of the values dropped at each end, per coordinate (in [0, 0.5))."""
+    krum_byzantine: int = 1
+    """krum: f, the number of malicious updates it must tolerate (needs clients per round >= f + 3)."""
+    krum_select: int = 1
+    """krum: 1 = Krum (the single best update); m > 1 = multi-Krum (mean of the m best)."""
+    clip_update_norm: float = 0.0
+    """Norm clipping defence: scale every update delta down to this L2 norm before aggregating (0 = off)."""
+    clip_to_median: bool = False
+    """Norm clipping defence with no tuning: clip every update delta to the round's median delta norm."""
+    max_update_norm: float = 10.0
+    """Validation: reject an update whose delta norm exceeds this many times the global parameters'
+    norm (floored at 1); 0 = no norm check. Generous: honest deltas are a small fraction of it."""
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    output_dir: str = "results"
+    name: str = ""
+    """Run folder name under output_dir; empty -> <algorithm>-<benchmark>-<timestamp>."""
+    cache_dir: str = "results/cache"
+    threads: int = 2
+    eval_every: int = 1
+    transport_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Precision of the client updates on the wire: float16 / bfloat16 halve the bytes sent up;
+    the server upcasts before aggregating (the global model stays float32)."""
+    eval_clients: int = 0
+    """Evaluate this many clients (a fixed set drawn once from run.seed) instead of all (0 = all):
+    with thousands of clients, evaluating every one would dwarf the round."""
+    clients_in_memory: int = 32
+    """Simulator: keep at most this many clients' encoded data in memory; others are regenerated
+    (synthetic world) or re-read when next sampled, so memory does not grow with the client count."""
+    runtime: Literal["simulator", "flower-sim", "flower-deploy"] = "simulator"
+    """simulator: clients one after another in this process; flower-sim: the same run through
+    Flower's simulation engine; flower-deploy: a real deployment, set by ``fedvl serve`` (its
+    nodes start with ``fedvl join``), which ``fedvl run`` refuses."""
+    flower_backend: Literal["inprocess", "ray"] = "inprocess"
+    """flower-sim: where Flower's simulation engine runs the ClientApps: in this process, one
+    at a time (starts instantly), or in Ray worker processes (Flower's default; needs ray)."""
+    flower_workers: int = 2
+    """flower-sim with the ray backend: client processes working in parallel (one CPU each)."""
+    flower_wait_s: float = 120.0
+    """Flower: how long the server waits for every client's node to connect."""
+    round_timeout_s: float = 0.0
+    """Flower: seconds to wait for a round's replies (0 = wait for all); a node silent this long is dropped."""
+    min_clients: int = 1
+    """Flower: a round with fewer answering clients than this is retried, then the run stops."""
+    round_retries: int = 1
+    """Flower: how often a round with too few answers is retried before the run stops."""
+    secagg: bool = False
+    """Flower runtimes: aggregate every train round with Flower's SecAgg+, so the server sees only
+    the (weighted) mean of the updates, never one client's. FedAvg-type aggregation only (a plain
+    mean: no robust rule, no server-side clipping or DP); the server validates only the aggregate."""
+    secagg_shares: int = 0
+    """SecAgg+: each client's secrets are split among itself and its shares - 1 nearest neighbours
+    (odd, >= 3); 0 = among every sampled client (classic SecAgg: most robust, most messages)."""
+    secagg_threshold: int = 0
+    """SecAgg+: shares needed to rebuild a secret (>= 2, <= shares); 0 = a majority of the shares. A
+    round survives up to shares - threshold dropouts in each neighbourhood; colluding clients below
+    the threshold learn nothing."""
+    secagg_clip: float = 1.0
+    """SecAgg+ quantisation range: every coordinate of a client's weighted update delta is clipped to
+    [-secagg_clip, secagg_clip] and quantised into 2^22 levels; clipped coordinates are counted and
+    reported. Smaller = finer steps (2 x secagg_clip / 2^22), larger = fewer clipped values."""
+    keep_checkpoints: int = 2
+    """Round checkpoints kept under checkpoints/ (for --resume); 2 keeps a good one if the newest is damaged."""
+    # --- devices, precision, tracking (issue 18; checked by _check_devices) ---
+    device: str = "auto"
+    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N: where models, batches and the frozen
+    vision tower's feature extraction run. Aggregation and checkpoints stay float32 on the CPU."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Compute precision: bf16 = autocast (CPU and CUDA); fp16 = autocast + gradient scaling (CUDA only).
+    Parameters stay float32; what travels is set by transport_dtype alone."""
+    trackers: list[str] = field(default_factory=list)
+    """Experiment trackers beside metrics.jsonl: tensorboard, mlflow (pip install fedvl[track])."""
+    mlflow_uri: str = ""
+    """MLflow tracking URI; empty -> a local file store, <output_dir>/mlruns."""
+    flower_cpus_per_client: float = 1.0
+    """flower-sim with the ray backend: CPUs Ray reserves for each client (ClientApp) process."""
+    flower_gpus_per_client: float = 0.0
+    """flower-sim with the ray backend: share of a GPU per client (0.25 = four clients share one GPU)."""
+
+
+@dataclass
+class AttackConfig:
+    """Model poisoning for robustness experiments; see ``fedvl.algorithms.attacks``."""
+
+    kind: Literal["none", "sign_flip", "scaled", "noise"] = "none"
+    """What the attacking clients send: g - scale·Δ (sign_flip), g + scale·Δ (scaled) or
+    g + Gaussian noise of scale x the honest delta's RMS (noise)."""
+    fraction: float = 0.25
+    """Share of the clients that attack, round(fraction x num_clients), chosen once from run.seed."""
+    scale: float = 5.0
+
+
+@dataclass
+class PrivacyConfig:
+    """Client-level differential privacy (DP-FedAvg, McMahan et al. 2018, https://arxiv.org/abs/1710.06963)."""
+
+    enabled: bool = False
+    """Clip every client's update delta to ``clip_norm`` and add Gaussian noise at the server;
+    epsilon (opacus RDP accountant, sample rate = share of clients per round, i.e. algorithm.fraction_fit
+    rounded to whole clients) is reported every round."""
+    clip_norm: float = 1.0
+    """S: L2 bound of one client's update delta (all travelling tensors together)."""
+    noise_multiplier: float = 1.0
+    """z: the noise added to the sum of clipped deltas has std z·S (z·S/m on the mean of m clients)."""
+    delta: float = 1e-5
+    """The delta at which epsilon is reported."""
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    t2i: T2IConfig = field(default_factory=T2IConfig)
+    """FedMMKT only: the server's text-to-image model."""
+    fedmmkt: FedMMKTConfig = field(default_factory=FedMMKTConfig)
+    """FedMMKT only: clients, task models, distillation, feedback."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- coercion
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, tp: Any, value: Any, from_text: bool) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not {_type_name(tp)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in get_args(tp):
+            if arm is type(None):
+                if value is None or (from_text and str(value).lower() in ("none", "null")):
+                    return None
+                continue
+            try:
+                return _coerce(key, arm, value, from_text)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if from_text and isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", item_tp, v, from_text) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and str(value).lower() in ("true", "1", "yes", "false", "0", "no"):
+            return str(value).lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if from_text:
+            try:
+                return int(str(value))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if from_text or isinstance(value, str):
+            try:
+                return float(str(value))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str, from_text: bool) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"unknown config key '{full}' (known under '{prefix or '.'}': {known})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping of keys, got {value!r}")
+            _apply(current, value, f"{full}.", from_text)
+        else:
+            setattr(obj, key, _coerce(full, hints[key], value, from_text))
+
+
+def parse_override(text: str) -> tuple[list[str], str]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. algorithm.rounds=3)")
+    key, value = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    return key.split("."), value
+
+
+def _check_finite(obj: Any, prefix: str) -> None:
+    """No NaN or infinity in any number: every float option is a size, a rate or a bound."""
+    import math
+
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and math.isnan(value):
+            raise ConfigError(f"{prefix}{f.name} is not a number (nan); give a finite number")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{f.name} must be a finite number, got {value}")
+
+def _read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping a YAML config file holds; every way it can fail is one ConfigError line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p} cannot be read as text: {type(e).__name__}") from None
+    if data is None:  # an empty file is more likely a mistake (a wrong path, a failed save) than a wish
+        raise ConfigError(f"config file {p} is empty (to run the embedded default, give no config file)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of {what}")
+    return data
+
+
+def _load(obj: Any, path: str | Path | None, overrides: list[str] | None, what: str) -> Any:
+    """Defaults (``obj``) <- YAML file (if given) <- ``key=value`` overrides."""
+    if path is not None:
+        _apply(obj, _read_mapping(path, what), "", from_text=False)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        nested: dict[str, Any] = {keys[-1]: value}
+        for k in reversed(keys[:-1]):
+            nested = {k: nested}
+        _apply(obj, nested, "", from_text=True)
+    return obj
+
+
+def load_section(cls: type, path: str | Path | None, overrides: list[str] | None) -> Any:
+    """One settings dataclass (e.g. ``fedvl pretrain vl``'s) from an optional YAML mapping and ``key=value``s;
+    its own ``validate()`` runs if it has one."""
+    obj = _load(cls(), path, overrides, "keys")
+    _check_finite(obj, "")
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
