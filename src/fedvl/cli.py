@@ -98,9 +98,12 @@ fedvl pretrain vl: cross-modal pretraining of the default model, as ViLT was pre
 Trains the connector, a low-rank delta on the MiniLM layers and their LayerNorms with
 image-text matching (hard negatives: one colour, shape, size, position or count changed)
 and masked language modelling, on a public caption corpus the synthetic world renders in
-a style no benchmark client uses (captions only, never a benchmark's questions). Writes
-<cache_dir>/vl/<key>.safetensors (float16; cache_dir=results/cache) with a JSON report, a PNG of the loss and
-held-out accuracy curves; key = hash of the settings. Resumable: rerun the same command
+a style no benchmark client uses (captions only, never a benchmark's questions). Masking
+favours the words only the image decides (colour, shape, size, position, number:
+mlm_grounded_prob). Writes <cache_dir>/vl/<key>.safetensors (float16; cache_dir=
+results/cache) with a JSON report, a PNG of the loss and held-out accuracy curves; key =
+hash of the settings. Grounding is reported as held-out accuracy on masked image-decided
+words with the caption's own image against another image. Resumable: rerun the same command
 after a kill. Deterministic for a seed. Settings: key=value (see fedvl.models.vlbase.
 VLPretrainConfig), e.g. steps=1500 corpus_images=4000 model=tiny.
 

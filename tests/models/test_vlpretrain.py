@@ -90,9 +90,9 @@ def test_matched_count_negatives_leave_the_number_word_uninformative():
     assert matched.keys() >= {"no", "one", "two"} and all(0.4 < r < 0.6 for r in matched.values())
 
 
-def test_count_negatives_option_keeps_the_shipped_key():
-    assert pretrain_key(VLPretrainConfig(count_negatives="uniform")) == pretrain_key(VLPretrainConfig())
-    assert pretrain_key(VLPretrainConfig(count_negatives="matched")) != pretrain_key(VLPretrainConfig())
+def test_count_negatives_option_changes_the_key():
+    a, b = VLPretrainConfig(count_negatives="uniform"), VLPretrainConfig(count_negatives="matched")
+    assert pretrain_key(a) != pretrain_key(b)  # (a base made before the option existed: see the first base)
 
 
 # ----------------------------------------------------------- pretraining
@@ -229,9 +229,9 @@ def test_new_pretraining_options_are_checked_and_keep_old_keys():
     from fedvl.config import ConfigError
 
     shipped = pretrain_key(VLPretrainConfig())
-    assert pretrain_key(VLPretrainConfig(itm_swap=0.0, mlm_grounded_prob=None)) == shipped
+    assert pretrain_key(VLPretrainConfig(itm_swap=0.0)) == shipped
     assert pretrain_key(VLPretrainConfig(itm_swap=0.5)) != shipped
-    assert pretrain_key(VLPretrainConfig(mlm_grounded_prob=0.5)) != shipped
+    assert pretrain_key(VLPretrainConfig(mlm_grounded_prob=None)) != shipped
     for bad, msg in ((dict(itm_swap=1.0), "itm_swap"), (dict(mlm_grounded_prob=1.5), "mlm_grounded_prob")):
         with pytest.raises(ConfigError, match=msg):
             VLPretrainConfig(**bad).validate()
@@ -365,15 +365,16 @@ def test_pretraining_on_cuda_matches_the_cpu_and_resumes_there(tmp_path):
 
 # ------------------------------------------------------------- the shipped base
 
-SHIPPED_SHA256 = "bdef6892add0cd8079f82fffd2fd6029e5d254db153990d462ae9f41b8722539"
+SHIPPED_SHA256 = "6acc8d28187f2ef604fada058618830c5192b581bc0f32eb52eeaa0c0865bfcf"
 
 
-def test_shipped_base_is_the_default_settings_and_matches_above_chance():
+def test_shipped_base_is_the_default_settings_and_reads_the_image():
     """The shipped file is what `fedvl pretrain vl` makes with the default settings (its key), byte for
     byte the one measured in docs/results.md (its hash), and read back as fine-tuning builds the model it
-    scores held-out captions as it did when it was made. Caution, measured: its above-chance ITM is a text
-    shortcut (count captions score the same with every image swapped for another; docs/results.md), so
-    this pins the artifact, not image-text grounding."""
+    fills in held-out image-decided words far better with the caption's own image than with another
+    (measured on these 150 images: 75.0% against 44.7%; colour 58% against 26%). Its ITM head is at
+    chance (48%; docs/results.md says why that is a finding, not a test to pass), so grounding is
+    checked where the base has it: masked words only the image decides."""
     from fedvl.io import file_sha256
     from fedvl.models.vlbase import shipped_path
     from fedvl.models.vlpretrain import held_out_report
@@ -382,7 +383,16 @@ def test_shipped_base_is_the_default_settings_and_matches_above_chance():
     assert path.name == f"{pretrain_key(VLPretrainConfig())}.safetensors"
     assert file_sha256(path) == SHIPPED_SHA256
     meta = json.loads(path.with_suffix(".json").read_text())
-    assert meta["key"] == pretrain_key(VLPretrainConfig()) and meta["steps"] == 1200
+    assert meta["key"] == pretrain_key(VLPretrainConfig()) and meta["steps"] == 1000
     rep = held_out_report(path, VLPretrainConfig(threads=1), images=150)
     assert rep["pairs"] == 300
-    assert rep["itm_acc_count"] > 0.7 and rep["itm_acc"] > 0.55
+    assert rep["grounded_all"] > rep["grounded_other_image_all"] + 0.2
+    assert rep["grounded_colour"] > rep["grounded_other_image_colour"] + 0.2
+    assert rep["grounded_position"] > rep["grounded_other_image_position"] + 0.2
+
+
+def test_the_first_base_stays_reproducible():
+    """`fedvl pretrain vl count_negatives=uniform mlm_grounded_prob=null steps=1200` names (and makes)
+    the first shipped base, whose numbers docs/results.md still quotes."""
+    first = VLPretrainConfig(count_negatives="uniform", mlm_grounded_prob=None, steps=1200)
+    assert pretrain_key(first) == "vl-e95b7a72e9f8"
