@@ -21,7 +21,8 @@ KT_TINY = [
     "fedmmkt.local_epochs=1",
 ]
 # what each knowledge-transfer algorithm sends up (the fine-tuning family's matrix is tests/algorithms/test_matrix.py)
-KT_TRAVEL = {"fedmmkt": "report", "kt-distill": "report", "kt-local": "none", "kt-fedavg": "weights"}
+KT_TRAVEL = {"fedmmkt": "report", "kt-distill": "report", "kt-local": "none", "kt-fedavg": "weights",
+             "kt-centralized": "data"}
 
 
 @pytest.fixture
@@ -89,7 +90,7 @@ def test_generator_lora_changes_and_base_stays_frozen(kt_cfg, tmp_path):
     before = {n: p.detach().clone() for n, p in gen.named_parameters()}
     state = ServerState()
     rec = run_round(fed, 1, state)
-    assert rec["server"]["accepted"] == int(state.distill.soft.shape[0])  # what was accepted is next round's set
+    assert rec["server"]["accepted"] == int(state.distill.keep.sum())  # what was accepted is distilled next round
     rec = run_round(fed, 2, state)  # round 2 also has prototypes: the alignment loss acts
     after = dict(gen.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
@@ -205,3 +206,68 @@ def test_fedmmkt_bf16_round_keeps_state_and_reports_float32_on_cpu(kt_cfg, tmp_p
         saved = load_file(tmp_path / "r" / "client_states" / f"{cid}.safetensors")
         assert all(t.device.type == "cpu" for t in saved.values())
         assert {t.dtype for t in saved.values() if t.is_floating_point()} == {torch.float32}
+
+
+LEVERS = ["fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch", "fedmmkt.curriculum=true",
+          "fedmmkt.synthetic_rounds=2", "fedmmkt.synthetic_ramp=2"]
+
+
+def test_under_fedmmkt_no_weight_and_no_private_image_leaves_a_client(kt_cfg, tmp_path):
+    """With every client-side lever on, the only thing the loop takes from a client is its report: logits,
+    prototypes and counts. Compared by value with every weight and buffer (BN statistics included) and with
+    every private image, and the report's tensors are smaller than one image."""
+    fed = build(kt_cfg("fedmmkt", *LEVERS), tmp_path / "r", status=lambda s: None)
+    state = ServerState()
+    sent = []
+    orig = fed.client.report
+
+    def spy(model, synthetic, labels, num_classes):
+        out = orig(model, synthetic, labels, num_classes)
+        sent.append((out, {k: v.clone() for k, v in model.state_dict().items()}))
+        return out
+
+    fed.client.report = spy
+    for r in (1, 2):
+        run_round(fed, r, state)
+    assert len(sent) == 6
+    private = torch.cat([fed.train[c].images for c in fed.client_ids]).flatten(1)
+    for msg, weights in sent:
+        assert set(msg) == {"logits", "protos", "proto_counts"}
+        for v in msg.values():
+            assert v.numel() < private.shape[1]
+            assert not any(w.shape == v.shape and torch.equal(w, v) for w in weights.values())
+    # what the server keeps about the clients is what they sent, nothing else
+    assert state.distill.soft.shape == (2 * len(state.synthetic), len(fed.classes))  # two rounds' sets pooled
+    assert torch.equal(state.distill.labels[-len(state.synthetic):], state.synthetic.labels)
+
+
+def test_levers_change_training_round_one_uses_prompt_labels(kt_cfg, tmp_path):
+    """Round 1 has no ensemble yet: with prompt labels the clients already train on the fresh set."""
+    losses = {}
+    for name, extra in {"kd": [], "prompt": ["fedmmkt.prompt_weight=1"]}.items():
+        fed = build(kt_cfg("fedmmkt", *extra), tmp_path / name, status=lambda s: None)
+        rec = run_round(fed, 1, ServerState())
+        losses[name] = [m["synthetic_loss"] for m in rec["train"].values()]
+    assert all(v == 0.0 for v in losses["kd"]) and all(v > 0.5 for v in losses["prompt"])
+
+
+def test_kt_centralized_trains_each_client_on_its_architectures_pooled_data(kt_cfg, tmp_path):
+    fed = build(kt_cfg("kt-centralized"), tmp_path / "c", status=lambda s: None)
+    a, b, c = fed.client_ids  # cnn, mlp, cnn
+    assert len(fed.train[a]) == len(fed.train[c]) == 2 * len(fed.train[b])
+    assert torch.equal(fed.train[a].images, fed.train[c].images)
+    assert fed.generator is None
+    rec = run_round(fed, 1, ServerState())
+    assert rec["train"][a]["steps"] == 1 and "server" in rec and rec["server"] == {}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("fedmmkt.prompt_weight=-1", "prompt_weight"),
+    ("fedmmkt.synthetic_bn=frozen", "synthetic_bn"),
+    ("fedmmkt.synthetic_rounds=0", "synthetic_rounds"),
+    ("fedmmkt.curriculum_start=0", "curriculum_start"),
+    ("fedmmkt.curriculum_static=1.5", "curriculum_static"),
+])
+def test_bad_lever_values_fail_with_one_line(override, message, kt_cfg):
+    with pytest.raises(ConfigError, match=message):
+        kt_cfg("fedmmkt", override)

@@ -79,3 +79,27 @@ class FedMMKTConfig:
     """Weight each client's vote by its confidence on the class it predicts (else a plain mean)."""
     align_weight: float = 0.1
     align_temperature: float = 0.1
+    # ---- how clients learn from the synthetic set (issue 17; each lever a switch, docs/results.md "FedMMKT")
+    prompt_weight: float = 0.0
+    """Weight of cross-entropy on synthetic samples with their *prompt's* class as the label (the generator is
+    class-conditioned, so the prompt is a label the server knows). 0 = the paper-style ensemble soft labels only
+    (``kd_weight``); both may be on."""
+    synthetic_batch: int = 32
+    """Synthetic samples drawn per training step, beside each private batch (the synthetic share of a step)."""
+    synthetic_ramp: int = 0
+    """Rounds over which the synthetic terms' weights ramp linearly up to full (0: full from round 1)."""
+    synthetic_bn: Literal["eval", "train", "batch"] = "eval"
+    """Batch norm on synthetic batches. ``eval``: normalised with the private running statistics; ``train``: batch
+    statistics that also update the running statistics (source style leaks into them); ``batch``: their own batch
+    statistics, the private running statistics untouched (what is used at test time stays private-data only)."""
+    synthetic_rounds: int = 1
+    """How many rounds' synthetic sets the clients' training pool holds (1: the latest only; more: a larger pool
+    of fresh samples from regeneration, at no generation cost)."""
+    curriculum: bool = False
+    """Draw synthetic samples easy to hard (RDTF-style): difficulty = ``curriculum_static`` x rank of the ensemble's
+    loss on the prompt class (static, from the round it was scored) + the rest x rank of the client's own current
+    loss (adaptive, recomputed every epoch); each step samples from the easiest share of the pool."""
+    curriculum_start: float = 0.5
+    """Share of the pool (easiest first) open at round 1; it grows linearly to all of it at ``curriculum_rounds``."""
+    curriculum_rounds: int = 4
+    curriculum_static: float = 0.5

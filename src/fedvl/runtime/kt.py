@@ -27,7 +27,10 @@ from fedvl.algorithms.fedmmkt import (
     alignment_loss,
     ensemble,
     global_prototypes,
+    next_pool,
+    pool_by_arch,
     quality_filter,
+    training_pool,
 )
 from fedvl.config import ConfigError, ExperimentConfig
 from fedvl.engine.device import FP32_CPU, Amp, DeviceError, amp_for
@@ -96,6 +99,8 @@ def build(cfg: ExperimentConfig, run_dir: Path, status=print, on_pretrain_step=N
              for cid, d in zip(ids, kt.domains)}
     test = {cid: make_set(classes, d, kt.test_per_class, size, derived_seed(seed, "kt-test", cid))
             for cid, d in zip(ids, kt.domains)}
+    if strategy.pool_data:
+        train = pool_by_arch(train, dict(zip(ids, kt.archs)))
     fed = KTFederation(cfg, strategy, KTClient(kt, amp), classes, train, test, dict(zip(ids, kt.archs)),
                        ClientStateStore(run_dir / "client_states"), amp=amp)
     if strategy.synthetic:
@@ -240,8 +245,10 @@ def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) ->
         gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "batches", rnd, cid))
         torch.manual_seed(derived_seed(cfg.run.seed, "torch", rnd, cid))
         data = fed.train[cid]
-        train_metrics[cid] = fed.client.train(model, data.images, data.labels, state.distill, state.protos, gen,
-                                              on_step=progress.step if progress else None)
+        pool = training_pool(kt, state.distill, *((state.synthetic.images, state.synthetic.labels)
+                                                  if state.synthetic is not None else (None, None)))
+        train_metrics[cid] = fed.client.train(model, data.images, data.labels, pool, state.protos, gen,
+                                              on_step=progress.step if progress else None, rnd=rnd)
         states[cid] = cpu_state(model)
         fed.store.save(cid, states[cid])
         if strat.synthetic:
@@ -272,8 +279,9 @@ def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) ->
             tu = time.perf_counter()
             server.update(update_generator(fed, state.synthetic, keep, probs, state, rnd))
             timing["generator_update_s"] = time.perf_counter() - tu
-        # the accepted samples and their ensemble labels are next round's distillation set
-        state.distill = DistillSet(state.synthetic.images[keep], probs[keep])
+        # the scored synthetic set (ensemble labels, prompt labels, the filter's verdict) joins next round's pool
+        state.distill = next_pool(state.distill, state.synthetic.images, state.synthetic.labels, probs, keep,
+                                  kt.synthetic_rounds if strat.regenerate else 1)
     if rejected:
         record["rejected"] = rejected
     record["server"] = server
