@@ -55,6 +55,15 @@ VARIANTS: dict[str, list[str]] = {
     "prompt+kd, bn batch, no proto pull": ["fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch",
                                            "fedmmkt.proto_weight=0"],
     "kd, bn eval, no proto pull": ["fedmmkt.proto_weight=0"],
+    "P = prompt, bn batch, no proto pull": ["fedmmkt.kd_weight=0", "fedmmkt.prompt_weight=1",
+                                            "fedmmkt.synthetic_bn=batch", "fedmmkt.proto_weight=0"],
+    "P + curriculum": ["fedmmkt.kd_weight=0", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch",
+                       "fedmmkt.proto_weight=0", "fedmmkt.curriculum=true"],
+    "P + kd": ["fedmmkt.kd_weight=1", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch", "fedmmkt.proto_weight=0"],
+    "P + syn batch 64": ["fedmmkt.kd_weight=0", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch",
+                         "fedmmkt.proto_weight=0", "fedmmkt.synthetic_batch=64"],
+    "P + proto pull 0.1": ["fedmmkt.kd_weight=0", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch",
+                           "fedmmkt.proto_weight=0.1"],
     "prompt, bn batch, syn batch 64": ["fedmmkt.kd_weight=0", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch",
                                        "fedmmkt.synthetic_batch=64"],
 }
@@ -100,14 +109,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/fedmmkt.yaml")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variants", default="", help="comma-separated names (default: all)")
+    ap.add_argument("--variants", default="", help="names separated by ; (default: all)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("overrides", nargs="*")
     ns = ap.parse_args()
     torch.set_num_threads(1)
     base = ["algorithm.name=kt-distill", "run.threads=1", f"run.seed={ns.seed}", *ns.overrides]
     cfg = load_config(ns.config, base)
-    names = [v for v in ns.variants.split(",") if v] or list(VARIANTS)
+    names = [v.strip() for v in ns.variants.split(";") if v.strip()] or list(VARIANTS)
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}")
     results: dict = {"seed": ns.seed, "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -121,6 +133,7 @@ def main() -> None:
         _, jpred = judge_outputs(fed.judge, syn.images)
         results["judge_shows_prompt"] = float((jpred == syn.labels).float().mean())
         results["setup_s"] = time.perf_counter() - t0
+        fed.judge = None  # the generator is fixed here: its fidelity is measured once, above, not every round
         print(f"setup {results['setup_s']:.0f}s; judge: {100 * results['judge_shows_prompt']:.1f}% of the "
               f"synthetic set shows its prompt's class", file=sys.stderr)
         for name in names:

@@ -265,3 +265,17 @@ def test_pool_by_arch_pools_real_data_within_an_architecture():
     out = pool_by_arch({"a": s(1, 2), "b": s(2, 3), "c": s(3, 1)}, {"a": "cnn", "b": "mlp", "c": "cnn"})
     assert out["a"].labels.tolist() == [1, 1, 3] == out["c"].labels.tolist()
     assert out["b"].labels.tolist() == [2, 2, 2]
+
+
+def test_feedback_select_keeps_the_surest_share_of_every_class():
+    from fedvl.algorithms.fedmmkt import feedback_select
+
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    p_prompt = torch.tensor([0.9, 0.5, 0.7, 0.95, 0.6, 0.8, 0.3, 0.99])
+    probs = torch.stack([torch.where(labels == 0, p_prompt, 1 - p_prompt),
+                         torch.where(labels == 1, p_prompt, 1 - p_prompt)], 1)
+    keep = torch.tensor([True, True, True, False, True, True, True, True])  # sample 3 was filtered out
+    out = feedback_select(probs, labels, keep, 0.5)
+    # class 0: accepted 0, 1, 2 -> ceil(1.5) = 2 surest: 0 (0.9), 2 (0.7); class 1: 7 (0.99), 5 (0.8)
+    assert out.nonzero().flatten().tolist() == [0, 2, 5, 7]
+    assert torch.equal(feedback_select(probs, labels, keep, 1.0), keep)

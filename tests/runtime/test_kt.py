@@ -271,3 +271,16 @@ def test_kt_centralized_trains_each_client_on_its_architectures_pooled_data(kt_c
 def test_bad_lever_values_fail_with_one_line(override, message, kt_cfg):
     with pytest.raises(ConfigError, match=message):
         kt_cfg("fedmmkt", override)
+
+
+def test_feedback_top_narrows_what_the_generator_learns_from(kt_cfg, tmp_path):
+    import math
+
+    fed = build(kt_cfg("fedmmkt", "fedmmkt.prompt_weight=1", "fedmmkt.feedback_top=0.5"), tmp_path / "f",
+                status=lambda s: None)
+    state = ServerState()
+    rec = run_round(fed, 1, state)
+    keep, labels = state.distill.keep, state.synthetic.labels
+    # the clients' pool keeps every accepted sample; the generator update only the surest half of each class
+    want = sum(math.ceil(0.5 * int((keep & (labels == c)).sum())) for c in labels.unique())
+    assert rec["server"]["accepted"] == want and int(keep.sum()) >= want

@@ -69,6 +69,24 @@ def quality_filter(probs: torch.Tensor, prompt_labels: torch.Tensor, threshold: 
     return (pred == prompt_labels) & (top >= threshold)
 
 
+def feedback_select(probs: torch.Tensor, prompt_labels: torch.Tensor, keep: torch.Tensor, top: float) -> torch.Tensor:
+    """The accepted samples the generator learns from: within every class, the ``top`` share of the accepted ones
+    that the ensemble gives the highest probability of their prompt's class (ours). Once the clients recognise
+    nearly every sample (prompt-label training does that within a few rounds), the filter keeps everything and the
+    feedback weights are all near 1: the update would no longer prefer what looks like the clients' data. A
+    per-class share keeps that preference, and keeps every class in the update."""
+    if top >= 1.0:
+        return keep
+    p = probs.gather(1, prompt_labels[:, None]).squeeze(1)
+    out = torch.zeros_like(keep)
+    for c in prompt_labels.unique():
+        idx = (keep & (prompt_labels == c)).nonzero().flatten()
+        if len(idx):
+            n = max(1, math.ceil(top * len(idx)))
+            out[idx[p[idx].argsort(descending=True, stable=True)[:n]]] = True
+    return out
+
+
 def global_prototypes(protos: dict[str, torch.Tensor], counts: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-class mean of the clients' prototypes (C, D), weighted by how many samples each
     prototype averages; a class no client saw gets zeros."""

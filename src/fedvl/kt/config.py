@@ -103,3 +103,6 @@ class FedMMKTConfig:
     """Share of the pool (easiest first) open at round 1; it grows linearly to all of it at ``curriculum_rounds``."""
     curriculum_rounds: int = 4
     curriculum_static: float = 0.5
+    feedback_top: float = 1.0
+    """Generator update: within each class, only this share of the accepted samples, those the ensemble is surest
+    of (1 = every accepted sample, the feedback weights alone)."""

@@ -26,6 +26,7 @@ from fedvl.algorithms.fedmmkt import (
     KTStrategy,
     alignment_loss,
     ensemble,
+    feedback_select,
     global_prototypes,
     next_pool,
     pool_by_arch,
@@ -172,6 +173,7 @@ def update_generator(fed: KTFederation, synthetic: ImageTextSet, keep: torch.Ten
                      state: ServerState, rnd: int) -> dict[str, float]:
     """Feedback-weighted denoising on the accepted samples + prototype alignment of the text side."""
     t, kt, gen = fed.cfg.t2i, fed.cfg.fedmmkt, fed.generator
+    keep = feedback_select(probs, synthetic.labels, keep, kt.feedback_top)
     idx = keep.nonzero().flatten()
     weights = probs[idx, synthetic.labels[idx]]  # how strongly the clients recognise the prompt's class
     g = torch.Generator().manual_seed(derived_seed(fed.cfg.run.seed, "gen-update", rnd))
