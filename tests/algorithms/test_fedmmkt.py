@@ -279,3 +279,46 @@ def test_feedback_select_keeps_the_surest_share_of_every_class():
     # class 0: accepted 0, 1, 2 -> ceil(1.5) = 2 surest: 0 (0.9), 2 (0.7); class 1: 7 (0.99), 5 (0.8)
     assert out.nonzero().flatten().tolist() == [0, 2, 5, 7]
     assert torch.equal(feedback_select(probs, labels, keep, 1.0), keep)
+
+
+def test_restyle_moves_pool_statistics_to_the_private_ones_and_keeps_colour_order():
+    from fedvl.algorithms.fedmmkt import restyle
+
+    g = torch.Generator().manual_seed(0)
+    syn = torch.rand(10, 3, 4, 4, generator=g) * 0.4 + 0.3     # bright-ish, mean ~0.5
+    priv = torch.rand(6, 3, 4, 4, generator=g) * 0.2 - 0.6     # dark, mean ~-0.5
+    out = restyle(syn, priv)
+    assert torch.allclose(out.mean((0, 2, 3)), priv.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(out.std((0, 2, 3)), priv.std((0, 2, 3)), atol=1e-5)
+    # one affine map per channel: the order of pixel values within a channel is kept
+    assert torch.equal(syn[:, 0].flatten().argsort(), out[:, 0].flatten().argsort())
+
+
+def test_synthetic_factor_schedule_by_hand():
+    from fedvl.algorithms.fedmmkt import synthetic_factor
+
+    assert synthetic_factor(1, 8, 0, 1.0) == 1.0
+    assert synthetic_factor(1, 8, 4, 1.0) == 0.25 and synthetic_factor(5, 8, 4, 1.0) == 1.0
+    assert synthetic_factor(8, 8, 0, 0.2) == pytest.approx(0.2)
+    assert synthetic_factor(4, 7, 0, 0.4) == pytest.approx(0.7)     # halfway from 1 to 0.4
+    assert synthetic_factor(2, 7, 4, 0.4) == pytest.approx(0.5 * 0.9)
+
+
+def test_client_trains_on_the_restyled_pool_when_asked():
+    """The synthetic batches that reach the model have the private set's channel means (restyle on) or the pool's
+    (off)."""
+    priv, plab = _pool(6)
+    priv = priv * 0.1 - 0.5
+    syn, slab = _pool(12, seed=1)
+    syn = syn * 0.1 + 0.4
+    means = {}
+    for on in (True, False):
+        cfg = FedMMKTConfig(prompt_weight=1.0, kd_weight=0.0, synthetic_restyle=on, synthetic_batch=12, batch_size=6,
+                            local_epochs=1, proto_weight=0.0, synthetic_bn="batch")
+        model = _cnn()
+        seen = []
+        model.body.register_forward_pre_hook(lambda m, i: seen.append(i[0].clone()))
+        KTClient(cfg).train(model, priv, plab, DistillSet(syn, None, slab, None), None, torch.Generator().manual_seed(0))
+        means[on] = float(next(x for x in seen if x.shape[0] == 12).mean())
+    assert means[True] == pytest.approx(float(priv.mean()), abs=0.02)
+    assert means[False] == pytest.approx(float(syn.mean()), abs=0.02)

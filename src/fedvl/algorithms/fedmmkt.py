@@ -197,6 +197,23 @@ def pace(rnd: int, start: float, rounds: int) -> float:
     return min(1.0, start + (1 - start) * (rnd - 1) / (rounds - 1))
 
 
+def restyle(synthetic: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+    """Per-channel affine map of a synthetic pool onto the private images' pixel statistics: each channel's mean and
+    standard deviation over the whole pool become the private set's. One map for the pool, so the differences
+    between synthetic images (their colours) survive; only the overall brightness and contrast change."""
+    mu_s, sd_s = synthetic.mean((0, 2, 3), keepdim=True), synthetic.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+    mu_p, sd_p = private.mean((0, 2, 3), keepdim=True), private.std((0, 2, 3), keepdim=True)
+    return ((synthetic - mu_s) / sd_s * sd_p + mu_p).clamp(-1, 1)
+
+
+def synthetic_factor(rnd: int, rounds: int, ramp: int, end: float) -> float:
+    """Weight factor of the synthetic terms at round ``rnd`` of ``rounds``: a linear ramp up over ``ramp`` rounds
+    times a linear change from 1 at round 1 to ``end`` at the last round."""
+    up = min(1.0, rnd / ramp) if ramp > 0 else 1.0
+    down = 1.0 if rounds <= 1 else 1.0 - (1.0 - end) * (rnd - 1) / (rounds - 1)
+    return up * down
+
+
 @contextmanager
 def synthetic_bn(model: nn.Module, mode: str):
     """Batch norm while a synthetic batch goes through ``model`` (in train mode outside). ``eval``: private running
@@ -235,7 +252,7 @@ class KTClient:
 
     def train(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
               distill: DistillSet | None, protos: torch.Tensor | None, gen: torch.Generator,
-              on_step=None, rnd: int = 1) -> dict[str, float]:
+              on_step=None, rnd: int = 1, rounds: int = 1) -> dict[str, float]:
         """``model`` on the compute device; data, prototypes and soft labels arrive on the CPU
         (batch order is drawn there from ``gen``, the same on every device). Each step: cross-entropy on a
         private batch (+ the prototype pull) + the synthetic terms on a synthetic batch drawn from the pool."""
@@ -248,8 +265,9 @@ class KTClient:
         planned = c.local_epochs * -(-n // c.batch_size)
         use_kd = distill is not None and distill.soft is not None and c.kd_weight > 0
         use_prompt = distill is not None and distill.labels is not None and c.prompt_weight > 0
-        # ramp: the synthetic terms start small while the client's model still knows little of its own domain
-        ramp = min(1.0, rnd / c.synthetic_ramp) if c.synthetic_ramp > 0 else 1.0
+        # schedule of the synthetic share: ramp up (the model knows little of its own domain yet), then toward
+        # synthetic_end (end on the client's own domain)
+        ramp = synthetic_factor(rnd, rounds, c.synthetic_ramp, c.synthetic_end)
         candidates = None
         if use_kd or use_prompt:
             assert distill is not None
@@ -259,6 +277,9 @@ class KTClient:
             if not len(candidates):
                 candidates = None
         self.last_open: torch.Tensor | None = None
+        if candidates is not None and c.synthetic_restyle:
+            assert distill is not None
+            distill = DistillSet(restyle(distill.images, images), distill.soft, distill.labels, distill.keep)
         for _ in range(c.local_epochs):
             open_idx = candidates
             if candidates is not None and c.curriculum:

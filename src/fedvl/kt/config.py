@@ -88,6 +88,13 @@ class FedMMKTConfig:
     """Synthetic samples drawn per training step, beside each private batch (the synthetic share of a step)."""
     synthetic_ramp: int = 0
     """Rounds over which the synthetic terms' weights ramp linearly up to full (0: full from round 1)."""
+    synthetic_end: float = 1.0
+    """Weight factor of the synthetic terms at the last round, reached linearly from 1 at round 1 (after the ramp):
+    below 1 the clients lean on the synthetic set early and end on their own domain."""
+    synthetic_restyle: bool = False
+    """On the client, map the synthetic pool's per-channel pixel mean and standard deviation (over the whole pool) to
+    those of the client's private images before training on it: brightness and contrast of the client's style,
+    relative colours kept. Ours; the statistics never leave the client."""
     synthetic_bn: Literal["eval", "train", "batch"] = "eval"
     """Batch norm on synthetic batches. ``eval``: normalised with the private running statistics; ``train``: batch
     statistics that also update the running statistics (source style leaks into them); ``batch``: their own batch

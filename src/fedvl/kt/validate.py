@@ -35,6 +35,7 @@ def validate_kt(cfg: ExperimentConfig) -> None:
         (0.0 <= k.filter_threshold <= 1.0, "fedmmkt.filter_threshold must be in [0, 1]"),
         (k.prompt_weight >= 0, "fedmmkt.prompt_weight must be >= 0"),
         (0.0 < k.feedback_top <= 1.0, "fedmmkt.feedback_top must be in (0, 1]"),
+        (0.0 <= k.synthetic_end <= 1.0, "fedmmkt.synthetic_end must be in [0, 1]"),
         (k.synthetic_batch >= 1 and k.synthetic_rounds >= 1 and k.synthetic_ramp >= 0,
          "fedmmkt.synthetic_batch and synthetic_rounds must be >= 1, synthetic_ramp >= 0"),
         (0.0 < k.curriculum_start <= 1.0 and k.curriculum_rounds >= 1 and 0.0 <= k.curriculum_static <= 1.0,

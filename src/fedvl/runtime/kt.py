@@ -250,7 +250,8 @@ def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) ->
         pool = training_pool(kt, state.distill, *((state.synthetic.images, state.synthetic.labels)
                                                   if state.synthetic is not None else (None, None)))
         train_metrics[cid] = fed.client.train(model, data.images, data.labels, pool, state.protos, gen,
-                                              on_step=progress.step if progress else None, rnd=rnd)
+                                              on_step=progress.step if progress else None, rnd=rnd,
+                                              rounds=cfg.algorithm.rounds)
         states[cid] = cpu_state(model)
         fed.store.save(cid, states[cid])
         if strat.synthetic:
