@@ -72,6 +72,9 @@ VARIANTS: dict[str, list[str]] = {
                                  "fedmmkt.proto_weight=0", "fedmmkt.synthetic_restyle=true", "fedmmkt.curriculum=true"],
     "P + restyle + kd": ["fedmmkt.kd_weight=1", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch",
                          "fedmmkt.proto_weight=0", "fedmmkt.synthetic_restyle=true"],
+    "R = P + restyle + curriculum, + kd": ["fedmmkt.kd_weight=0", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch", "fedmmkt.proto_weight=0", "fedmmkt.synthetic_restyle=true", "fedmmkt.curriculum=true", "fedmmkt.kd_weight=1"],
+    "R + proto pull 0.1": ["fedmmkt.kd_weight=0", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch", "fedmmkt.proto_weight=0", "fedmmkt.synthetic_restyle=true", "fedmmkt.curriculum=true", "fedmmkt.proto_weight=0.1"],
+    "R + kd + proto pull 0.1": ["fedmmkt.kd_weight=0", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch", "fedmmkt.proto_weight=0", "fedmmkt.synthetic_restyle=true", "fedmmkt.curriculum=true", "fedmmkt.kd_weight=1", "fedmmkt.proto_weight=0.1"],
     "prompt, bn batch, syn batch 64": ["fedmmkt.kd_weight=0", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch",
                                        "fedmmkt.synthetic_batch=64"],
 }
