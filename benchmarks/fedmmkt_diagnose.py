@@ -16,7 +16,11 @@ the config's rounds from the same initial task models and the same set, and meas
   running standard deviation (how foreign the synthetic batch looks to the statistics used at test time);
 - the synthetic share of each step (samples) and the size of the synthetic loss against the total.
 
-Variants are config overrides of the ``fedmmkt`` section (each lever is a switch). Writes JSON, prints markdown.
+Variants are config overrides of the ``fedmmkt`` section (each lever is a switch). Writes JSON.
+
+    python benchmarks/fedmmkt_diagnose.py --summarize results/diag/*.json
+
+prints one markdown table: final-round client average (last three rounds' mean; per client) per file.
 """
 
 from __future__ import annotations
@@ -116,7 +120,29 @@ def reset(fed, overrides: list[str], base: list[str]) -> None:
         fed.store.save(cid, model.state_dict())
 
 
+def summarize(paths: list[Path]) -> None:
+    """Markdown: every variant's final-round and last-three-rounds client average per results file."""
+    import statistics as st
+
+    cols: dict[str, dict[str, str]] = {}
+    heads = []
+    for p in paths:
+        d = json.loads(p.read_text())
+        head = p.stem
+        heads.append(head)
+        for name, rs in d["variants"].items():
+            last3 = st.mean(r["avg"] for r in rs[-3:])
+            per = " / ".join(f"{100 * st.mean(r['acc'][c] for r in rs[-3:]):.0f}" for c in rs[0]["acc"])
+            cols.setdefault(name, {})[head] = f"{100 * rs[-1]['avg']:.1f} ({100 * last3:.1f}; {per})"
+    print("| variant | " + " | ".join(heads) + " |\n|---" * 1 + "|---" * len(heads) + "|")
+    for name, row in cols.items():
+        print(f"| {name} | " + " | ".join(row.get(h, "") for h in heads) + " |")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--summarize"]:
+        summarize([Path(x) for x in sys.argv[2:]])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/fedmmkt.yaml")
     ap.add_argument("--seed", type=int, default=0)

@@ -83,7 +83,8 @@ def test_what_travels_is_logits_and_prototypes_only(kt_cfg, tmp_path):
 
 
 def test_generator_lora_changes_and_base_stays_frozen(kt_cfg, tmp_path):
-    fed = build(kt_cfg(), tmp_path / "g", status=lambda s: None)
+    # feedback_top=1: every accepted sample reaches the generator update (the default keeps half; tested below)
+    fed = build(kt_cfg("fedmmkt", "fedmmkt.feedback_top=1"), tmp_path / "g", status=lambda s: None)
     gen = fed.generator
     lora = set(gen.federated_names())
     assert lora and any("lora_" in n for n in lora) and any(n.startswith("cond.side.") for n in lora)
@@ -244,7 +245,7 @@ def test_under_fedmmkt_no_weight_and_no_private_image_leaves_a_client(kt_cfg, tm
 def test_levers_change_training_round_one_uses_prompt_labels(kt_cfg, tmp_path):
     """Round 1 has no ensemble yet: with prompt labels the clients already train on the fresh set."""
     losses = {}
-    for name, extra in {"kd": [], "prompt": ["fedmmkt.prompt_weight=1"]}.items():
+    for name, extra in {"kd": ["fedmmkt.prompt_weight=0"], "prompt": ["fedmmkt.prompt_weight=1"]}.items():
         fed = build(kt_cfg("fedmmkt", *extra), tmp_path / name, status=lambda s: None)
         rec = run_round(fed, 1, ServerState())
         losses[name] = [m["synthetic_loss"] for m in rec["train"].values()]
