@@ -79,6 +79,10 @@ VARIANTS: dict[str, list[str]] = {
     "R = P + restyle + curriculum, + kd": ["fedmmkt.kd_weight=0", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch", "fedmmkt.proto_weight=0", "fedmmkt.synthetic_restyle=true", "fedmmkt.curriculum=true", "fedmmkt.kd_weight=1"],
     "R + proto pull 0.1": ["fedmmkt.kd_weight=0", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch", "fedmmkt.proto_weight=0", "fedmmkt.synthetic_restyle=true", "fedmmkt.curriculum=true", "fedmmkt.proto_weight=0.1"],
     "R + kd + proto pull 0.1": ["fedmmkt.kd_weight=0", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch", "fedmmkt.proto_weight=0", "fedmmkt.synthetic_restyle=true", "fedmmkt.curriculum=true", "fedmmkt.kd_weight=1", "fedmmkt.proto_weight=0.1"],
+    "shipped": ["fedmmkt.kd_weight=1", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch", "fedmmkt.proto_weight=0", "fedmmkt.synthetic_restyle=true"],
+    "shipped + end 0.2": ["fedmmkt.kd_weight=1", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch", "fedmmkt.proto_weight=0", "fedmmkt.synthetic_restyle=true", "fedmmkt.synthetic_end=0.2"],
+    "shipped + syn batch 8": ["fedmmkt.kd_weight=1", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch", "fedmmkt.proto_weight=0", "fedmmkt.synthetic_restyle=true", "fedmmkt.synthetic_batch=8"],
+    "shipped + curriculum": ["fedmmkt.kd_weight=1", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch", "fedmmkt.proto_weight=0", "fedmmkt.synthetic_restyle=true", "fedmmkt.curriculum=true"],
     "prompt, bn batch, syn batch 64": ["fedmmkt.kd_weight=0", "fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch",
                                        "fedmmkt.synthetic_batch=64"],
 }
