@@ -108,7 +108,7 @@ def client_probe(fed, cid: str, syn_images: torch.Tensor, syn_labels: torch.Tens
     if bn is not None:  # the first BN layer: its input is the first conv's output
         conv = model.body[0]
         sd = bn.running_var.sqrt().clamp_min(1e-5)
-        z = lambda x: float(((conv(x).mean((0, 2, 3)) - bn.running_mean) / sd).abs().mean())  # noqa: E731
+        z = lambda x: float(((conv(x).mean((0, 2, 3)) - bn.running_mean) / sd).abs().mean())
         out["bn_z_synthetic"], out["bn_z_private"], out["bn_z_test"] = z(syn_images), z(data.images), z(test.images)
     return out
 

@@ -112,9 +112,9 @@ def plots(acc: dict, dist: dict, judge: dict, prefix: Path) -> None:
     fig.savefig(f"{prefix}-accuracy.png")
     plt.close(fig)
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
-    for m in dist:
-        xs = [i + 1 for i, v in enumerate(dist[m]) if v is not None]
-        a.plot(xs, [dist[m][i - 1] for i in xs], marker="o", ms=3, label=m)
+    for m, dvals in dist.items():
+        xs = [i + 1 for i, v in enumerate(dvals) if v is not None]
+        a.plot(xs, [dvals[i - 1] for i in xs], marker="o", ms=3, label=m)
         b.plot(xs, [judge[m][i - 1] for i in xs], marker="o", ms=3, label=m)
     a.set(xlabel="round", ylabel="feature distance to real client-domain images", title="lower is closer")
     b.set(xlabel="round", ylabel="judge accuracy on generated (%)", title="prompt fidelity (saturated)")

@@ -82,7 +82,7 @@ def test_alignment_loss_prefers_matching_prompts_and_skips_unseen():
 
 # ---------------------------------------------------------------- issue 17: the client-side levers
 
-from fedvl.algorithms.fedmmkt import (  # noqa: E402
+from fedvl.algorithms.fedmmkt import (
     DistillSet,
     KTClient,
     curriculum_order,
@@ -93,8 +93,8 @@ from fedvl.algorithms.fedmmkt import (  # noqa: E402
     synthetic_bn,
     training_pool,
 )
-from fedvl.kt.config import FedMMKTConfig  # noqa: E402
-from fedvl.kt.models import build_task_model  # noqa: E402
+from fedvl.kt.config import FedMMKTConfig
+from fedvl.kt.models import build_task_model
 
 
 def _cnn(classes=3):
@@ -241,7 +241,7 @@ def test_curriculum_opens_the_samples_easiest_by_the_difficulty_it_computed():
 
 
 def test_next_pool_keeps_the_newest_sets_and_round_one_uses_prompt_labels():
-    imgs = lambda v: torch.full((4, 1), float(v))  # noqa: E731
+    imgs = lambda v: torch.full((4, 1), float(v))
     lab, probs, keep = torch.arange(4), torch.full((4, 4), 0.25), torch.tensor([True, False, True, True])
     p = next_pool(None, imgs(1), lab, probs, keep, max_sets=2)
     p = next_pool(p, imgs(2), lab, probs, keep, max_sets=2)
@@ -317,7 +317,7 @@ def test_client_trains_on_the_restyled_pool_when_asked():
                             local_epochs=1, proto_weight=0.0, synthetic_bn="batch")
         model = _cnn()
         seen = []
-        model.body.register_forward_pre_hook(lambda m, i: seen.append(i[0].clone()))
+        model.body.register_forward_pre_hook(lambda m, i, seen=seen: seen.append(i[0].clone()))
         KTClient(cfg).train(model, priv, plab, DistillSet(syn, None, slab, None), None, torch.Generator().manual_seed(0))
         means[on] = float(next(x for x in seen if x.shape[0] == 12).mean())
     assert means[True] == pytest.approx(float(priv.mean()), abs=0.02)
