@@ -285,3 +285,20 @@ def test_feedback_top_narrows_what_the_generator_learns_from(kt_cfg, tmp_path):
     # the clients' pool keeps every accepted sample; the generator update only the surest half of each class
     want = sum(math.ceil(0.5 * int((keep & (labels == c)).sum())) for c in labels.unique())
     assert rec["server"]["accepted"] == want and int(keep.sum()) >= want
+
+
+def test_kt_fedavg_private_bn_keeps_batch_norm_on_each_client(kt_cfg, tmp_path):
+    """FedBN: the two cnn clients share every averaged weight but keep their own BN weights and running statistics;
+    without the switch the BN entries are averaged too."""
+    for private in (True, False):
+        fed = build(kt_cfg("kt-fedavg", f"fedmmkt.fedavg_private_bn={str(private).lower()}"), tmp_path / str(private),
+                    status=lambda s: None)
+        run_round(fed, 1, ServerState())
+        model = task_model(fed, fed.client_ids[0])
+        a, b = (task_model(fed, c).state_dict() for c in (fed.client_ids[0], fed.client_ids[2]))
+        bns = [f"{n}." for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        bn_keys = [k for k in a if any(k.startswith(p) for p in bns) and "num_batches" not in k]
+        assert len(bns) == 3 and "body.1.running_mean" in bn_keys and len(bn_keys) == 12
+        other = [k for k in a if not any(k.startswith(p) for p in bns)]
+        assert all(torch.equal(a[k], b[k]) for k in other)
+        assert all(torch.equal(a[k], b[k]) for k in bn_keys) != private

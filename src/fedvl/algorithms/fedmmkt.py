@@ -173,6 +173,16 @@ def pool_by_arch(data: dict, archs: dict[str, str]) -> dict:
     return out
 
 
+def averaged_keys(model: nn.Module, private_bn: bool) -> set[str]:
+    """State-dict entries ``kt-fedavg`` averages: all of them, or (FedBN, Li et al. ICLR 2021) all but the batch-norm
+    layers' weights, biases and running statistics, which then never leave their client."""
+    keys = set(model.state_dict())
+    if not private_bn:
+        return keys
+    bn = {f"{name}." for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    return {k for k in keys if not any(k.startswith(p) for p in bn)}
+
+
 def rank01(x: torch.Tensor) -> torch.Tensor:
     """Ranks scaled to [0, 1] (0 = smallest); ranks make a static and an adaptive difficulty of different
     scales comparable."""

@@ -114,6 +114,8 @@ class FedMMKTConfig:
     """Share of the pool (easiest first) open at round 1; it grows linearly to all of it at ``curriculum_rounds``."""
     curriculum_rounds: int = 4
     curriculum_static: float = 0.5
+    fedavg_private_bn: bool = False
+    """``kt-fedavg`` only: keep batch-norm layers (weights and running statistics) on each client (FedBN)."""
     feedback_top: float = 0.5
     """Generator update: within each class, only this share of the accepted samples, those the ensemble is surest
     of (1 = every accepted sample, the feedback weights alone)."""

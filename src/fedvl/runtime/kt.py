@@ -25,6 +25,7 @@ from fedvl.algorithms.fedmmkt import (
     KTClient,
     KTStrategy,
     alignment_loss,
+    averaged_keys,
     ensemble,
     feedback_select,
     global_prototypes,
@@ -212,10 +213,11 @@ def average_by_arch(fed: KTFederation, states: dict[str, dict[str, torch.Tensor]
     for members in groups.values():
         n = torch.tensor([float(len(fed.train[c])) for c in members])
         w = n / n.sum()
+        shared = averaged_keys(task_model(fed, members[0]), fed.cfg.fedmmkt.fedavg_private_bn)
         avg = {k: sum(w[i] * states[c][k].double() for i, c in enumerate(members)).to(states[members[0]][k].dtype)
-               for k in states[members[0]]}
+               for k in states[members[0]] if k in shared}
         for c in members:
-            fed.store.save(c, avg)
+            fed.store.save(c, {**states[c], **avg})  # entries not averaged stay the client's own
 
 
 def eval_generator(fed: KTFederation) -> tuple[dict[str, float], ImageTextSet]:
