@@ -73,8 +73,9 @@ class FedMMKTConfig:
     kd_temperature: float = 3.0
     proto_weight: float = 0.0
     """Weight of the client's pull (mean squared error) of its features toward the global prototypes
-    (FedProto-style). 0 since issue 17: the global prototypes are means of features of synthetic images, and the
-    pull (0.5) cost 3-4 points on development seeds."""
+    (FedProto-style). 0 since issue 17, for simplicity: the evidence is mixed (with prompt labels at 5 epochs,
+    dropping the 0.5 pull gained at round 8 and lost over rounds 6-8; at 15 epochs a 0.1 pull gained on one
+    development seed); docs/results.md "FedMMKT"."""
     filter_threshold: float = 0.0
     """Quality control: keep a synthetic sample only if the ensemble's top class is its prompt's and its
     probability is at least this."""
