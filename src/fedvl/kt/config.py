@@ -67,7 +67,7 @@ class FedMMKTConfig:
     lr: float = 2e-3
     batch_size: int = 32
     local_epochs: int = 15
-    """One step per epoch with 30 private images: at 5, local-only was still climbing 5-14 points per round at round 8
+    """One step per epoch with 30 private images: at 5, local-only was still climbing up to 15 points per round at round 8
     (issue 17), so comparisons measured how fast methods learn, not what they reach."""
     kd_weight: float = 1.0
     kd_temperature: float = 3.0
