@@ -21,7 +21,8 @@ KT_TINY = [
     "fedmmkt.local_epochs=1",
 ]
 # what each knowledge-transfer algorithm sends up (the fine-tuning family's matrix is tests/algorithms/test_matrix.py)
-KT_TRAVEL = {"fedmmkt": "report", "kt-distill": "report", "kt-local": "none", "kt-fedavg": "weights"}
+KT_TRAVEL = {"fedmmkt": "report", "kt-distill": "report", "kt-local": "none", "kt-fedavg": "weights",
+             "kt-centralized": "data"}
 
 
 @pytest.fixture
@@ -82,14 +83,15 @@ def test_what_travels_is_logits_and_prototypes_only(kt_cfg, tmp_path):
 
 
 def test_generator_lora_changes_and_base_stays_frozen(kt_cfg, tmp_path):
-    fed = build(kt_cfg(), tmp_path / "g", status=lambda s: None)
+    # feedback_top=1: every accepted sample reaches the generator update (the default keeps half; tested below)
+    fed = build(kt_cfg("fedmmkt", "fedmmkt.feedback_top=1"), tmp_path / "g", status=lambda s: None)
     gen = fed.generator
     lora = set(gen.federated_names())
     assert lora and any("lora_" in n for n in lora) and any(n.startswith("cond.side.") for n in lora)
     before = {n: p.detach().clone() for n, p in gen.named_parameters()}
     state = ServerState()
     rec = run_round(fed, 1, state)
-    assert rec["server"]["accepted"] == int(state.distill.soft.shape[0])  # what was accepted is next round's set
+    assert rec["server"]["accepted"] == int(state.distill.keep.sum())  # what was accepted is distilled next round
     rec = run_round(fed, 2, state)  # round 2 also has prototypes: the alignment loss acts
     after = dict(gen.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
@@ -205,3 +207,98 @@ def test_fedmmkt_bf16_round_keeps_state_and_reports_float32_on_cpu(kt_cfg, tmp_p
         saved = load_file(tmp_path / "r" / "client_states" / f"{cid}.safetensors")
         assert all(t.device.type == "cpu" for t in saved.values())
         assert {t.dtype for t in saved.values() if t.is_floating_point()} == {torch.float32}
+
+
+LEVERS = ["fedmmkt.prompt_weight=1", "fedmmkt.synthetic_bn=batch", "fedmmkt.curriculum=true",
+          "fedmmkt.synthetic_rounds=2", "fedmmkt.synthetic_ramp=2"]
+
+
+def test_under_fedmmkt_no_weight_and_no_private_image_leaves_a_client(kt_cfg, tmp_path):
+    """With every client-side lever on, the only thing the loop takes from a client is its report: logits,
+    prototypes and counts. Compared by value with every weight and buffer (BN statistics included) and with
+    every private image, and the report's tensors are smaller than one image."""
+    fed = build(kt_cfg("fedmmkt", *LEVERS), tmp_path / "r", status=lambda s: None)
+    state = ServerState()
+    sent = []
+    orig = fed.client.report
+
+    def spy(model, synthetic, labels, num_classes):
+        out = orig(model, synthetic, labels, num_classes)
+        sent.append((out, {k: v.clone() for k, v in model.state_dict().items()}))
+        return out
+
+    fed.client.report = spy
+    for r in (1, 2):
+        run_round(fed, r, state)
+    assert len(sent) == 6
+    private = torch.cat([fed.train[c].images for c in fed.client_ids]).flatten(1)
+    for msg, weights in sent:
+        assert set(msg) == {"logits", "protos", "proto_counts"}
+        for v in msg.values():
+            assert v.numel() < private.shape[1]
+            assert not any(w.shape == v.shape and torch.equal(w, v) for w in weights.values())
+    # what the server keeps about the clients is what they sent, nothing else
+    assert state.distill.soft.shape == (2 * len(state.synthetic), len(fed.classes))  # two rounds' sets pooled
+    assert torch.equal(state.distill.labels[-len(state.synthetic):], state.synthetic.labels)
+
+
+def test_levers_change_training_round_one_uses_prompt_labels(kt_cfg, tmp_path):
+    """Round 1 has no ensemble yet: with prompt labels the clients already train on the fresh set."""
+    losses = {}
+    for name, extra in {"kd": ["fedmmkt.prompt_weight=0"], "prompt": ["fedmmkt.prompt_weight=1"]}.items():
+        fed = build(kt_cfg("fedmmkt", *extra), tmp_path / name, status=lambda s: None)
+        rec = run_round(fed, 1, ServerState())
+        losses[name] = [m["synthetic_loss"] for m in rec["train"].values()]
+    assert all(v == 0.0 for v in losses["kd"]) and all(v > 0.5 for v in losses["prompt"])
+
+
+def test_kt_centralized_trains_each_client_on_its_architectures_pooled_data(kt_cfg, tmp_path):
+    fed = build(kt_cfg("kt-centralized"), tmp_path / "c", status=lambda s: None)
+    a, b, c = fed.client_ids  # cnn, mlp, cnn
+    assert len(fed.train[a]) == len(fed.train[c]) == 2 * len(fed.train[b])
+    assert torch.equal(fed.train[a].images, fed.train[c].images)
+    assert fed.generator is None
+    rec = run_round(fed, 1, ServerState())
+    assert rec["train"][a]["steps"] == 1 and "server" in rec and rec["server"] == {}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("fedmmkt.prompt_weight=-1", "prompt_weight"),
+    ("fedmmkt.synthetic_bn=frozen", "synthetic_bn"),
+    ("fedmmkt.synthetic_rounds=0", "synthetic_rounds"),
+    ("fedmmkt.curriculum_start=0", "curriculum_start"),
+    ("fedmmkt.curriculum_static=1.5", "curriculum_static"),
+])
+def test_bad_lever_values_fail_with_one_line(override, message, kt_cfg):
+    with pytest.raises(ConfigError, match=message):
+        kt_cfg("fedmmkt", override)
+
+
+def test_feedback_top_narrows_what_the_generator_learns_from(kt_cfg, tmp_path):
+    import math
+
+    fed = build(kt_cfg("fedmmkt", "fedmmkt.prompt_weight=1", "fedmmkt.feedback_top=0.5"), tmp_path / "f",
+                status=lambda s: None)
+    state = ServerState()
+    rec = run_round(fed, 1, state)
+    keep, labels = state.distill.keep, state.synthetic.labels
+    # the clients' pool keeps every accepted sample; the generator update only the surest half of each class
+    want = sum(math.ceil(0.5 * int((keep & (labels == c)).sum())) for c in labels.unique())
+    assert rec["server"]["accepted"] == want and int(keep.sum()) >= want
+
+
+def test_kt_fedavg_private_bn_keeps_batch_norm_on_each_client(kt_cfg, tmp_path):
+    """FedBN: the two cnn clients share every averaged weight but keep their own BN weights and running statistics;
+    without the switch the BN entries are averaged too."""
+    for private in (True, False):
+        fed = build(kt_cfg("kt-fedavg", f"fedmmkt.fedavg_private_bn={str(private).lower()}"), tmp_path / str(private),
+                    status=lambda s: None)
+        run_round(fed, 1, ServerState())
+        model = task_model(fed, fed.client_ids[0])
+        a, b = (task_model(fed, c).state_dict() for c in (fed.client_ids[0], fed.client_ids[2]))
+        bns = [f"{n}." for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        bn_keys = [k for k in a if any(k.startswith(p) for p in bns) and "num_batches" not in k]
+        assert len(bns) == 3 and "body.1.running_mean" in bn_keys and len(bn_keys) == 12
+        other = [k for k in a if not any(k.startswith(p) for p in bns)]
+        assert all(torch.equal(a[k], b[k]) for k in other)
+        assert all(torch.equal(a[k], b[k]) for k in bn_keys) != private

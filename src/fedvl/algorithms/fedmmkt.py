@@ -27,10 +27,13 @@ task-model weights among clients of the same architecture.
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fedvl.engine.device import FP32_CPU, Amp, model_device
 from fedvl.kt.config import FedMMKTConfig
@@ -66,6 +69,24 @@ def quality_filter(probs: torch.Tensor, prompt_labels: torch.Tensor, threshold: 
     return (pred == prompt_labels) & (top >= threshold)
 
 
+def feedback_select(probs: torch.Tensor, prompt_labels: torch.Tensor, keep: torch.Tensor, top: float) -> torch.Tensor:
+    """The accepted samples the generator learns from: within every class, the ``top`` share of the accepted ones
+    that the ensemble gives the highest probability of their prompt's class (ours). Once the clients recognise
+    nearly every sample (prompt-label training does that within a few rounds), the filter keeps everything and the
+    feedback weights are all near 1: the update would no longer prefer what looks like the clients' data. A
+    per-class share keeps that preference, and keeps every class in the update."""
+    if top >= 1.0:
+        return keep
+    p = probs.gather(1, prompt_labels[:, None]).squeeze(1)
+    out = torch.zeros_like(keep)
+    for c in prompt_labels.unique():
+        idx = (keep & (prompt_labels == c)).nonzero().flatten()
+        if len(idx):
+            n = max(1, math.ceil(top * len(idx)))
+            out[idx[p[idx].argsort(descending=True, stable=True)[:n]]] = True
+    return out
+
+
 def global_prototypes(protos: dict[str, torch.Tensor], counts: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-class mean of the clients' prototypes (C, D), weighted by how many samples each
     prototype averages; a class no client saw gets zeros."""
@@ -98,10 +119,138 @@ def alignment_loss(text_emb: torch.Tensor, protos: torch.Tensor, seen: torch.Ten
 
 @dataclass
 class DistillSet:
-    """What the server sends for distillation: accepted synthetic images and their soft labels."""
+    """The clients' synthetic training pool: images the server generated, with what it knows about them.
+
+    ``soft``: the ensemble's class probabilities (None for samples no ensemble has scored yet);
+    ``labels``: each sample's prompt class (None: soft labels only); ``keep``: the quality filter's
+    verdict (None: every sample passed). Soft-label distillation uses the kept samples only."""
 
     images: torch.Tensor
-    soft: torch.Tensor
+    soft: torch.Tensor | None
+    labels: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def next_pool(pool: DistillSet | None, images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
+              keep: torch.Tensor, max_sets: int) -> DistillSet:
+    """The pool after a round: this round's scored synthetic set appended, the oldest dropped so that at most
+    ``max_sets`` sets of this size remain (ours: the paper keeps no pool). A fixed synthetic set (``kt-distill``)
+    passes ``max_sets=1``: it is re-scored by the newest ensemble, not duplicated."""
+    new = DistillSet(images, probs, labels, keep)
+    if pool is None or max_sets <= 1 or pool.soft is None or pool.labels is None or pool.keep is None:
+        return new
+    cap = max_sets * len(images)
+    return DistillSet(torch.cat([pool.images, images])[-cap:], torch.cat([pool.soft, probs])[-cap:],
+                      torch.cat([pool.labels, labels])[-cap:], torch.cat([pool.keep, keep])[-cap:])
+
+
+def training_pool(cfg: FedMMKTConfig, pool: DistillSet | None, synthetic_images: torch.Tensor | None,
+                  synthetic_labels: torch.Tensor | None) -> DistillSet | None:
+    """What the clients train on this round: the scored pool; in round 1, before any ensemble exists, the fresh
+    synthetic set with its prompt labels when prompt-label training is on (ours: otherwise round 1 would have
+    no synthetic training at all)."""
+    if pool is not None:
+        return pool
+    if cfg.prompt_weight > 0 and synthetic_images is not None:
+        return DistillSet(synthetic_images, None, synthetic_labels, None)
+    return None
+
+
+def pool_by_arch(data: dict, archs: dict[str, str]) -> dict:
+    """``kt-centralized``: every client's training set becomes the pooled real data of all clients of its
+    architecture (an upper reference: raw data moves, which no federated method may do)."""
+    from fedvl.kt.data import ImageTextSet
+
+    out = {}
+    for cid in data:
+        members = [c for c in data if archs[c] == archs[cid]]
+        out[cid] = ImageTextSet(torch.cat([data[c].images for c in members]),
+                                torch.cat([data[c].labels for c in members]),
+                                [cap for c in members for cap in data[c].captions])
+    return out
+
+
+def averaged_keys(model: nn.Module, private_bn: bool) -> set[str]:
+    """State-dict entries ``kt-fedavg`` averages: all of them, or (FedBN, Li et al. ICLR 2021) all but the batch-norm
+    layers' weights, biases and running statistics, which then never leave their client."""
+    keys = set(model.state_dict())
+    if not private_bn:
+        return keys
+    bn = {f"{name}." for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    return {k for k in keys if not any(k.startswith(p) for p in bn)}
+
+
+def rank01(x: torch.Tensor) -> torch.Tensor:
+    """Ranks scaled to [0, 1] (0 = smallest); ranks make a static and an adaptive difficulty of different
+    scales comparable."""
+    if len(x) < 2:
+        return torch.zeros_like(x, dtype=torch.float32)
+    return x.argsort(stable=True).argsort(stable=True).float() / (len(x) - 1)
+
+
+def curriculum_order(static: torch.Tensor | None, adaptive: torch.Tensor, static_weight: float) -> torch.Tensor:
+    """Pool indices easiest first: difficulty = w x rank(static) + (1 - w) x rank(adaptive) (RDTF-style mix of a
+    difficulty fixed when the sample was scored and one that follows the learner)."""
+    score = (1 - static_weight) * rank01(adaptive)
+    if static is not None and static_weight > 0:
+        score = score + static_weight * rank01(static)
+    return score.argsort(stable=True)
+
+
+def pace(rnd: int, start: float, rounds: int) -> float:
+    """Share of the pool open at round ``rnd``: ``start`` at round 1, growing linearly to 1 at ``rounds``."""
+    if rounds <= 1:
+        return 1.0
+    return min(1.0, start + (1 - start) * (rnd - 1) / (rounds - 1))
+
+
+def restyle(synthetic: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+    """Per-channel affine map of a synthetic pool onto the private images' pixel statistics: each channel's mean and
+    standard deviation over the whole pool become the private set's. One map for the pool, so the differences
+    between synthetic images (their colours) survive; only the overall brightness and contrast change."""
+    mu_s, sd_s = synthetic.mean((0, 2, 3), keepdim=True), synthetic.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+    mu_p, sd_p = private.mean((0, 2, 3), keepdim=True), private.std((0, 2, 3), keepdim=True)
+    return ((synthetic - mu_s) / sd_s * sd_p + mu_p).clamp(-1, 1)
+
+
+def synthetic_factor(rnd: int, rounds: int, ramp: int, end: float) -> float:
+    """Weight factor of the synthetic terms at round ``rnd`` of ``rounds``: a linear ramp up over ``ramp`` rounds
+    times a linear change from 1 at round 1 to ``end`` at the last round."""
+    up = min(1.0, rnd / ramp) if ramp > 0 else 1.0
+    down = 1.0 if rounds <= 1 else 1.0 - (1.0 - end) * (rnd - 1) / (rounds - 1)
+    return up * down
+
+
+@contextmanager
+def synthetic_bn(model: nn.Module, mode: str):
+    """Batch norm while a synthetic batch goes through ``model`` (in train mode outside). ``eval``: private running
+    statistics normalise it; ``train``: batch statistics, and they move the running statistics; ``batch``: batch
+    statistics, the running statistics untouched (momentum 0), so what normalises test images stays a statistic
+    of private data only."""
+    if mode == "train":
+        yield
+        return
+    if mode == "eval":
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train()
+        return
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in bns]
+    for m in bns:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+    try:
+        yield
+    finally:
+        for m, (mom, nbt) in zip(bns, saved):
+            m.momentum = mom
+            if nbt is not None:
+                m.num_batches_tracked.copy_(nbt)
 
 
 class KTClient:
@@ -113,17 +262,39 @@ class KTClient:
 
     def train(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
               distill: DistillSet | None, protos: torch.Tensor | None, gen: torch.Generator,
-              on_step=None) -> dict[str, float]:
+              on_step=None, rnd: int = 1, rounds: int = 1) -> dict[str, float]:
         """``model`` on the compute device; data, prototypes and soft labels arrive on the CPU
-        (batch order is drawn there from ``gen``, the same on every device)."""
+        (batch order is drawn there from ``gen``, the same on every device). Each step: cross-entropy on a
+        private batch (+ the prototype pull) + the synthetic terms on a synthetic batch drawn from the pool."""
         c, amp = self.cfg, self.amp
         dev = model_device(model)
         opt = torch.optim.AdamW(model.parameters(), lr=c.lr)
         model.train()
         protos = protos.to(dev) if protos is not None else None
-        steps, total, n = 0, 0.0, len(labels)
+        steps, total, syn_total, n = 0, 0.0, 0.0, len(labels)
         planned = c.local_epochs * -(-n // c.batch_size)
+        use_kd = distill is not None and distill.soft is not None and c.kd_weight > 0
+        use_prompt = distill is not None and distill.labels is not None and c.prompt_weight > 0
+        # schedule of the synthetic share: ramp up (the model knows little of its own domain yet), then toward
+        # synthetic_end (end on the client's own domain)
+        ramp = synthetic_factor(rnd, rounds, c.synthetic_ramp, c.synthetic_end)
+        candidates = None
+        if use_kd or use_prompt:
+            assert distill is not None
+            # soft labels alone: only the samples the quality filter kept (as before); prompt labels: all
+            candidates = (distill.keep.nonzero().flatten() if not use_prompt and distill.keep is not None
+                          else torch.arange(len(distill)))
+            if not len(candidates):
+                candidates = None
+        self.last_open: torch.Tensor | None = None
+        if candidates is not None and c.synthetic_restyle:
+            assert distill is not None
+            distill = DistillSet(restyle(distill.images, images), distill.soft, distill.labels, distill.keep)
         for _ in range(c.local_epochs):
+            open_idx = candidates
+            if candidates is not None and c.curriculum:
+                open_idx = self._curriculum(model, distill, candidates, rnd)
+            self.last_open = open_idx
             order = torch.randperm(n, generator=gen)
             for start in range(0, n, c.batch_size):
                 idx = order[start:start + c.batch_size]
@@ -133,17 +304,24 @@ class KTClient:
                     loss = F.cross_entropy(logits.float(), y)
                     if protos is not None and c.proto_weight > 0:
                         loss = loss + c.proto_weight * F.mse_loss(feat.float(), protos[y])
-                    if distill is not None and len(distill.soft) and c.kd_weight > 0:
-                        j = torch.randint(0, len(distill.soft), (min(c.batch_size, len(distill.soft)),),
-                                          generator=gen)
-                        # batch norm in eval mode here: the synthetic images (source style) are normalised
-                        # with the private domain's running statistics and do not shift them; with train-mode
-                        # BN the night client's CNN collapsed to one class (6.7%) at evaluation
-                        model.eval()
-                        _, s_logits = model(distill.images[j].to(dev))
-                        model.train()
-                        loss = loss + c.kd_weight * kd_loss(s_logits.float(), distill.soft[j].to(dev),
-                                                            c.kd_temperature)
+                    if open_idx is not None:
+                        assert distill is not None
+                        j = open_idx[torch.randint(0, len(open_idx), (min(c.synthetic_batch, len(open_idx)),),
+                                                   generator=gen)]
+                        # batch norm mode: see synthetic_bn; with train-mode BN the night client's CNN collapsed
+                        # to one class (6.7%) at evaluation
+                        with synthetic_bn(model, c.synthetic_bn):
+                            _, s_logits = model(distill.images[j].to(dev))
+                        syn = s_logits.float().sum() * 0.0
+                        if use_kd:
+                            m = distill.keep[j] if distill.keep is not None else torch.ones(len(j), dtype=torch.bool)
+                            if bool(m.any()):
+                                syn = syn + c.kd_weight * kd_loss(s_logits.float()[m.to(dev)],
+                                                                  distill.soft[j][m].to(dev), c.kd_temperature)
+                        if use_prompt:
+                            syn = syn + c.prompt_weight * F.cross_entropy(s_logits.float(), distill.labels[j].to(dev))
+                        loss = loss + ramp * syn
+                        syn_total += syn.item()
                 opt.zero_grad(set_to_none=True)
                 amp.backward_step(loss, opt)
                 steps, total = steps + 1, total + loss.item()
@@ -151,7 +329,34 @@ class KTClient:
                     on_step(steps, planned, loss.item())
         if not torch.isfinite(torch.tensor(total)):
             raise FloatingPointError("client training diverged (loss is not finite)")
-        return {"train_loss": total / max(steps, 1), "steps": steps}
+        return {"train_loss": total / max(steps, 1), "synthetic_loss": syn_total / max(steps, 1), "steps": steps,
+                "synthetic_open": 0 if candidates is None or self.last_open is None else len(self.last_open)}
+
+    @torch.no_grad()
+    def _curriculum(self, model: torch.nn.Module, pool: DistillSet, candidates: torch.Tensor,
+                    rnd: int) -> torch.Tensor:
+        """The easiest ``pace(rnd)`` share of ``candidates``. Static difficulty: the ensemble's loss on the prompt
+        class when the sample was scored (None before any ensemble); adaptive: this client's loss now."""
+        c = self.cfg
+        dev = model_device(model)
+        target = pool.labels if pool.labels is not None else pool.soft.argmax(1)  # type: ignore[union-attr]
+        target = target[candidates]
+        losses = []
+        # the adaptive loss must not move the running statistics: eval mode, or batch statistics with momentum 0
+        mode = "eval" if c.synthetic_bn == "eval" else "batch"
+        with synthetic_bn(model, mode):
+            for s in range(0, len(candidates), 256):
+                k = candidates[s:s + 256]
+                with self.amp.autocast():
+                    lo = model(pool.images[k].to(dev))[1]
+                losses.append(F.cross_entropy(lo.float(), target[s:s + 256].to(dev), reduction="none").cpu())
+        adaptive = torch.cat(losses)
+        static = None
+        if pool.soft is not None:
+            static = -pool.soft[candidates].gather(1, target[:, None]).squeeze(1).clamp_min(1e-12).log()
+        order = curriculum_order(static, adaptive, c.curriculum_static)
+        n_open = max(1, math.ceil(pace(rnd, c.curriculum_start, c.curriculum_rounds) * len(candidates)))
+        return candidates[order[:n_open]]
 
     @torch.no_grad()
     def report(self, model: torch.nn.Module, synthetic: torch.Tensor, prompt_labels: torch.Tensor,
@@ -199,6 +404,8 @@ class KTStrategy:
     """Fine-tune the generator from the clients' feedback."""
     average_weights: bool = False
     """FedAvg of task-model weights within each architecture group (weights travel)."""
+    pool_data: bool = False
+    """Each client trains on the pooled real data of all clients of its architecture (an upper reference)."""
 
 
 KT_ALGORITHMS: dict[str, KTStrategy] = {s.name: s for s in (
@@ -210,4 +417,6 @@ KT_ALGORITHMS: dict[str, KTStrategy] = {s.name: s for s in (
                update_generator=False),
     KTStrategy("kt-fedavg", "FedAvg of task-model weights among clients of the same architecture",
                synthetic=False, regenerate=False, update_generator=False, average_weights=True),
+    KTStrategy("kt-centralized", "upper reference: each architecture trained on the pooled real data of its clients",
+               synthetic=False, regenerate=False, update_generator=False, pool_data=True),
 )}

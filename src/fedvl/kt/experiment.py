@@ -95,6 +95,8 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None) -> tup
     mean_size = round(sum(sizes.values()) / len(sizes))  # clients differ: the mean over clients
     if fed.strategy.average_weights:
         travel = mean_size
+    elif fed.strategy.pool_data:  # kt-centralized: the raw private images move (an upper reference only)
+        travel = round(sum(fed.train[c].images.numel() for c in fed.client_ids) / len(fed.client_ids))
     elif fed.strategy.synthetic:
         travel = n_syn * len(fed.classes) + len(fed.classes) * (cfg.fedmmkt.proto_dim + 1)
     else:

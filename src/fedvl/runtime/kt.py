@@ -25,9 +25,14 @@ from fedvl.algorithms.fedmmkt import (
     KTClient,
     KTStrategy,
     alignment_loss,
+    averaged_keys,
     ensemble,
+    feedback_select,
     global_prototypes,
+    next_pool,
+    pool_by_arch,
     quality_filter,
+    training_pool,
 )
 from fedvl.engine.device import FP32_CPU, Amp, DeviceError, amp_for
 from fedvl.generation.judge import fidelity, judge_outputs, train_judge
@@ -97,6 +102,8 @@ def build(cfg: ExperimentConfig, run_dir: Path, status=print, on_pretrain_step=N
              for cid, d in zip(ids, kt.domains)}
     test = {cid: make_set(classes, d, kt.test_per_class, size, derived_seed(seed, "kt-test", cid))
             for cid, d in zip(ids, kt.domains)}
+    if strategy.pool_data:
+        train = pool_by_arch(train, dict(zip(ids, kt.archs)))
     fed = KTFederation(cfg, strategy, KTClient(kt, amp), classes, train, test, dict(zip(ids, kt.archs)),
                        ClientStateStore(run_dir / "client_states"), amp=amp)
     if strategy.synthetic:
@@ -168,6 +175,7 @@ def update_generator(fed: KTFederation, synthetic: ImageTextSet, keep: torch.Ten
                      state: ServerState, rnd: int) -> dict[str, float]:
     """Feedback-weighted denoising on the accepted samples + prototype alignment of the text side."""
     t, kt, gen = fed.cfg.t2i, fed.cfg.fedmmkt, fed.generator
+    keep = feedback_select(probs, synthetic.labels, keep, kt.feedback_top)
     idx = keep.nonzero().flatten()
     weights = probs[idx, synthetic.labels[idx]]  # how strongly the clients recognise the prompt's class
     g = torch.Generator().manual_seed(derived_seed(fed.cfg.run.seed, "gen-update", rnd))
@@ -206,10 +214,11 @@ def average_by_arch(fed: KTFederation, states: dict[str, dict[str, torch.Tensor]
     for members in groups.values():
         n = torch.tensor([float(len(fed.train[c])) for c in members])
         w = n / n.sum()
+        shared = averaged_keys(task_model(fed, members[0]), fed.cfg.fedmmkt.fedavg_private_bn)
         avg = {k: sum(w[i] * states[c][k].double() for i, c in enumerate(members)).to(states[members[0]][k].dtype)
-               for k in states[members[0]]}
+               for k in states[members[0]] if k in shared}
         for c in members:
-            fed.store.save(c, avg)
+            fed.store.save(c, {**states[c], **avg})  # entries not averaged stay the client's own
 
 
 def eval_generator(fed: KTFederation) -> tuple[dict[str, float], ImageTextSet]:
@@ -241,8 +250,11 @@ def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) ->
         gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "batches", rnd, cid))
         torch.manual_seed(derived_seed(cfg.run.seed, "torch", rnd, cid))
         data = fed.train[cid]
-        train_metrics[cid] = fed.client.train(model, data.images, data.labels, state.distill, state.protos, gen,
-                                              on_step=progress.step if progress else None)
+        pool = training_pool(kt, state.distill, *((state.synthetic.images, state.synthetic.labels)
+                                                  if state.synthetic is not None else (None, None)))
+        train_metrics[cid] = fed.client.train(model, data.images, data.labels, pool, state.protos, gen,
+                                              on_step=progress.step if progress else None, rnd=rnd,
+                                              rounds=cfg.algorithm.rounds)
         states[cid] = cpu_state(model)
         fed.store.save(cid, states[cid])
         if strat.synthetic:
@@ -273,8 +285,9 @@ def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) ->
             tu = time.perf_counter()
             server.update(update_generator(fed, state.synthetic, keep, probs, state, rnd))
             timing["generator_update_s"] = time.perf_counter() - tu
-        # the accepted samples and their ensemble labels are next round's distillation set
-        state.distill = DistillSet(state.synthetic.images[keep], probs[keep])
+        # the scored synthetic set (ensemble labels, prompt labels, the filter's verdict) joins next round's pool
+        state.distill = next_pool(state.distill, state.synthetic.images, state.synthetic.labels, probs, keep,
+                                  kt.synthetic_rounds if strat.regenerate else 1)
     if rejected:
         record["rejected"] = rejected
     record["server"] = server
