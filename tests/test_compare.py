@@ -34,3 +34,18 @@ def test_rows_mean_std_and_feddat_sub_rows_and_local_marker():
     assert "†" not in line["feddat"] and "**70.0 ± 0.0**" in line["feddat"]
     assert "**" not in line["feddat (A_S alone)"]  # a sub-score is never the bold headline
     assert "| 10 | 4 (0.00 MB) | 3.0 |" in line["local"]
+
+
+def test_kt_family_references_are_never_bold_and_kt_local_is_the_marker():
+    """kt-centralized is a pooled-data reference like centralized; kt-local is the FedMMKT family's
+    no-communication baseline, so † compares against it."""
+    runs = {
+        "kt-local": [_summary({"a": 0.6, "b": 0.6})],
+        "kt-distill": [_summary({"a": 0.5, "b": 0.5})],
+        "fedmmkt": [_summary({"a": 0.7, "b": 0.7})],
+        "kt-centralized": [_summary({"a": 0.9, "b": 0.9})],
+    }
+    table = markdown_table(comparison_rows(runs, "acc"), "acc")
+    line = {ln.split(" | ")[0][2:]: ln for ln in table.splitlines() if ln.startswith("| ")}
+    assert "**70.0 ± 0.0**" in line["fedmmkt"] and "**" not in line["kt-centralized"]
+    assert "50.0 ± 0.0 †" in line["kt-distill"] and "†" not in line["kt-centralized"]

@@ -57,6 +57,11 @@ def comparison_rows(runs: dict[str, list[dict[str, Any]]], metric: str = "acc") 
     return rows
 
 
+# references, not federated methods: trained on the pooled data / on each client's data alone
+POOLED = {"centralized", "kt-centralized"}
+LOCAL_ONLY = {"local", "kt-local"}
+
+
 def _cell(ms: tuple[float, float]) -> str:
     return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
 
@@ -65,15 +70,15 @@ def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
     clients = list(rows[0]["clients"])
     head = ["method", *clients, "average", "trainable", "sent/client/round", "s/round"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    # bold marks the best federated headline row: not the centralized upper bound, not a sub-score
-    contenders = [r["average"][0] for r in rows if not r.get("sub") and r["method"] != "centralized"]
+    # bold marks the best federated headline row: not a pooled-data reference, not a sub-score
+    contenders = [r["average"][0] for r in rows if not r.get("sub") and r["method"] not in POOLED]
     best = max(contenders) if contenders else None
-    local = next((r["average"][0] for r in rows if r["method"] == "local"), None)
+    local = next((r["average"][0] for r in rows if r["method"] in LOCAL_ONLY), None)
     for r in rows:
         avg = _cell(r["average"])
-        if r["average"][0] == best and not r.get("sub") and r["method"] != "centralized":
+        if r["average"][0] == best and not r.get("sub") and r["method"] not in POOLED:
             avg = f"**{avg}**"
-        if local is not None and r["method"] != "local" and r["average"][0] < local:
+        if local is not None and r["method"] not in LOCAL_ONLY and r["average"][0] < local:
             avg += " †"
         lines.append("| " + " | ".join([
             r["method"], *(_cell(r["clients"][c]) for c in clients), avg, f"{r['trainable']:,}",
