@@ -32,7 +32,7 @@ from fedvl.schema import (  # noqa: F401  (re-exported: the options are read as 
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Cross-field checks that types alone cannot express."""
-    from fedvl.algorithms import available_algorithms  # late: registry imports torch
+    from fedvl.algorithms import available_algorithms, registry  # late: registry imports torch
 
     # first: NaN fails every comparison below, and "lr must be > 0" would be the wrong reason
     _check_finite(cfg, "")
@@ -82,12 +82,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         if not ok:
             raise ConfigError(msg)
     _check_devices(cfg)
-    from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
-
-    if cfg.algorithm.name in KT_ALGORITHMS:  # the knowledge-transfer family has its own sections
-        from fedvl.kt.validate import validate_kt
-
-        validate_kt(cfg)
+    algo = registry().get(cfg.algorithm.name)
+    if algo is not None and algo.check is not None:
+        algo.check(cfg)
+    if algo is not None and algo.exchange == "knowledge":  # its clients and data are its own sections
         return cfg
     _check_reliability(cfg)
     from fedvl.data.world import DOMAINS, FUNCTIONS, SCENES, TASKS
