@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fedvl.kt.config import FedMMKTConfig, T2IConfig  # noqa: F401  (re-exported)
 from fedvl.schema import (  # noqa: F401  (re-exported: the options are read as fedvl.config.X)
     AlgorithmConfig,
@@ -280,3 +282,23 @@ def load_config_dict(data: dict[str, Any]) -> ExperimentConfig:
     cfg = ExperimentConfig()
     _apply(cfg, data, "", from_text=False)
     return validate(cfg)
+
+
+def used_sections(cfg: ExperimentConfig) -> set[str]:
+    """The sections a run reads: the knowledge exchange (the FedMMKT family) has its own clients,
+    data and models (``t2i``, ``fedmmkt``); the parameter exchange reads ``model``, ``data``,
+    ``attack`` and ``privacy`` instead. Both read ``algorithm`` and ``run``."""
+    from fedvl.algorithms import exchange_of
+
+    if exchange_of(cfg.algorithm.name) == "knowledge":
+        return {"algorithm", "run", "t2i", "fedmmkt"}
+    return {"model", "data", "algorithm", "run", "attack", "privacy"}
+
+
+def run_config_text(cfg: ExperimentConfig) -> str:
+    """A run's ``config.yaml``: the sections it uses, and any other section only when it differs
+    from its defaults, so the file still loads back to exactly ``cfg`` (``--resume`` and
+    ``compare`` compare the loaded config with the one a run was made with)."""
+    full, default = cfg.to_dict(), ExperimentConfig().to_dict()
+    used = used_sections(cfg)
+    return yaml.safe_dump({k: v for k, v in full.items() if k in used or v != default[k]}, sort_keys=False)

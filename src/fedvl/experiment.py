@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fedvl.config import ConfigError, ExperimentConfig, dump_config
+from fedvl.config import ConfigError, ExperimentConfig, dump_config, run_config_text
 from fedvl.report.history import History, set_status, write_json_atomic
 from fedvl.runtime.checkpoint import resume_round
 
@@ -96,7 +96,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
                                                only=[] if server_only or ray_workers else None)
         if not resume:  # config and data are valid: only now is the folder made (or an old run replaced)
             folder.acquire(fresh=True, overwrite=overwrite)
-            (run_dir / "config.yaml").write_text(dump_config(cfg))
+            (run_dir / "config.yaml").write_text(run_config_text(cfg))
         set_status(run_dir, "running")
     except BaseException:
         progress.close()
@@ -284,7 +284,8 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
             console.rule(f"{m} · seed {cfg.run.seed}")
             # a run stopped mid-way with the same config continues from its last checkpoint
             saved = run_dir / "config.yaml"
-            resume = saved.is_file() and saved.read_text() == dump_config(cfg) and (run_dir / "checkpoints").is_dir()
+            resume = saved.is_file() and saved.read_text() in (run_config_text(cfg), dump_config(cfg)) \
+                and (run_dir / "checkpoints").is_dir()  # (dump_config: a run made before config.yaml was trimmed)
             run_experiment(cfg, run_dir, console=console, progress_enabled=progress_enabled, resume=resume,
                            overwrite=True)  # a stale run of this comparison (a fedvl run) is replaced
     runs = load_runs({m: [d for _, d in items] for m, items in configs.items()})
