@@ -68,3 +68,21 @@ def test_dump_roundtrip(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(dump_config(cfg))
     assert load_config(p) == cfg
+
+
+@pytest.mark.parametrize("overrides, present, absent", [
+    ([], {"model", "data", "algorithm", "run", "attack", "privacy"}, {"t2i", "fedmmkt"}),
+    (["algorithm.name=fedmmkt"], {"algorithm", "run", "t2i", "fedmmkt"}, {"model", "data", "attack", "privacy"}),
+    # a section the run does not read stays when it was set, so the file loads back to the same config
+    (["t2i.lr=0.5"], {"model", "data", "algorithm", "run", "attack", "privacy", "t2i"}, {"fedmmkt"}),
+])
+def test_a_runs_config_yaml_holds_the_sections_it_uses_and_round_trips(overrides, present, absent, tmp_path):
+    from fedvl.config import run_config_text
+
+    cfg = load_config(None, overrides)
+    text = run_config_text(cfg)
+    sections = set(yaml.safe_load(text))
+    assert present <= sections and not absent & sections
+    (tmp_path / "config.yaml").write_text(text)
+    again = load_config(tmp_path / "config.yaml", [])
+    assert dump_config(again) == dump_config(cfg) and run_config_text(again) == text

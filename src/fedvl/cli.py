@@ -417,11 +417,6 @@ def _resume(ns) -> int:
         print(f"fedvl: {run_dir} is already complete; nothing to resume")
         return 0
     cfg = load_config(run_dir / "config.yaml", moves)
-    from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
-
-    if cfg.algorithm.name in KT_ALGORITHMS:
-        raise ConfigError(f"--resume is not available for {cfg.algorithm.name} runs (they keep no round "
-                          "checkpoints); start the run again")
     try:
         check_available(cfg.model)
     except ModelUnavailableError as e:
@@ -447,12 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.command == "algorithms":
             from fedvl.algorithms import registry
-            from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
 
             for name, algo in sorted(registry().items()):
                 print(f"{name:<14} {algo.summary}")
-            for name, kt in KT_ALGORITHMS.items():
-                print(f"{name:<14} {kt.summary}")
             return 0
         if ns.command == "pretrain":
             return _pretrain_vl(ns) if ns.what == "vl" else _pretrain(ns)
@@ -478,10 +470,10 @@ def main(argv: list[str] | None = None) -> int:
             methods = [m for m in ns.methods.split(",") if m]
             if not methods or not seeds:
                 raise ConfigError("--algorithms and --seeds must name at least one method and one seed")
-            from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
+            from fedvl.algorithms import exchange_of
 
             # a knowledge-transfer comparison is not on a data.benchmark: its own folder name
-            bench = "fedmmkt" if all(m in KT_ALGORITHMS for m in methods) else load_config(path, overrides).data.benchmark
+            bench = "fedmmkt" if all(exchange_of(m) == "knowledge" for m in methods) else load_config(path, overrides).data.benchmark
             run_comparison(path, overrides, methods, seeds, ns.name or f"compare-{bench}",
                            progress_enabled=not ns.quiet)
             return 0

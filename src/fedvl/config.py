@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fedvl.kt.config import FedMMKTConfig, T2IConfig  # noqa: F401  (re-exported)
 from fedvl.schema import (  # noqa: F401  (re-exported: the options are read as fedvl.config.X)
     AlgorithmConfig,
@@ -32,7 +34,7 @@ from fedvl.schema import (  # noqa: F401  (re-exported: the options are read as 
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Cross-field checks that types alone cannot express."""
-    from fedvl.algorithms import available_algorithms  # late: registry imports torch
+    from fedvl.algorithms import available_algorithms, registry  # late: registry imports torch
 
     # first: NaN fails every comparison below, and "lr must be > 0" would be the wrong reason
     _check_finite(cfg, "")
@@ -82,12 +84,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         if not ok:
             raise ConfigError(msg)
     _check_devices(cfg)
-    from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
-
-    if cfg.algorithm.name in KT_ALGORITHMS:  # the knowledge-transfer family has its own sections
-        from fedvl.kt.validate import validate_kt
-
-        validate_kt(cfg)
+    algo = registry().get(cfg.algorithm.name)
+    if algo is not None and algo.check is not None:
+        algo.check(cfg)
+    if algo is not None and algo.exchange == "knowledge":  # its clients and data are its own sections
         return cfg
     _check_reliability(cfg)
     from fedvl.data.world import DOMAINS, FUNCTIONS, SCENES, TASKS
@@ -282,3 +282,23 @@ def load_config_dict(data: dict[str, Any]) -> ExperimentConfig:
     cfg = ExperimentConfig()
     _apply(cfg, data, "", from_text=False)
     return validate(cfg)
+
+
+def used_sections(cfg: ExperimentConfig) -> set[str]:
+    """The sections a run reads: the knowledge exchange (the FedMMKT family) has its own clients,
+    data and models (``t2i``, ``fedmmkt``); the parameter exchange reads ``model``, ``data``,
+    ``attack`` and ``privacy`` instead. Both read ``algorithm`` and ``run``."""
+    from fedvl.algorithms import exchange_of
+
+    if exchange_of(cfg.algorithm.name) == "knowledge":
+        return {"algorithm", "run", "t2i", "fedmmkt"}
+    return {"model", "data", "algorithm", "run", "attack", "privacy"}
+
+
+def run_config_text(cfg: ExperimentConfig) -> str:
+    """A run's ``config.yaml``: the sections it uses, and any other section only when it differs
+    from its defaults, so the file still loads back to exactly ``cfg`` (``--resume`` and
+    ``compare`` compare the loaded config with the one a run was made with)."""
+    full, default = cfg.to_dict(), ExperimentConfig().to_dict()
+    used = used_sections(cfg)
+    return yaml.safe_dump({k: v for k, v in full.items() if k in used or v != default[k]}, sort_keys=False)

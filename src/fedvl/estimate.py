@@ -37,10 +37,10 @@ def _per_client_questions(cfg: ExperimentConfig) -> tuple[int, int, int, int] | 
 
 def round_seconds(cfg: ExperimentConfig) -> tuple[float, str] | None:
     """(estimated seconds per round, what it is made of), or None when it cannot be told up front."""
-    from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
+    from fedvl.algorithms import exchange_of
 
     sizes = _per_client_questions(cfg)
-    if sizes is None or cfg.algorithm.name in KT_ALGORITHMS:
+    if sizes is None or exchange_of(cfg.algorithm.name) == "knowledge":
         return None
     n_train, n_test, img_train, img_test = sizes
     a, r = cfg.algorithm, cfg.run

@@ -16,9 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fedvl.config import ConfigError, ExperimentConfig, dump_config
+from fedvl.config import ConfigError, ExperimentConfig, dump_config, run_config_text
 from fedvl.report.history import History, set_status, write_json_atomic
-from fedvl.runtime.checkpoint import resume_round  # noqa: F401  (also read from here)
+from fedvl.runtime.checkpoint import resume_round
 
 
 def run_dir_for(cfg: ExperimentConfig, overwrite: bool = False) -> Path:
@@ -62,7 +62,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     ``run.runtime=flower-sim``, or a Flower deployment's grid (``server_only``:
     the server builds the model but holds no client data). ``resume=True``
     continues the run already in ``run_dir`` from its newest good checkpoint
-    (``fedvl run --resume``; in-process simulator only), refusing a changed
+    (``fedvl run --resume``; in process or on Flower's simulation), refusing a changed
     config unless ``accept_config_change``. A new run builds (and so validates)
     its data before its folder is created, or an ``overwrite``-n one emptied;
     the folder stays locked by this process until the run ends (:mod:`fedvl.runfolder`).
@@ -71,7 +71,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     """
     from rich.console import Console
 
-    from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
+    from fedvl.algorithms import exchange_of
     from fedvl.report.trackers import open_trackers
     from fedvl.runfolder import RunFolder
     from fedvl.runtime.progress import Progress
@@ -84,21 +84,19 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     t0, started_unix = time.perf_counter(), time.time()
     progress = Progress(console, cfg.algorithm.rounds, enabled=progress_enabled)
     folder = RunFolder(run_dir)
-    kt = cfg.algorithm.name in KT_ALGORITHMS
+    kt = exchange_of(cfg.algorithm.name) == "knowledge"
     trackers = None
     try:
         if resume:  # the folder exists: claim it before anything else, so a live run is never joined
             folder.acquire(fresh=False)
             _check_config_unchanged(run_dir, cfg, accept_config_change)
-        if runner is None and cfg.run.runtime == "flower-sim":
-            from fedvl.runtime.flower import flower_simulate as runner
         # the server side holds no client data when the clients build their own (deployment, Ray workers)
         ray_workers = cfg.run.runtime == "flower-sim" and cfg.run.flower_backend == "ray"
         fed = None if kt else build_federation(cfg, status=progress.status,
                                                only=[] if server_only or ray_workers else None)
         if not resume:  # config and data are valid: only now is the folder made (or an old run replaced)
             folder.acquire(fresh=True, overwrite=overwrite)
-            (run_dir / "config.yaml").write_text(dump_config(cfg))
+            (run_dir / "config.yaml").write_text(run_config_text(cfg))
         set_status(run_dir, "running")
     except BaseException:
         progress.close()
@@ -107,13 +105,22 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     try:
         trackers = open_trackers(cfg, run_dir)  # only once the folder is ours: trackers write into it
         if kt:  # knowledge transfer: its own loop and results
-            return _finish_kt(cfg, run_dir, console, progress, t0, trackers)
+            return _finish_kt(cfg, run_dir, console, progress, t0, trackers, resume)
         setup_s = time.perf_counter() - t0
         history = History(run_dir, trackers)
-        if runner is None:
-            final = simulate(fed, run_dir, history, progress, resume=resume, config_digest=config_digest(cfg))
-        else:
+        if runner is not None:  # a deployment's server: its clients keep their state, no checkpoints here
             final = runner(fed, run_dir, history, progress)
+        elif cfg.run.runtime == "flower-sim":  # checkpointed and resumed as in process
+            from fedvl.runtime.flower import flower_simulate
+            from fedvl.runtime.parameters import ParameterServer
+            from fedvl.runtime.state import ClientStateStore
+
+            server = ParameterServer(fed, ClientStateStore(run_dir / "client_states"), run_dir,
+                                     config_digest=config_digest(cfg))
+            start = server.resume(history) if resume else 1
+            final = flower_simulate(fed, run_dir, history, progress, server, start)
+        else:
+            final = simulate(fed, run_dir, history, progress, resume=resume, config_digest=config_digest(cfg))
         progress.close()
         return _finish_rounds(cfg, fed, run_dir, console, history, final, t0, setup_s, started_unix,
                               progress.first_step_unix, trackers)
@@ -195,11 +202,12 @@ def _write_results(run_dir: Path, console, title: str, notes: list[str], summary
     return summary
 
 
-def _finish_kt(cfg: ExperimentConfig, run_dir: Path, console, progress, t0: float, trackers=None) -> dict[str, Any]:
+def _finish_kt(cfg: ExperimentConfig, run_dir: Path, console, progress, t0: float, trackers=None,
+               resume: bool = False) -> dict[str, Any]:
     """A FedMMKT-family run (:mod:`fedvl.kt.experiment`), with the same summary files as any run."""
     from fedvl.kt.experiment import run_kt
 
-    final, params, notes, rejected = run_kt(cfg, run_dir, progress, trackers)
+    final, params, notes, rejected = run_kt(cfg, run_dir, progress, trackers, resume, config_digest(cfg))
     progress.close()
     wall = time.perf_counter() - t0
     title = f"{cfg.algorithm.name} · knowledge transfer · {len(cfg.fedmmkt.domains)} clients"
@@ -276,14 +284,15 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
             console.rule(f"{m} · seed {cfg.run.seed}")
             # a run stopped mid-way with the same config continues from its last checkpoint
             saved = run_dir / "config.yaml"
-            resume = saved.is_file() and saved.read_text() == dump_config(cfg) and (run_dir / "checkpoints").is_dir()
+            resume = saved.is_file() and saved.read_text() in (run_config_text(cfg), dump_config(cfg)) \
+                and (run_dir / "checkpoints").is_dir()  # (dump_config: a run made before config.yaml was trimmed)
             run_experiment(cfg, run_dir, console=console, progress_enabled=progress_enabled, resume=resume,
                            overwrite=True)  # a stale run of this comparison (a fedvl run) is replaced
     runs = load_runs({m: [d for _, d in items] for m, items in configs.items()})
     first = configs[methods[0]][0][0]
-    from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
+    from fedvl.algorithms import exchange_of
 
-    bench = "FedMMKT" if first.algorithm.name in KT_ALGORITHMS else f"{first.data.benchmark} benchmark"
+    bench = "FedMMKT" if exchange_of(first.algorithm.name) == "knowledge" else f"{first.data.benchmark} benchmark"
     title = f"{bench} · {len(seeds)} seed(s)"
     rows = {metric: comparison_rows(runs, metric) for metric in ("acc", "bal_acc")}
     parts = [f"# Comparison: {title}", ""]

@@ -52,6 +52,7 @@ def test_flower_simulation_gives_the_simulators_metrics(algo, tiny_cfg, tmp_path
 @pytest.mark.slow
 def test_a_failing_client_is_dropped_and_too_few_stop_the_run(tiny_cfg, tmp_path, monkeypatch):
     import fedvl.runtime.flower as flower
+    from fedvl.runtime import parameters
     from fedvl.runtime.simulator import client_fit
 
     def flaky(fed, store, cid, rnd, params, on_step=None):
@@ -59,7 +60,7 @@ def test_a_failing_client_is_dropped_and_too_few_stop_the_run(tiny_cfg, tmp_path
             raise ConnectionError("node went away")
         return client_fit(fed, store, cid, rnd, params, on_step)
 
-    monkeypatch.setattr(flower, "client_fit", flaky)
+    monkeypatch.setattr(parameters, "client_fit", flaky)  # what every node's fit runs
     run_experiment(tiny_cfg("run.runtime=flower-sim"), tmp_path / "ok", progress_enabled=False)
     hist = History.read(tmp_path / "ok")
     assert all("c1-sketch" in r["dropped"] and "node went away" in r["dropped"]["c1-sketch"] for r in hist)

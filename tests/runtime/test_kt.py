@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
+from fedvl.algorithms import registry
 from fedvl.algorithms.aggregate import UpdateRejected
-from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
 from fedvl.config import ConfigError, load_config
-from fedvl.runtime.kt import ServerState, build, check_report, run_round, task_model
+from fedvl.runtime.knowledge import run_round
+from fedvl.runtime.kt import ServerState, build, check_report, task_model
 
 KT_TINY = [
     "run.threads=1",
@@ -34,7 +35,7 @@ def kt_cfg(tmp_path):
 
 
 def test_matrix_covers_every_kt_algorithm():
-    assert set(KT_TRAVEL) == set(KT_ALGORITHMS)
+    assert set(KT_TRAVEL) == {n for n, a in registry().items() if a.exchange == "knowledge"}
 
 
 @pytest.mark.parametrize("name", sorted(KT_TRAVEL))
@@ -145,7 +146,7 @@ def test_a_rejected_client_is_recorded_and_the_round_goes_on(kt_cfg, tmp_path):
     ("fedmmkt.archs=cnn,mlp", "give one per client"),
     ("fedmmkt.archs=cnn,resnet9000,cnn", "unknown architecture"),
     ("fedmmkt.domains=source,night,night", "public domain"),
-    ("run.runtime=flower-sim", "in-process simulator only"),
+    ("run.runtime=flower-deploy", "not yet on Ray workers or a Flower deployment"),
     ("t2i.source=/nonexistent/sd", "neither 'fedvl' nor a folder"),
     ("t2i.image_size=17", "divisible"),
 ])
@@ -302,3 +303,110 @@ def test_kt_fedavg_private_bn_keeps_batch_norm_on_each_client(kt_cfg, tmp_path):
         other = [k for k in a if not any(k.startswith(p) for p in bns)]
         assert all(torch.equal(a[k], b[k]) for k in other)
         assert all(torch.equal(a[k], b[k]) for k in bn_keys) != private
+
+
+# the runs recorded before the one loop ran with issue 4's client (issue 17 changed the defaults)
+RECORDED = ["fedmmkt", "kt-distill", "kt-fedavg", "kt-local"]
+ISSUE4 = ["fedmmkt.prompt_weight=0", "fedmmkt.synthetic_bn=eval", "fedmmkt.synthetic_restyle=false",
+          "fedmmkt.proto_weight=0.5", "fedmmkt.feedback_top=1"]
+
+
+def _recorded_part(got, want):
+    """``got`` cut down to the keys the recorded run had (issue 17 added metrics such as ``synthetic_open``)."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        return {k: _recorded_part(got[k], want[k]) if k in got else "<missing>" for k in want}
+    if isinstance(want, list) and isinstance(got, list) and len(want) == len(got):
+        return [_recorded_part(g, w) for g, w in zip(got, want)]
+    return got
+
+
+def _metrics(run_dir):
+    """Every number of every round, timings left out (they are wall clock)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("timing", "time_s")} for r in rows]
+
+
+@pytest.mark.parametrize("name", RECORDED)
+def test_kt_metrics_are_the_ones_recorded_before_the_one_loop(name, kt_cfg, tmp_path):
+    """tests/runtime/data/kt_metrics_main.json holds the per-round records of these tiny runs made
+    with the family's own round loop (main before issue 15): the shared loop gives the same bits."""
+    from pathlib import Path
+
+    from fedvl.experiment import run_experiment
+
+    cfg = kt_cfg(name, f"run.name={name}", *ISSUE4)
+    run_experiment(cfg, tmp_path / "results" / name, progress_enabled=False)
+    want = json.loads((Path(__file__).parent / "data" / "kt_metrics_main.json").read_text())[name]
+    assert _recorded_part(_metrics(tmp_path / "results" / name), want) == want
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RECORDED)
+def test_kt_on_flower_simulation_gives_the_in_process_metrics(name, kt_cfg, tmp_path):
+    """The same server side with Flower's grid as the transport: every number of every round is
+    the in-process one (the recorded file above), synthetic sets, reports and weights travelling
+    as Flower records."""
+    from pathlib import Path
+
+    from fedvl.experiment import run_experiment
+
+    cfg = kt_cfg(name, f"run.name={name}", "run.runtime=flower-sim", *ISSUE4)
+    run_experiment(cfg, tmp_path / "results" / name, progress_enabled=False)
+    want = json.loads((Path(__file__).parent / "data" / "kt_metrics_main.json").read_text())[name]
+    assert _recorded_part(_metrics(tmp_path / "results" / name), want) == want
+
+
+def _mid_round(run, rounds):
+    """A round is half done: a client replaced its task model since the newest checkpoint."""
+    from fedvl.runtime.checkpoint import checkpoint_dirs
+
+    ckpts = checkpoint_dirs(run)
+    if not ckpts or ckpts[0][0] >= rounds:
+        return False
+    committed = {p.name: p.stat().st_ino for p in (ckpts[0][1] / "clients").glob("*.safetensors")}
+    try:
+        return any(p.stat().st_ino != committed.get(p.name) for p in (run / "client_states").glob("*.safetensors"))
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, runtime", [("fedmmkt", "simulator"), ("fedmmkt", "flower-sim"),
+                                           ("kt-distill", "simulator"), ("kt-fedavg", "flower-sim")])
+def test_sigkill_mid_round_then_resume_ends_like_an_uninterrupted_run(name, runtime, tmp_path):
+    """The server's tensors (generator LoRA and its AdamW moments, alignment head, synthetic and
+    distillation sets, prototypes) and every client's task model come back from the checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fedvl.runtime.checkpoint import checkpoint_dirs
+
+    args = [*KT_TINY, "algorithm.rounds=4", f"algorithm.name={name}", f"run.runtime={runtime}",
+            f"run.cache_dir={tmp_path / 'cache'}"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "fedvl", "run", *args, "--quiet"]
+    ref = subprocess.run([*cmd, "run.name=ref"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr
+    proc = subprocess.Popen([*cmd, "run.name=killed"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "results" / "killed"
+    deadline = time.time() + 300
+    while not _mid_round(run, 4):
+        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()}"
+        assert time.time() < deadline
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoint_dirs(run)[0][0]
+    r = subprocess.run([sys.executable, "-m", "fedvl", "run", "--resume", str(run), "--quiet"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming from round {killed_at} of 4" in r.stderr
+    got, want = _metrics(run), _metrics(tmp_path / "results" / "ref")
+    assert [g["round"] for g in got] == [1, 2, 3, 4]
+    assert got == want  # every number of every round, bit for bit
+    assert json.loads((run / "summary.json").read_text())["final"]["avg"] == \
+        json.loads((tmp_path / "results" / "ref" / "summary.json").read_text())["final"]["avg"]

@@ -63,18 +63,18 @@ def test_flower_size_arguments_are_exact():
 def test_secagg_gives_the_plain_runs_numbers_and_the_server_only_the_sum(tiny_cfg, tmp_path, monkeypatch):
     """Quantity-skewed clients (different sample counts), so the weighted mean is what is checked."""
     from fedvl.algorithms.base import ServerRule
-    from fedvl.runtime import flower, secagg
+    from fedvl.runtime import parameters, secagg
 
     common = [*SIM, "data.partition=quantity", "data.num_clients=3"]
     plain_globals, secure_globals, deltas, replies, handed, start = [], [], [], [], [], {}
-    real_aggregate = flower.server_aggregate
+    real_aggregate = parameters.server_aggregate  # what the server side of every runtime calls
 
     def spy_plain(fed, rnd, g, results):
         new, record = real_aggregate(fed, rnd, g, results)
         plain_globals.append(new)
         return new, record
 
-    monkeypatch.setattr(flower, "server_aggregate", spy_plain)
+    monkeypatch.setattr(parameters, "server_aggregate", spy_plain)
     plain = run_experiment(tiny_cfg(*common), tmp_path / "plain", progress_enabled=False)
 
     # under SecAgg no strategy ever gets client updates, and what the server receives is recorded
@@ -82,7 +82,7 @@ def test_secagg_gives_the_plain_runs_numbers_and_the_server_only_the_sum(tiny_cf
         raise AssertionError("the strategy received individual client updates")
 
     monkeypatch.setattr(ServerRule, "aggregate", never)
-    monkeypatch.setattr(flower, "server_aggregate", never)
+    monkeypatch.setattr(parameters, "server_aggregate", never)
     real_reply, real_train = secagg.masked_reply, secagg.secure_train
 
     def spy_reply(msg, cfg, cid, rnd, g, params, n, metrics):  # client side: the plaintext it masks

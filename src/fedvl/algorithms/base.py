@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -161,13 +162,21 @@ class Algorithm:
     """
 
     name: str
-    server: type[ServerRule]
-    client: type[ClientUpdate]
+    server: type
+    """The server half: a :class:`ServerRule` (parameters) or a ``KTServerRule`` (knowledge)."""
+    client: type
+    """The client half: a :class:`ClientUpdate` (parameters) or a ``KTClient`` (knowledge)."""
     summary: str
     adapter_roles: tuple[str, ...] = ("shared",)
     trainable_roles: tuple[str, ...] = ("shared",)
     local_groups: frozenset[str] = frozenset()
     pooled: bool = False
+    exchange: Literal["parameters", "knowledge"] = "parameters"
+    """What travels, and so which server and client sides run it: ``parameters`` (the global
+    travelling parameters down, trained ones up: :mod:`fedvl.runtime.parameters`) or ``knowledge``
+    (a synthetic set down, logits and prototypes up: :mod:`fedvl.runtime.knowledge`)."""
+    check: Callable[[ExperimentConfig], None] | None = None
+    """The algorithm's own option checks (raise ConfigError), run when a config loads."""
 
 
 _REGISTRY: dict[str, Algorithm] = {}

@@ -5,7 +5,8 @@ No public code exists and only the abstract and introduction are public, so the 
 our reconstruction (DESIGN.md 1.2, close to the same group's FedKTL, CVPR 2024); every
 choice below that the paper does not state is marked *ours*.
 
-One round (the loop is :func:`fedvl.runtime.kt.run_round`):
+One round (the loop is :func:`fedvl.runtime.loop.run_rounds`, this family's server side
+:class:`fedvl.runtime.knowledge.KnowledgeServer`):
 
 1. the server generates a synthetic set from the class prompts with its text-to-image model;
 2. each client trains its own task model (any architecture) on its private data plus
@@ -35,8 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedvl.algorithms.base import Algorithm, register
 from fedvl.engine.device import FP32_CPU, Amp, model_device
 from fedvl.kt.config import FedMMKTConfig
+from fedvl.kt.validate import validate_kt
 
 # ------------------------------------------------------------------ pure server functions
 
@@ -132,6 +135,15 @@ class DistillSet:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """As named tensors (checkpoints, Flower records); the parts that are None are left out."""
+        return {k: v for k, v in (("images", self.images), ("soft", self.soft), ("labels", self.labels),
+                                  ("keep", self.keep)) if v is not None}
+
+    @staticmethod
+    def from_tensors(t: dict[str, torch.Tensor]) -> "DistillSet":
+        return DistillSet(t["images"], t.get("soft"), t.get("labels"), t.get("keep"))
 
 
 def next_pool(pool: DistillSet | None, images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
@@ -390,33 +402,55 @@ class KTClient:
 # ------------------------------------------------------------------ the server halves
 
 
-@dataclass(frozen=True)
-class KTStrategy:
-    """What the server does each round (the loop reads these flags, nothing else)."""
+class KTServerRule:
+    """What the server does each round; the loop (:class:`fedvl.runtime.knowledge.KnowledgeServer`)
+    reads these flags, nothing else. The default is FedMMKT; each baseline turns parts off."""
 
-    name: str
-    summary: str
-    synthetic: bool = True
+    synthetic = True
     """Send a synthetic set, collect logits and prototypes, distil on the ensemble."""
-    regenerate: bool = True
+    regenerate = True
     """A new synthetic set every round (else one fixed set from the pretrained generator)."""
-    update_generator: bool = True
+    update_generator = True
     """Fine-tune the generator from the clients' feedback."""
-    average_weights: bool = False
+    average_weights = False
     """FedAvg of task-model weights within each architecture group (weights travel)."""
-    pool_data: bool = False
+    pool_data = False
     """Each client trains on the pooled real data of all clients of its architecture (an upper reference)."""
 
+    def __init__(self, cfg=None):
+        self.cfg = cfg
 
-KT_ALGORITHMS: dict[str, KTStrategy] = {s.name: s for s in (
-    KTStrategy("fedmmkt", "FedMMKT: synthetic set from the server T2I model, ensemble distillation, "
-                          "generator LoRA updated from client feedback + prototype alignment"),
-    KTStrategy("kt-distill", "logit distillation on one fixed synthetic set, generator frozen (FedMD/FedDF style)",
-               regenerate=False, update_generator=False),
-    KTStrategy("kt-local", "each client trains its own task model alone", synthetic=False, regenerate=False,
-               update_generator=False),
-    KTStrategy("kt-fedavg", "FedAvg of task-model weights among clients of the same architecture",
-               synthetic=False, regenerate=False, update_generator=False, average_weights=True),
-    KTStrategy("kt-centralized", "upper reference: each architecture trained on the pooled real data of its clients",
-               synthetic=False, regenerate=False, update_generator=False, pool_data=True),
-)}
+
+class FixedSetDistill(KTServerRule):
+    regenerate = False
+    update_generator = False
+
+
+class LocalOnly(KTServerRule):
+    synthetic = False
+    regenerate = False
+    update_generator = False
+
+
+class SameArchFedAvg(LocalOnly):
+    average_weights = True
+
+
+class PooledByArch(LocalOnly):
+    pool_data = True
+
+
+def _kt(name: str, server: type[KTServerRule], summary: str) -> Algorithm:
+    # one registry for every algorithm: this family exchanges knowledge, not parameters, and checks its
+    # own sections (t2i, fedmmkt); the adapter fields of Algorithm do not apply to its task models
+    return register(Algorithm(name, server, KTClient, summary, exchange="knowledge", check=validate_kt))
+
+
+FEDMMKT = _kt("fedmmkt", KTServerRule, "FedMMKT: synthetic set from the server T2I model, ensemble distillation, "
+                                      "generator LoRA updated from client feedback + prototype alignment")
+KT_DISTILL = _kt("kt-distill", FixedSetDistill,
+                 "logit distillation on one fixed synthetic set, generator frozen (FedMD/FedDF style)")
+KT_LOCAL = _kt("kt-local", LocalOnly, "each client trains its own task model alone")
+KT_FEDAVG = _kt("kt-fedavg", SameArchFedAvg, "FedAvg of task-model weights among clients of the same architecture")
+KT_CENTRALIZED = _kt("kt-centralized", PooledByArch,
+                     "upper reference: each architecture trained on the pooled real data of its clients")

@@ -59,11 +59,17 @@ def plot_fidelity(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None) -> tuple[dict[str, Any], dict[str, Any], list[str], int]:
-    """Every round of a knowledge-transfer run. Returns (final record, parameter report, notes,
-    rejected client reports over the run)."""
+def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None, resume: bool = False,
+           config_digest: str | None = None) -> tuple[dict[str, Any], dict[str, Any], list[str], int]:
+    """Every round of a knowledge-transfer run, each checkpointed (``resume``: continue from the
+    newest good checkpoint). Returns (final record, parameter report, notes, rejected client
+    reports over the run)."""
+    import sys
+
     from fedvl.report.plots import plot_accuracy
-    from fedvl.runtime.kt import ServerState, build, run_round, task_model
+    from fedvl.runtime.knowledge import KnowledgeNode, KnowledgeServer
+    from fedvl.runtime.kt import ServerState, build, task_model
+    from fedvl.runtime.loop import InProcess, run_rounds
 
     def pretrain_step(done: int, total: int, loss: float) -> None:
         progress.client_start(0, "generator pretraining", 1, 1)
@@ -73,16 +79,14 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None) -> tup
     fed = build(cfg, run_dir, status=progress.status, on_pretrain_step=pretrain_step)
     setup_s = time.perf_counter() - t0
     history, state = History(run_dir, trackers), ServerState()
-    record: dict[str, Any] = {}
-    for rnd in range(1, cfg.algorithm.rounds + 1):
-        record = run_round(fed, rnd, state, progress)
-        history.append(record)
-        progress.round_end(record)
-        if "generator" in record:
-            g = record["generator"]
-            progress.status(f"round {rnd}: generator judge accuracy {100 * g['judge_acc']:.1f}% · feature "
-                            f"distance {g['feature_distance']:.2f} · accepted "
-                            f"{100 * record['server'].get('accepted_frac', 0):.0f}% of the synthetic set")
+    server = KnowledgeServer(fed, state, run_dir, config_digest)
+    start = server.resume(history, lambda m: print(m, file=sys.stderr)) if resume else 1
+    if cfg.run.runtime == "flower-sim":  # the same server side; Flower's grid reaches the clients
+        from fedvl.runtime.flower import flower_simulate
+
+        record = flower_simulate(fed, run_dir, history, progress, server, start)
+    else:
+        record = run_rounds(server, InProcess(KnowledgeNode(fed)), history, progress, start)
     title = f"{cfg.algorithm.name} · {cfg.fedmmkt.archs} · {len(fed.classes)} classes"
     plot_accuracy(history.rounds, run_dir / "accuracy.png", title)
     if fed.judge is not None:
@@ -93,11 +97,11 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None) -> tup
     n_syn = len(state.synthetic) if state.synthetic is not None else 0
     sizes = {cid: sum(p.numel() for p in task_model(fed, cid).parameters()) for cid in fed.client_ids}
     mean_size = round(sum(sizes.values()) / len(sizes))  # clients differ: the mean over clients
-    if fed.strategy.average_weights:
+    if fed.server.average_weights:
         travel = mean_size
-    elif fed.strategy.pool_data:  # kt-centralized: the raw private images move (an upper reference only)
+    elif fed.server.pool_data:  # kt-centralized: the raw private images move (an upper reference only)
         travel = round(sum(fed.train[c].images.numel() for c in fed.client_ids) / len(fed.client_ids))
-    elif fed.strategy.synthetic:
+    elif fed.server.synthetic:
         travel = n_syn * len(fed.classes) + len(fed.classes) * (cfg.fedmmkt.proto_dim + 1)
     else:
         travel = 0
@@ -106,7 +110,7 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None) -> tup
               "bytes_up_per_client_round": 4 * travel, "client_params": sizes, "setup_s": setup_s}
     notes = ["clients: " + ", ".join(f"{cid} ({sizes[cid]:,} params)" for cid in fed.client_ids),
              f"sent up per client per round: {travel:,} floats ({4 * travel / 1e6:.3f} MB)"
-             + (" - logits and prototypes on the synthetic set only" if fed.strategy.synthetic else "")]
+             + (" - logits and prototypes on the synthetic set only" if fed.server.synthetic else "")]
     if fed.pretrain_meta.get("source_fidelity"):
         sf = fed.pretrain_meta["source_fidelity"]
         notes.append(f"pretrained generator: source-domain judge accuracy {100 * sf['judge_acc']:.1f}%")

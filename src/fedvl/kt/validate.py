@@ -13,8 +13,9 @@ def validate_kt(cfg: ExperimentConfig) -> None:
 
     t, k = cfg.t2i, cfg.fedmmkt
     checks = [
-        (cfg.run.runtime == "simulator",
-         f"algorithm {cfg.algorithm.name} runs on the in-process simulator only (run.runtime=simulator)"),
+        (cfg.run.runtime == "simulator" or (cfg.run.runtime == "flower-sim" and cfg.run.flower_backend == "inprocess"),
+         (f"algorithm {cfg.algorithm.name} runs in process (run.runtime=simulator) or on Flower's simulation with "
+          "run.flower_backend=inprocess; not yet on Ray workers or a Flower deployment")),
         (not cfg.run.secagg, f"run.secagg is for FedAvg-type algorithms on Flower, not {cfg.algorithm.name}"),
         (len(k.domains) >= 1, "fedmmkt.domains must name at least one client domain"),
         (len(k.archs) == len(k.domains),

@@ -99,8 +99,10 @@ def commit_round(run_dir: Path, rnd: int, global_params: Params, store: ClientSt
     return final
 
 
-def read_checkpoint(path: Path, travel: list[str]) -> Checkpoint:
-    """Load and verify one checkpoint folder; raise :class:`CheckpointDamaged` on any problem."""
+def read_checkpoint(path: Path, travel: list[str] | None) -> Checkpoint:
+    """Load and verify one checkpoint folder; raise :class:`CheckpointDamaged` on any problem.
+    ``travel``: the names its global tensors must have, in the runtime's order (None: whatever
+    it holds, for a server whose tensors vary by round, e.g. the knowledge exchange's)."""
     try:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError) as e:
@@ -121,7 +123,9 @@ def read_checkpoint(path: Path, travel: list[str]) -> Checkpoint:
                 load_file(path / rel)
     except Exception as e:  # noqa: BLE001  (safetensors raises several types for a garbled file)
         raise CheckpointDamaged(f"safetensors load failed ({type(e).__name__}: {str(e)[:80]})") from None
-    if set(loaded) != set(travel):
+    if travel is None:
+        travel = list(loaded)
+    elif set(loaded) != set(travel):
         raise CheckpointDamaged("its global parameters do not match this run's travelling parameters")
     history = meta.get("history")
     if not isinstance(history, list) or len(history) != meta.get("round"):
@@ -130,7 +134,7 @@ def read_checkpoint(path: Path, travel: list[str]) -> Checkpoint:
     return Checkpoint(meta["round"], path, {n: loaded[n] for n in travel}, history, meta.get("strategy") or {}, rng)
 
 
-def latest_checkpoint(run_dir: Path, travel: list[str], warn: Callable[[str], None]) -> Checkpoint | None:
+def latest_checkpoint(run_dir: Path, travel: list[str] | None, warn: Callable[[str], None]) -> Checkpoint | None:
     """The newest checkpoint that verifies; every damaged newer one is reported with ``warn``."""
     for rnd, path in checkpoint_dirs(run_dir):
         try:

@@ -197,10 +197,9 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
     ``auth_keys``: a folder of node public keys; only those nodes may join (needs TLS).
     Returns 0 when the results folder says ``complete``."""
     from fedvl.algorithms import get_algorithm
-    from fedvl.algorithms.fedmmkt import KT_ALGORITHMS
 
-    if cfg.algorithm.name in KT_ALGORITHMS:
-        raise ConfigError(f"algorithm {cfg.algorithm.name} runs on the in-process simulator only; "
+    if get_algorithm(cfg.algorithm.name).exchange == "knowledge":
+        raise ConfigError(f"algorithm {cfg.algorithm.name} runs in process or on Flower's simulation only; "
                           "it has no Flower deployment yet")
     if get_algorithm(cfg.algorithm.name).pooled:
         raise ConfigError(f"algorithm {cfg.algorithm.name} pools every client's data in one place; it has no "
@@ -261,9 +260,9 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
 def _settle_status(run_dir: Path, wait_s: float = 20.0) -> None:
     """A ServerApp stopped with its SuperLink (Ctrl-C or SIGTERM on ``serve``) may leave status
     ``running``: once no process holds the run folder's lock, say ``interrupted`` instead."""
-    from fedvl.runtime.checkpoint import resume_round
     from fedvl.report.history import set_status
     from fedvl.runfolder import RunFolder, RunFolderError
+    from fedvl.runtime.checkpoint import resume_round
 
     status = run_dir / "status.json"
     try:

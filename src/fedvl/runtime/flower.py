@@ -22,38 +22,37 @@ config gives the same per-round metrics here as in the simulator.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-# Flower must never phone home, check for updates, or pip-install an app's dependencies
-# (an app's torch dependency would otherwise pull a multi-GB CUDA build).
-FLOWER_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-}
-os.environ.update(FLOWER_ENV)
+from fedvl.runtime.flower_env import FLOWER_ENV  # noqa: F401  (first: before flwr is imported)
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.serverapp import Grid, ServerApp  # noqa: E402
+# isort: split
+import torch
+import yaml
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
 
-from fedvl.algorithms.aggregate import Params  # noqa: E402
-from fedvl.algorithms.base import FitResult  # noqa: E402
-from fedvl.config import ConfigError, ExperimentConfig, dump_config, load_config_dict  # noqa: E402
-from fedvl.models.params import get_params  # noqa: E402
-from fedvl.report.history import History  # noqa: E402
-from fedvl.runtime import secagg  # noqa: E402
-from fedvl.runtime.simulator import (  # noqa: E402
-    Federation, add_eval, build_federation, client_evaluate, client_fit, eval_client_ids, sample_round,
-    server_aggregate, wants_eval,
+from fedvl.algorithms import get_algorithm
+from fedvl.algorithms.aggregate import Params
+from fedvl.config import ConfigError, ExperimentConfig, dump_config, load_config_dict
+from fedvl.report.history import History
+from fedvl.runtime import secagg
+from fedvl.runtime.federation import Federation, build_federation
+from fedvl.runtime.knowledge import KnowledgeNode
+from fedvl.runtime.loop import run_rounds as loop_rounds
+from fedvl.runtime.parameters import ParameterNode, ParameterServer, SecureSum, client_fit
+from fedvl.runtime.state import ClientStateStore
+from fedvl.runtime.wire import (  # noqa: F401  (from_record, to_record: read from here too)
+    codec_for,
+    from_record,
+    read_scores,
+    scores_record,
+    to_record,
 )
-from fedvl.runtime.state import ClientStateStore  # noqa: E402
 
 CONFIG_KEY = "fedvl-config"  # run_config key: the experiment config as YAML text
 RESULTS_KEY = "results-dir"  # run_config key: where the ServerApp writes the results folder
@@ -65,16 +64,7 @@ class FlowerRunError(RuntimeError):
     """The federation cannot continue (too few clients answered); the message says why."""
 
 
-# ---------------------------------------------------------------- codec
-
-
-def to_record(params: Params) -> ArrayRecord:
-    return ArrayRecord.from_torch_state_dict(dict(params))
-
-
-def from_record(record: ArrayRecord) -> Params:
-    # a missing or extra key, a wrong shape or dtype is left for ``validate_update`` to reject
-    return {k: t.clone() for k, t in record.to_torch_state_dict().items()}
+# ---------------------------------------------------------------- config
 
 
 def cfg_from_text(text: str) -> ExperimentConfig:
@@ -145,14 +135,16 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
                                        device=str(context.node_config.get(DEVICE_KEY, "")))
         return text, built, built.client_ids[pid]
 
-    def setup(msg: Message, context: Context, to: str, global_params: Params):
+    def setup(context: Context, to: str):
         text, built, cid = federation(context)
         if to != cid:
             raise ConfigError(f"a message for client {to} reached the node of {cid}")
-        return built, _state_store(context, text, state_root), cid, global_params
+        return built, _state_store(context, text, state_root), cid
 
-    def plain(msg: Message, context: Context):
-        return setup(msg, context, str(msg.content["config"]["cid"]), from_record(msg.content["params"]))
+    def node_of(built, store: ClientStateStore):
+        exchange = get_algorithm(built.cfg.algorithm.name).exchange
+        node = KnowledgeNode(built) if exchange == "knowledge" else ParameterNode(built, store)
+        return node, codec_for(exchange)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -166,26 +158,24 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
     def train(msg: Message, context: Context) -> Message:
         if secagg.is_secure(msg):  # SecAgg+'s masked-vector stage: the mod masks what this returns
             config, global_params = secagg.read_fitins(msg)
-            fed, store, cid, global_params = setup(msg, context, str(config["cid"]), global_params)
+            fed, store, cid = setup(context, str(config["cid"]))
             res = client_fit(fed, store, cid, int(config["round"]), global_params)
             return secagg.masked_reply(msg, fed.cfg, cid, int(config["round"]), global_params, res.params,
                                        res.num_examples, {k: float(v) for k, v in res.metrics.items()})
-        fed, store, cid, global_params = plain(msg, context)
+        built, store, cid = setup(context, str(msg.content["config"]["cid"]))
+        node, codec = node_of(built, store)
         rnd = int(msg.content["config"]["round"])
         if progress:  # in-process simulation: the ClientApp shares the terminal's progress display
             progress.client_start(rnd, cid)
-        res = client_fit(fed, store, cid, rnd, global_params, progress.step if progress else None)
-        metrics = {k: float(v) for k, v in res.metrics.items()}
-        metrics["num-examples"] = res.num_examples
-        return Message(RecordDict({"params": to_record(res.params), "metrics": MetricRecord(metrics)}),
-                       reply_to=msg)
+        reply = node.fit(cid, rnd, codec.read_down(msg.content), progress.step if progress else None)
+        return Message(RecordDict(codec.reply(reply)), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        fed, store, cid, global_params = plain(msg, context)
-        scores = client_evaluate(fed, store, cid, global_params)
-        return Message(RecordDict({"metrics": MetricRecord({k: float(v) for k, v in scores.items()})}),
-                       reply_to=msg)
+        built, store, cid = setup(context, str(msg.content["config"]["cid"]))
+        node, codec = node_of(built, store)
+        scores = node.evaluate(cid, int(msg.content["config"]["round"]), codec.read_eval_down(msg.content))
+        return Message(RecordDict(scores_record(scores)), reply_to=msg)
 
     return app
 
@@ -193,13 +183,13 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
 # ---------------------------------------------------------------- server side
 
 
-def _send(grid: Grid, nodes: dict[str, int], cids: list[str], kind: str, rnd: int, params: Params,
+def _send(grid: Grid, nodes: dict[str, int], cids: list[str], kind: str, rnd: int, payload: dict[str, Any],
           timeout: float | None) -> tuple[dict[str, RecordDict], dict[str, str]]:
-    """Send one message per client and collect the replies: (content by client, failures by client)."""
-    record = to_record(params)  # serialise once: every client gets the same global parameters
+    """Send one message per client and collect the replies: (content by client, failures by client).
+    ``payload``: the records every client gets (serialised once), besides its own config."""
     out = []
     for cid in cids:
-        content = RecordDict({"params": record, "config": ConfigRecord({"cid": cid, "round": rnd})})
+        content = RecordDict({**payload, "config": ConfigRecord({"cid": cid, "round": rnd})})
         out.append(Message(content, dst_node_id=nodes[cid], message_type=kind))
     replies = grid.send_and_receive(out, timeout=timeout)
     # match a reply to its request by message id (sending fills in the ids)
@@ -256,105 +246,91 @@ def discover(grid: Grid, client_ids: list[str], wait_s: float, sizes: dict[str, 
         time.sleep(0.5)
 
 
-def _plain_train(grid: Grid, fed: Federation, nodes: dict[str, int], sampled: list[str], rnd: int,
-                 global_params: Params, timeout: float | None) -> tuple[Params, dict[str, Any], dict[str, str]]:
-    """A train round in the clear: every update reaches the server, is validated and aggregated."""
+class FlowerTransport:
+    """The transport of the Flower runtimes: one message per client through Flower's grid,
+    retried while fewer than ``run.min_clients`` answer; under ``run.secagg`` the train round
+    runs through SecAgg+ and the server gets only the aggregate (:class:`SecureSum`)."""
+
+    def __init__(self, grid: Grid, cfg: ExperimentConfig, codec, nodes: dict[str, int], sizes: dict[str, int]):
+        self.grid, self.cfg, self.codec, self.nodes, self.sizes = grid, cfg, codec, nodes, sizes
+        self.timeout = cfg.run.round_timeout_s or None
+
+    def fit(self, rnd: int, cids: list[str], down: Any, progress) -> tuple[Any, dict[str, str]]:
+        if self.cfg.run.secagg:
+            return self._secure_train(cids, rnd, down)
+        return self._plain_train(cids, rnd, down)
+
+    def evaluate(self, rnd: int, cids: list[str], down: Any,
+                 progress) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+        evals, failed = _send(self.grid, self.nodes, cids, "evaluate", rnd, self.codec.eval_down(down), self.timeout)
+        return {cid: read_scores(evals[cid]) for cid in cids if cid in evals}, failed
+
+    def _plain_train(self, sampled: list[str], rnd: int, down: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        """A train round in the clear: every reply reaches the server, to be validated and aggregated."""
+        cfg, timeout = self.cfg, self.timeout
+        payload = self.codec.down(down)
+        for attempt in range(cfg.run.round_retries + 1):
+            replies, failed = _send(self.grid, self.nodes, sampled, "train", rnd, payload, timeout)
+            if len(replies) >= min(cfg.run.min_clients, len(sampled)):
+                break
+            if attempt == cfg.run.round_retries:
+                raise FlowerRunError(
+                    f"round {rnd}: {len(replies)} of {len(sampled)} clients answered, fewer than run.min_clients="
+                    f"{cfg.run.min_clients} after {cfg.run.round_retries + 1} attempt(s): {failed}")
+        results = {}
+        for cid, content in list(replies.items()):
+            try:
+                results[cid] = self.codec.read_reply(content)
+            except (KeyError, TypeError, ValueError) as e:  # a malformed reply never crashes the server
+                failed[cid] = f"malformed reply: {type(e).__name__}: {e}"
+        if not results:
+            raise FlowerRunError(f"round {rnd}: no usable client reply: {failed}")
+        return results, failed
+
+    def _secure_train(self, sampled: list[str], rnd: int, global_params: Params) -> tuple[SecureSum, dict[str, str]]:
+        """A train round under SecAgg+: the server gets the weighted mean and validates only that."""
+        cfg, timeout = self.cfg, self.timeout
+        need = min(cfg.run.min_clients, len(sampled))
+        max_weight = max(self.sizes.get(cid, 1) for cid in sampled)
+        for attempt in range(cfg.run.round_retries + 1):
+            new, results = secagg.secure_train(self.grid, cfg, self.nodes, sampled, rnd, global_params, max_weight,
+                                               timeout)
+            failed = {cid: "dropped out of secure aggregation" for cid in sampled if cid not in results}
+            if new is not None and len(results) >= need:
+                break
+            if attempt == cfg.run.round_retries:
+                raise FlowerRunError(
+                    f"round {rnd}: secure aggregation ended with {len(results)} of {len(sampled)} clients "
+                    f"(run.min_clients={cfg.run.min_clients}; each client needs run.secagg_threshold live "
+                    f"neighbours) after {cfg.run.round_retries + 1} attempt(s)")
+        problem = secagg.check_aggregate(cfg, global_params, new)
+        if problem:  # no single update can be blamed or left out: the run stops
+            raise FlowerRunError(f"round {rnd}: the securely aggregated update is invalid ({problem}); a client sent "
+                                 "a broken update, which SecAgg+ hides from the server")
+        return SecureSum(new, secagg.round_record(cfg, rnd, sampled, results), results), failed
+
+
+def run_rounds(grid: Grid, fed, history: History, progress=None, server=None, start: int = 1) -> dict[str, Any]:
+    """Every round through Flower's grid (:func:`fedvl.runtime.loop.run_rounds`). ``server``: the
+    round's server side (one that checkpoints, in a simulation, whose clients' state folder the
+    server can see); by default a :class:`ParameterServer` that does not (a deployment)."""
     cfg = fed.cfg
-    for attempt in range(cfg.run.round_retries + 1):
-        replies, failed = _send(grid, nodes, sampled, "train", rnd, global_params, timeout)
-        if len(replies) >= min(cfg.run.min_clients, len(sampled)):
-            break
-        if attempt == cfg.run.round_retries:
-            raise FlowerRunError(
-                f"round {rnd}: {len(replies)} of {len(sampled)} clients answered, fewer than run.min_clients="
-                f"{cfg.run.min_clients} after {cfg.run.round_retries + 1} attempt(s): {failed}")
-    results = {}
-    for cid, content in list(replies.items()):
-        try:
-            m = dict(content["metrics"])
-            n = m.pop("num-examples")
-            results[cid] = FitResult(from_record(content["params"]), int(n), m)
-        except (KeyError, TypeError, ValueError) as e:  # a malformed reply never crashes the server
-            failed[cid] = f"malformed reply: {type(e).__name__}: {e}"
-    if not results:
-        raise FlowerRunError(f"round {rnd}: no usable client reply: {failed}")
-    new, record = server_aggregate(fed, rnd, global_params, results)
-    return new, record, failed
-
-
-def _secure_train(grid: Grid, fed: Federation, nodes: dict[str, int], sizes: dict[str, int], sampled: list[str],
-                  rnd: int, global_params: Params, timeout: float | None
-                  ) -> tuple[Params, dict[str, Any], dict[str, str]]:
-    """A train round under SecAgg+: the server gets the weighted mean and validates only that."""
-    cfg = fed.cfg
-    need = min(cfg.run.min_clients, len(sampled))
-    max_weight = max(sizes.get(cid, 1) for cid in sampled)
-    for attempt in range(cfg.run.round_retries + 1):
-        new, results = secagg.secure_train(grid, cfg, nodes, sampled, rnd, global_params, max_weight, timeout)
-        failed = {cid: "dropped out of secure aggregation" for cid in sampled if cid not in results}
-        if new is not None and len(results) >= need:
-            break
-        if attempt == cfg.run.round_retries:
-            raise FlowerRunError(
-                f"round {rnd}: secure aggregation ended with {len(results)} of {len(sampled)} clients (run.min_clients="
-                f"{cfg.run.min_clients}; each client needs run.secagg_threshold live neighbours) after "
-                f"{cfg.run.round_retries + 1} attempt(s)")
-    problem = secagg.check_aggregate(cfg, global_params, new)
-    if problem:  # no single update can be blamed or left out: the run stops
-        raise FlowerRunError(f"round {rnd}: the securely aggregated update is invalid ({problem}); a client sent a "
-                             "broken update, which SecAgg+ hides from the server")
-    return new, secagg.round_record(cfg, rnd, sampled, results), failed
-
-
-def run_rounds(grid: Grid, fed: Federation, history: History, progress=None) -> dict[str, Any]:
-    """The round loop of the Flower runtime (the counterpart of ``simulator.simulate``)."""
-    cfg = fed.cfg
-    ids = fed.client_ids
     sizes: dict[str, int] = {}
-    nodes = discover(grid, ids, cfg.run.flower_wait_s, sizes)
-    timeout = cfg.run.round_timeout_s or None
-    global_params = get_params(fed.model, fed.travel)
-    record: dict[str, Any] = {}
-    for rnd in range(1, cfg.algorithm.rounds + 1):
-        t0 = time.perf_counter()
-        sampled = sample_round(fed, rnd)
-        if cfg.run.secagg:
-            global_params, record, failed = _secure_train(grid, fed, nodes, sizes, sampled, rnd, global_params,
-                                                          timeout)
-        else:
-            global_params, record, failed = _plain_train(grid, fed, nodes, sampled, rnd, global_params, timeout)
-        record["sampled"] = sampled
-        if failed:
-            record["dropped"] = failed
-            if progress:
-                progress.status(f"round {rnd}: {len(failed)} client(s) dropped, continuing with "
-                                f"{len(record['train'])}: {failed}")
-        if wants_eval(cfg, rnd):
-            targets = eval_client_ids(fed)
-            if progress:
-                progress.phase(f"round {rnd} · evaluating {len(targets)} client(s)")
-            evals, eval_failed = _send(grid, nodes, targets, "evaluate", rnd, global_params, timeout)
-            if evals:
-                add_eval(record, {cid: {k: float(v) for k, v in evals[cid]["metrics"].items()}
-                                  for cid in targets if cid in evals})
-            if eval_failed:
-                record["eval_dropped"] = eval_failed
-        record["time_s"] = time.perf_counter() - t0
-        history.append(record)
-        if progress and "eval" in record:
-            progress.round_end(record)
-    return record
+    nodes = discover(grid, fed.client_ids, cfg.run.flower_wait_s, sizes)
+    transport = FlowerTransport(grid, cfg, codec_for(get_algorithm(cfg.algorithm.name).exchange), nodes, sizes)
+    return loop_rounds(server or ParameterServer(fed), transport, history, progress, start)
 
 
-def make_server_app(fed: Federation, history: History, progress=None, outcome: dict | None = None) -> ServerApp:
-    """A ServerApp running fedvl's server half on an already built federation and results folder
-    (the in-process Flower simulation). A deployment's ServerApp is :mod:`fedvl.runtime.flower_app`."""
+def make_server_app(fed, history: History, progress=None, outcome: dict | None = None, server=None,
+                    start: int = 1) -> ServerApp:
+    """A ServerApp running fedvl's server side (``server``, see :func:`run_rounds`) on an already built
+    federation and results folder (the Flower simulation). A deployment's is :mod:`fedvl.runtime.flower_app`."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            final = run_rounds(grid, fed, history, progress)
+            final = run_rounds(grid, fed, history, progress, server, start)
         except Exception as e:  # Flower only logs a ServerApp's exception: hand it to the caller
             if outcome is not None:
                 outcome["error"] = e
@@ -420,14 +396,16 @@ def ray_backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
                           "include_dashboard": False, "log_to_driver": False}}
 
 
-def flower_simulate(fed: Federation, run_dir: Path, history: History, progress=None) -> dict[str, Any]:
-    """Run the experiment through Flower's simulation engine (one virtual SuperNode per
-    client) and return the last round's record."""
+def flower_simulate(fed, run_dir: Path, history: History, progress=None, server=None,
+                    start: int = 1) -> dict[str, Any]:
+    """Run rounds ``start``.. through Flower's simulation engine (one virtual SuperNode per client)
+    and return the last round's record. ``fed``: a parameter-exchange :class:`Federation` or a
+    knowledge-exchange ``KTFederation``; ``server``: the round's server side (see :func:`run_rounds`)."""
     from flwr.simulation import run_simulation
 
     cfg = fed.cfg
     outcome: dict[str, Any] = {}
-    server = make_server_app(fed, history, progress, outcome)
+    server_app = make_server_app(fed, history, progress, outcome, server, start)
     state_root = str(run_dir / "client_states")
     backend_config: dict[str, Any] = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
     if cfg.run.flower_backend == "ray":
@@ -439,7 +417,7 @@ def flower_simulate(fed: Federation, run_dir: Path, history: History, progress=N
                               "(or use run.flower_backend=inprocess)")
         # Ray workers are separate processes: each builds the model and data once
         client = make_client_app(dump_config(cfg), state_root)
-        run_simulation(server_app=server, client_app=client, num_supernodes=len(fed.client_ids),
+        run_simulation(server_app=server_app, client_app=client, num_supernodes=len(fed.client_ids),
                        backend_config=backend_config)
     else:
         import sys
@@ -457,7 +435,7 @@ def flower_simulate(fed: Federation, run_dir: Path, history: History, progress=N
         try:
             # any name but "ray" skips run_simulation's early exit when Ray is not installed;
             # the engine itself ignores the name (flwr 1.42 start_vce)
-            run_simulation(server_app=server, client_app=client, num_supernodes=len(fed.client_ids),
+            run_simulation(server_app=server_app, client_app=client, num_supernodes=len(fed.client_ids),
                            backend_name="fedvl-inprocess", backend_config=backend_config)
         finally:
             if original is None:

@@ -12,7 +12,14 @@ from fedvl.experiment import run_experiment
 
 # Flower's names come through fedvl.runtime.flower, which sets Flower's environment before importing it
 from fedvl.runtime.flower import (
-    CONFIG_KEY, RESULTS_KEY, Context, Grid, ServerApp, cfg_from_text, make_client_app, run_rounds,
+    CONFIG_KEY,
+    RESULTS_KEY,
+    Context,
+    Grid,
+    ServerApp,
+    cfg_from_text,
+    make_client_app,
+    run_rounds,
 )
 
 server_app = ServerApp()

@@ -1,16 +1,16 @@
-"""The round loop of the knowledge-transfer family (FedMMKT and its baselines), written once.
+"""The knowledge-transfer family (FedMMKT and its baselines): its federation and server steps.
 
 Clients here hold task models of their own architectures, so nothing like a shared
 global model exists: what travels up is logits and prototypes on the synthetic set
-(or, for ``kt-fedavg`` only, weights within an architecture group). Every strategy is a
-:class:`fedvl.algorithms.fedmmkt.KTStrategy` whose flags this loop reads. Client task
-models live on disk between rounds (:class:`ClientStateStore`); randomness is derived
-from (seed, purpose, round, client).
+(or, for ``kt-fedavg`` only, weights within an architecture group). This module builds
+such a federation and holds the server's pieces of a round; the round itself is
+:func:`fedvl.runtime.loop.run_rounds` with :mod:`fedvl.runtime.knowledge`'s two sides.
+Client task models live on disk between rounds (:class:`ClientStateStore`); randomness
+is derived from (seed, purpose, round, client).
 """
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,21 +18,16 @@ from typing import Any
 
 import torch
 
+from fedvl.algorithms import get_algorithm
 from fedvl.algorithms.aggregate import UpdateRejected
 from fedvl.algorithms.fedmmkt import (
-    KT_ALGORITHMS,
     DistillSet,
     KTClient,
-    KTStrategy,
+    KTServerRule,
     alignment_loss,
     averaged_keys,
-    ensemble,
     feedback_select,
-    global_prototypes,
-    next_pool,
     pool_by_arch,
-    quality_filter,
-    training_pool,
 )
 from fedvl.engine.device import FP32_CPU, Amp, DeviceError, amp_for
 from fedvl.generation.judge import fidelity, judge_outputs, train_judge
@@ -47,7 +42,7 @@ from fedvl.seeding import derived_seed
 @dataclass
 class KTFederation:
     cfg: ExperimentConfig
-    strategy: KTStrategy
+    server: KTServerRule
     client: KTClient
     classes: list[str]
     train: dict[str, ImageTextSet]
@@ -95,7 +90,8 @@ def build(cfg: ExperimentConfig, run_dir: Path, status=print, on_pretrain_step=N
     kt, seed = cfg.fedmmkt, cfg.run.seed
     classes = class_names(kt.colors, kt.shapes)
     size = cfg.t2i.image_size
-    strategy = KT_ALGORITHMS[cfg.algorithm.name]
+    algo = get_algorithm(cfg.algorithm.name)
+    strategy = algo.server(cfg)
     ids = client_ids_from(kt)
     status(f"making {len(ids)} clients' private image-text data ({len(classes)} classes)")
     train = {cid: make_set(classes, d, kt.train_per_class, size, derived_seed(seed, "kt-train", cid))
@@ -104,7 +100,7 @@ def build(cfg: ExperimentConfig, run_dir: Path, status=print, on_pretrain_step=N
             for cid, d in zip(ids, kt.domains)}
     if strategy.pool_data:
         train = pool_by_arch(train, dict(zip(ids, kt.archs)))
-    fed = KTFederation(cfg, strategy, KTClient(kt, amp), classes, train, test, dict(zip(ids, kt.archs)),
+    fed = KTFederation(cfg, strategy, algo.client(kt, amp), classes, train, test, dict(zip(ids, kt.archs)),
                        ClientStateStore(run_dir / "client_states"), amp=amp)
     if strategy.synthetic:
         from fedvl.generation.pretrain import load_or_pretrain
@@ -206,9 +202,11 @@ def update_generator(fed: KTFederation, synthetic: ImageTextSet, keep: torch.Ten
             "feedback_weight": float(weights.mean()) if len(idx) else 0.0}
 
 
-def average_by_arch(fed: KTFederation, states: dict[str, dict[str, torch.Tensor]]) -> None:
-    """kt-fedavg: sample-weighted FedAvg of the task-model weights within each architecture."""
+def average_by_arch(fed: KTFederation, states: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+    """kt-fedavg: sample-weighted FedAvg of the task-model weights within each architecture;
+    returns the average of each architecture, which goes down to its clients."""
     groups: dict[str, list[str]] = defaultdict(list)
+    averaged: dict[str, dict[str, torch.Tensor]] = {}
     for cid in states:
         groups[fed.archs[cid]].append(cid)
     for members in groups.values():
@@ -217,8 +215,8 @@ def average_by_arch(fed: KTFederation, states: dict[str, dict[str, torch.Tensor]
         shared = averaged_keys(task_model(fed, members[0]), fed.cfg.fedmmkt.fedavg_private_bn)
         avg = {k: sum(w[i] * states[c][k].double() for i, c in enumerate(members)).to(states[members[0]][k].dtype)
                for k in states[members[0]] if k in shared}
-        for c in members:
-            fed.store.save(c, {**states[c], **avg})  # entries not averaged stay the client's own
+        averaged[fed.archs[members[0]]] = avg  # only the shared entries: a client keeps the rest (FedBN)
+    return averaged
 
 
 def eval_generator(fed: KTFederation) -> tuple[dict[str, float], ImageTextSet]:
@@ -226,82 +224,3 @@ def eval_generator(fed: KTFederation) -> tuple[dict[str, float], ImageTextSet]:
     # the same noise every round: the change in the scores is the generator's, not the draw's
     imgs = generate(fed, kt.eval_per_class, derived_seed(fed.cfg.run.seed, "eval-noise"))
     return fidelity(fed.judge, imgs.images, imgs.labels, fed.judge_real), imgs
-
-
-def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) -> dict[str, Any]:
-    cfg, kt, strat = fed.cfg, fed.cfg.fedmmkt, fed.strategy
-    t0 = time.perf_counter()
-    timing: dict[str, float] = {}
-    if strat.synthetic and (state.synthetic is None or strat.regenerate):
-        if progress:
-            progress.phase(f"round {rnd} · generating the synthetic set")
-        tg = time.perf_counter()
-        state.synthetic = generate(fed, kt.synthetic_per_class, derived_seed(cfg.run.seed, "synthetic", rnd))
-        timing["generate_s"] = time.perf_counter() - tg
-    reports: dict[str, dict[str, torch.Tensor]] = {}
-    states: dict[str, dict[str, torch.Tensor]] = {}
-    train_metrics: dict[str, dict[str, float]] = {}
-    rejected: dict[str, str] = {}
-    tc = time.perf_counter()
-    for i, cid in enumerate(fed.client_ids, 1):
-        if progress:
-            progress.client_start(rnd, cid, i, len(fed.client_ids))
-        model = task_model(fed, cid)
-        gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "batches", rnd, cid))
-        torch.manual_seed(derived_seed(cfg.run.seed, "torch", rnd, cid))
-        data = fed.train[cid]
-        pool = training_pool(kt, state.distill, *((state.synthetic.images, state.synthetic.labels)
-                                                  if state.synthetic is not None else (None, None)))
-        train_metrics[cid] = fed.client.train(model, data.images, data.labels, pool, state.protos, gen,
-                                              on_step=progress.step if progress else None, rnd=rnd,
-                                              rounds=cfg.algorithm.rounds)
-        states[cid] = cpu_state(model)
-        fed.store.save(cid, states[cid])
-        if strat.synthetic:
-            msg = fed.client.report(model, state.synthetic.images, state.synthetic.labels, len(fed.classes))
-            try:
-                check_report(msg, len(state.synthetic), len(fed.classes), kt.proto_dim)
-                reports[cid] = msg
-            except UpdateRejected as e:
-                rejected[cid] = str(e)
-    timing["clients_s"] = time.perf_counter() - tc
-    record: dict[str, Any] = {"round": rnd, "sampled": fed.client_ids, "train": train_metrics}
-    if strat.average_weights:
-        average_by_arch(fed, states)
-    server: dict[str, float] = {}
-    if strat.synthetic:
-        if not reports:
-            raise RuntimeError(f"round {rnd}: every client report was rejected ({rejected}); stopping")
-        probs = ensemble({k: v["logits"] for k, v in reports.items()}, kt.confidence_weighting)
-        keep = quality_filter(probs, state.synthetic.labels, kt.filter_threshold)
-        state.protos = global_prototypes({k: v["protos"] for k, v in reports.items()},
-                                         {k: v["proto_counts"] for k, v in reports.items()})
-        state.seen = torch.stack([v["proto_counts"] for v in reports.values()]).sum(0) > 0
-        server = {"accepted_frac": float(keep.float().mean()),
-                  "ensemble_agrees": float((probs.argmax(1) == state.synthetic.labels).float().mean())}
-        if strat.update_generator:
-            if progress:
-                progress.phase(f"round {rnd} · updating the generator")
-            tu = time.perf_counter()
-            server.update(update_generator(fed, state.synthetic, keep, probs, state, rnd))
-            timing["generator_update_s"] = time.perf_counter() - tu
-        # the scored synthetic set (ensemble labels, prompt labels, the filter's verdict) joins next round's pool
-        state.distill = next_pool(state.distill, state.synthetic.images, state.synthetic.labels, probs, keep,
-                                  kt.synthetic_rounds if strat.regenerate else 1)
-    if rejected:
-        record["rejected"] = rejected
-    record["server"] = server
-    record["train_loss"] = sum(m["train_loss"] for m in train_metrics.values()) / len(train_metrics)
-    te = time.perf_counter()
-    evals = {cid: fed.client.evaluate(task_model(fed, cid), fed.test[cid].images, fed.test[cid].labels)
-             for cid in fed.client_ids}
-    record["eval"] = evals
-    record["avg"] = {k: sum(m[k] for m in evals.values()) / len(evals) for k in ("acc", "bal_acc")}
-    if fed.judge is not None and (rnd == 1 or strat.update_generator or rnd == cfg.algorithm.rounds):
-        record["generator"], imgs = eval_generator(fed)
-        state.samples.setdefault("first", imgs.images)
-        state.samples["last"] = imgs.images
-    timing["eval_s"] = time.perf_counter() - te
-    record["timing"] = timing
-    record["time_s"] = time.perf_counter() - t0
-    return record
