@@ -10,7 +10,8 @@ from fedvl.runtime.simulator import build_federation, simulate
 
 # what each algorithm must send: "all" trainable, or nothing
 EXPECTED_TRAVEL = {"fedavg": "all", "fedprox": "all", "centralized": "all", "local": "none", "feddat": "shared"}
-KT_TRAVEL = {"fedmmkt": "report", "kt-distill": "report", "kt-local": "none", "kt-fedavg": "weights"}
+KT_TRAVEL = {"fedmmkt": "report", "kt-distill": "report", "kt-local": "none", "kt-fedavg": "weights",
+             "kt-centralized": "data"}
 
 
 def test_every_registered_algorithm_has_a_row():
