@@ -197,12 +197,14 @@ def test_swapped_image_negatives_follow_vilt_and_spare_count_captions():
 
 def test_grounded_masking_chooses_the_image_decided_words():
     from fedvl.models.backbones import load_tokenizer
-    from fedvl.models.vlpretrain import _mask_tokens
+    from fedvl.models.vlpretrain import GROUNDED, _mask_tokens
 
     tok = load_tokenizer()
+    grounded = torch.tensor(tok.convert_tokens_to_ids([w for ws in GROUNDED.values() for w in ws]))
     enc = tok(["there is a small red circle at the top left"] * 64, return_tensors="pt")
     g = torch.Generator().manual_seed(0)
-    _, labels = _mask_tokens(enc["input_ids"], enc["attention_mask"], tok, 1e-6, g, grounded_prob=1 - 1e-6)
+    _, labels = _mask_tokens(enc["input_ids"], enc["attention_mask"], tok, 1e-6, g, grounded_prob=1 - 1e-6,
+                             grounded=grounded)
     words = tok.convert_ids_to_tokens(labels[0][labels[0] != -100].tolist())
     assert words == ["small", "red", "circle", "top", "left"] and (labels != -100).sum() == 64 * 5
     _, plain = _mask_tokens(enc["input_ids"], enc["attention_mask"], tok, 0.3, g)
@@ -210,19 +212,31 @@ def test_grounded_masking_chooses_the_image_decided_words():
     assert {"there", "is", "at"} & chosen  # plain masking picks text-decided words as well
 
 
-def test_grounded_word_accuracy_needs_the_image_to_differ(tmp_path):
-    """With every image identical, showing a caption another image changes nothing; the groups reported
-    are those of the caption words."""
+def test_grounded_word_accuracy_shows_each_caption_another_image(tmp_path):
+    """The "another image" reading feeds every caption an image that is not its own (and the same masked
+    word both times); with every image identical the two readings agree exactly."""
     from fedvl.models.vlpretrain import Encoded, Pretrainer
 
-    cfg = VLPretrainConfig(**TINY_PRE)
-    pt = Pretrainer(cfg)
-    corpus = make_corpus(12, 2, 64, seed=3, max_objects=2)
-    corpus.images[:] = corpus.images[0]
-    data = Encoded(corpus, pt.model, pt.tokenizer, 40, None)
-    own, other = pt.grounded_mlm(data), pt.grounded_mlm(data, shuffle_images=True)
-    assert own == other and set(own) <= {"colour", "shape", "size", "position", "number", "all"}
-    assert 0.0 <= own["all"] <= 1.0 and len(own) >= 3
+    pt = Pretrainer(VLPretrainConfig(**TINY_PRE))
+    data = Encoded(make_corpus(12, 2, 64, seed=3, max_objects=2), pt.model, pt.tokenizer, 40, None)
+    seen = {}
+    encode = pt.model.encode
+
+    def spy(ids, attn, feats):
+        seen.setdefault("calls", []).append((ids.clone(), feats.clone()))
+        return encode(ids, attn, feats)
+
+    pt.model.encode = spy
+    own = pt.grounded_mlm(data)
+    (ids_own, f_own), = seen.pop("calls")
+    pt.grounded_mlm(data, shuffle_images=True)
+    (ids_other, f_other), = seen.pop("calls")
+    assert torch.equal(ids_own, ids_other)  # the same masked word
+    assert (ids_own == pt.tokenizer.mask_token_id).sum(1).tolist() == [1] * len(ids_own)
+    assert all(not torch.equal(a, b) for a, b in zip(f_own, f_other))  # never the caption's own image
+    assert set(own) <= {"colour", "shape", "size", "position", "number", "all"} and len(own) >= 3
+    data.features[:] = data.features[0]
+    assert pt.grounded_mlm(data) == pt.grounded_mlm(data, shuffle_images=True)
 
 
 def test_new_pretraining_options_are_checked_and_keep_old_keys():

@@ -85,22 +85,24 @@ class Encoded:
         self.kind = list(corpus.kind)
         self.features = image_features(model, corpus.images, cache_dir)
 
+    def other_image(self, rows: torch.Tensor) -> torch.Tensor:
+        """Features of another image for each caption row (a fixed shift, never the caption's own)."""
+        n = self.features.shape[0]
+        return self.features[(self.image[rows] + max(1, n // 2)) % n].float()
+
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mask = self.attention_mask[idx]
         width = int(mask.sum(1).max())  # pad to this batch's longest caption, not the corpus's
         return self.input_ids[idx, :width], mask[:, :width], self.features[self.image[idx]].float()
 
 
-def grounded_ids(tokenizer) -> torch.Tensor:
-    """Token ids of every ``GROUNDED`` word."""
-    return torch.tensor(tokenizer.convert_tokens_to_ids([w for ws in GROUNDED.values() for w in ws]))
-
-
 def _mask_tokens(ids: torch.Tensor, attn: torch.Tensor, tokenizer, prob: float,
-                 g: torch.Generator, grounded_prob: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 g: torch.Generator, grounded_prob: float | None = None,
+                 grounded: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking: ``prob`` of the caption tokens chosen; of those 80% [MASK], 10% random, 10% kept.
 
-    ``grounded_prob``: image-decided words (``GROUNDED``) are chosen with this probability instead.
+    ``grounded_prob``: the image-decided words (token ids ``grounded``, see ``GROUNDED``) are chosen
+    with this probability instead.
     In our captions most tokens ("there", "is", "at the") follow from the text, so plain masking
     spends most of its signal where the image is not needed; ViLT's whole-word masking exists for
     the same reason (the text alone must not be enough)."""
@@ -108,7 +110,7 @@ def _mask_tokens(ids: torch.Tensor, attn: torch.Tensor, tokenizer, prob: float,
     can = (attn == 1) & ~torch.isin(ids, special)
     p = torch.full(ids.shape, prob)
     if grounded_prob is not None:
-        p[torch.isin(ids, grounded_ids(tokenizer))] = grounded_prob
+        p[torch.isin(ids, grounded)] = grounded_prob
     chosen = (torch.rand(ids.shape, generator=g) < p) & can
     # at least one target per caption: an empty row would add nothing but cost a forward pass
     none = ~chosen.any(1)
@@ -134,6 +136,7 @@ class Reader:
 
     def __init__(self, model: VisionLanguageModel, heads: PretrainHeads, tokenizer, device: torch.device):
         self.model, self.heads, self.tokenizer, self.device = model, heads, tokenizer, device
+        self.grounded = {g: torch.tensor(tokenizer.convert_tokens_to_ids(ws)) for g, ws in GROUNDED.items()}
 
     def on_device(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
         """Batches are made (and masked) on the CPU from the seeded generator, then moved."""
@@ -157,18 +160,16 @@ class Reader:
         came from the text (word frequencies, the other words) and not from looking."""
         was = self.model.training
         self.model.eval()
-        ids_of = {g: torch.tensor(self.tokenizer.convert_tokens_to_ids(ws)) for g, ws in GROUNDED.items()}
         pos = torch.nonzero(data.label == MATCH).squeeze(1)[:limit]
         g = torch.Generator().manual_seed(4321)  # the same masked word with either image
-        n_img = data.features.shape[0]
         hits: dict[str, list[bool]] = {k: [] for k in GROUNDED}
         for i in range(0, len(pos), batch):
             rows = pos[i:i + batch]
             ids, attn, feats = data.batch(rows)
             if shuffle_images:
-                feats = data.features[(data.image[rows] + max(1, n_img // 2)) % n_img].float()
+                feats = data.other_image(rows)
             group = torch.full(ids.shape, -1)
-            for k, vocab in enumerate(ids_of.values()):
+            for k, vocab in enumerate(self.grounded.values()):
                 group[torch.isin(ids, vocab) & (attn == 1)] = k
             score = torch.rand(ids.shape, generator=g).masked_fill(group < 0, -1.0)
             keep = score.max(1).values >= 0  # captions with at least one grounded word
@@ -217,6 +218,8 @@ class Pretrainer(Reader):
         self.params += list(self.heads.parameters())
         for p in self.params:
             p.requires_grad_(True)
+        Reader.__init__(self, self.model, self.heads, self.tokenizer, self.device)
+        self.grounded_all = torch.cat(list(self.grounded.values()))
 
     def mlm_loss(self, ids, attn, feats, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy over the vocabulary at the masked caption tokens; also their accuracy."""
@@ -252,7 +255,8 @@ class Pretrainer(Reader):
         own, other = self.grounded_mlm(data), self.grounded_mlm(data, shuffle_images=True)
         self.model.train()
         return {"itm_acc": hits / max(n, 1), "mlm_acc": sum(accs) / max(len(accs), 1),
-                "grounded_acc": own["all"], "grounded_acc_other_image": other["all"]}
+                "grounded_acc": own["all"], "grounded_acc_other_image": other["all"],
+                "grounded": {"own_image": own, "other_image": other}}
 
 def swap_images(data: Encoded, idx: torch.Tensor, feats: torch.Tensor, target: torch.Tensor, share: float,
                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -343,7 +347,8 @@ def pretrain(cfg: VLPretrainConfig, status: Callable[[str], None] = print,
         itm = nn.functional.cross_entropy(pt.itm_logits(ids, attn, feats), target.to(pt.device))
         pidx = positives[torch.randint(0, len(positives), (cfg.batch_size,), generator=g)]
         ids, attn, feats = train.batch(pidx)
-        masked, labels = _mask_tokens(ids, attn, pt.tokenizer, cfg.mlm_prob, g, cfg.mlm_grounded_prob)
+        masked, labels = _mask_tokens(ids, attn, pt.tokenizer, cfg.mlm_prob, g, cfg.mlm_grounded_prob,
+                                      pt.grounded_all)
         mlm, _ = pt.mlm_loss(masked, attn, feats, labels)
         loss = cfg.itm_weight * itm + cfg.mlm_weight * mlm
         if not torch.isfinite(loss):
@@ -375,8 +380,7 @@ def pretrain(cfg: VLPretrainConfig, status: Callable[[str], None] = print,
                    cfg.held_out_images, "held_out_captions": len(test.label), "style": "gallery"},
         "steps": cfg.steps, "held_out_itm_acc": final["itm_acc"], "held_out_mlm_acc": final["mlm_acc"],
         # per group of image-decided words: what looking adds over the other words (docs/results.md)
-        "held_out_grounded": {"own_image": pt.grounded_mlm(test),
-                              "other_image": pt.grounded_mlm(test, shuffle_images=True)},
+        "held_out_grounded": final["grounded"],
         "eval": log["eval"], "itm_loss": log["itm_loss"], "mlm_loss": log["mlm_loss"],
         "train_seconds": round(train_seconds, 1), "total_seconds": round(time.perf_counter() - t_start, 1),
         "trained_params": sum(p.numel() for p in pt.params) - sum(p.numel() for p in pt.heads.parameters()),
@@ -458,16 +462,11 @@ def held_out_report(path: Path, cfg: VLPretrainConfig, images: int | None = None
     held = make_corpus(images or cfg.held_out_images, 2, cfg.image_size, 2_000_003 + cfg.seed, cfg.max_objects,
                        count_negatives=cfg.count_negatives)
     data = Encoded(held, model, reader.tokenizer, cfg.max_text_len, None)
-    n_img = data.features.shape[0]
-
-    def other_image(rows: torch.Tensor) -> torch.Tensor:  # never the caption's own
-        return data.features[(data.image[rows] + max(1, n_img // 2)) % n_img].float()
-
     right = []
     for i in range(0, len(data.label), 128):
         idx = torch.arange(i, min(i + 128, len(data.label)))
         ids, attn, feats = data.batch(idx)
-        pred = reader.itm_logits(ids, attn, other_image(idx) if shuffle_images else feats).argmax(1)
+        pred = reader.itm_logits(ids, attn, data.other_image(idx) if shuffle_images else feats).argmax(1)
         right += (pred == data.label[idx]).tolist()
     out = {"itm_acc": sum(right) / len(right), "pairs": len(right)}
     for kind in sorted(set(held.kind)):
@@ -480,7 +479,7 @@ def held_out_report(path: Path, cfg: VLPretrainConfig, images: int | None = None
     for i in range(0, len(rows), 128):
         idx = rows[i:i + 128]
         ids, attn, _ = data.batch(idx)
-        other += (reader.itm_logits(ids, attn, other_image(idx)).argmax(1) == MISMATCH).tolist()
+        other += (reader.itm_logits(ids, attn, data.other_image(idx)).argmax(1) == MISMATCH).tolist()
     own = [right[int(i)] for i in rows]
     out["itm_acc_image_swapped"] = (sum(own) + sum(other)) / max(2 * len(rows), 1)
     if has_mlm:
