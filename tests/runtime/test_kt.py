@@ -288,13 +288,27 @@ def test_feedback_top_narrows_what_the_generator_learns_from(kt_cfg, tmp_path):
     assert rec["server"]["accepted"] == want and int(keep.sum()) >= want
 
 
-def test_kt_fedavg_private_bn_keeps_batch_norm_on_each_client(kt_cfg, tmp_path):
-    """FedBN: the two cnn clients share every averaged weight but keep their own BN weights and running statistics;
-    without the switch the BN entries are averaged too."""
+def test_kt_fedavg_private_bn_keeps_batch_norm_on_each_client(kt_cfg, tmp_path, monkeypatch):
+    """FedBN: the two cnn clients share every averaged weight but keep their own BN weights and running statistics,
+    which never leave them; without the switch the BN entries travel and are averaged too."""
+    from fedvl.runtime.knowledge import KnowledgeNode
+
+    sent = {}
+    fit = KnowledgeNode.fit
+
+    def spy(self, cid, rnd, down, on_step=None):
+        reply = fit(self, cid, rnd, down, on_step)
+        sent[cid] = set(reply["weights"])
+        return reply
+
+    monkeypatch.setattr(KnowledgeNode, "fit", spy)
     for private in (True, False):
+        sent.clear()
         fed = build(kt_cfg("kt-fedavg", f"fedmmkt.fedavg_private_bn={str(private).lower()}"), tmp_path / str(private),
                     status=lambda s: None)
         run_round(fed, 1, ServerState())
+        cnns = (fed.client_ids[0], fed.client_ids[2])
+        assert len(sent) == 3 and all(("body.1.running_mean" in sent[c]) != private for c in cnns)
         model = task_model(fed, fed.client_ids[0])
         a, b = (task_model(fed, c).state_dict() for c in (fed.client_ids[0], fed.client_ids[2]))
         bns = [f"{n}." for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]

@@ -34,8 +34,14 @@ from fedvl.data.features import image_features
 from fedvl.data.world import COLORS, COLUMNS, SHAPES, SIZES
 from fedvl.io import atomic_write
 from fedvl.models.backbones import VisionLanguageModel, build_model, load_tokenizer
-from fedvl.models.vlbase import (_NOT_KEYED, VLPretrainConfig, base_state, layernorm_params, lowrank_targets,
-                                 pretrain_key)
+from fedvl.models.vlbase import (
+    _NOT_KEYED,
+    VLPretrainConfig,
+    base_state,
+    layernorm_params,
+    lowrank_targets,
+    pretrain_key,
+)
 from fedvl.schema import ModelConfig
 
 MATCH, MISMATCH = 0, 1  # the label order of world.TASKS["itm"]

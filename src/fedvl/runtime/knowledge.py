@@ -19,7 +19,15 @@ from typing import Any
 import torch
 
 from fedvl.algorithms.aggregate import UpdateRejected
-from fedvl.algorithms.fedmmkt import DistillSet, ensemble, global_prototypes, next_pool, quality_filter, training_pool
+from fedvl.algorithms.fedmmkt import (
+    DistillSet,
+    averaged_keys,
+    ensemble,
+    global_prototypes,
+    next_pool,
+    quality_filter,
+    training_pool,
+)
 from fedvl.kt.data import ImageTextSet, prompt
 from fedvl.runtime.checkpoint import commit_round, latest_checkpoint
 from fedvl.runtime.kt import (
@@ -239,8 +247,9 @@ class KnowledgeNode:
         fed.store.save(cid, state)
         if down.synthetic is not None:
             reply["report"] = fed.client.report(model, down.synthetic.images, down.synthetic.labels, len(fed.classes))
-        if down.send_weights:
-            reply["weights"] = state
+        if down.send_weights:  # FedBN (fedavg_private_bn): the batch-norm entries never leave the client
+            shared = averaged_keys(model, cfg.fedmmkt.fedavg_private_bn)
+            reply["weights"] = {k: v for k, v in state.items() if k in shared}
         return reply
 
     def evaluate(self, cid: str, rnd: int, down: dict[str, dict[str, torch.Tensor]] | None) -> dict[str, float]:

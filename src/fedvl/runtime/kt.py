@@ -25,7 +25,6 @@ from fedvl.algorithms.fedmmkt import (
     KTClient,
     KTServerRule,
     alignment_loss,
-    averaged_keys,
     feedback_select,
     pool_by_arch,
 )
@@ -212,10 +211,10 @@ def average_by_arch(fed: KTFederation, states: dict[str, dict[str, torch.Tensor]
     for members in groups.values():
         n = torch.tensor([float(len(fed.train[c])) for c in members])
         w = n / n.sum()
-        shared = averaged_keys(task_model(fed, members[0]), fed.cfg.fedmmkt.fedavg_private_bn)
+        # what the clients sent: every entry, or (FedBN) all but their batch-norm layers, which they keep
         avg = {k: sum(w[i] * states[c][k].double() for i, c in enumerate(members)).to(states[members[0]][k].dtype)
-               for k in states[members[0]] if k in shared}
-        averaged[fed.archs[members[0]]] = avg  # only the shared entries: a client keeps the rest (FedBN)
+               for k in states[members[0]]}
+        averaged[fed.archs[members[0]]] = avg
     return averaged
 
 
