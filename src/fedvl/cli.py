@@ -264,6 +264,10 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--auth-keys", metavar="DIR",
                      help="node authentication (needs TLS): only nodes whose public key (*.pub, OpenSSH EC) is in DIR "
                           "may join")
+    srv.add_argument("--resume", metavar="RESULTS_DIR",
+                     help="continue a deployed run whose server stopped, from its last complete round, with the "
+                          "folder's config.yaml; the nodes (still running, or restarted with the same --state-dir) "
+                          "keep their clients' state")
     pre = sub.add_parser("pretrain", help="pretrain the VL base (vl) or the FedMMKT server generator (t2i)",
                          description=PRETRAIN_VL_HELP + "\n" + PRETRAIN_HELP,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -289,6 +293,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="where this node's client computes: cpu, cuda, cuda:N (default: the run's run.device)")
     jn.add_argument("--auth-key", metavar="KEY",
                     help="node authentication: this node's private key (OpenSSH EC), whose .pub the server lists")
+    jn.add_argument("--poll-s", type=float, default=0.2,
+                    help="how often an idle node asks the SuperLink for its next message (Flower's own SuperNode "
+                         "waits 3 s, most of a short round); raise it for many nodes on one SuperLink (default: 0.2)")
     return p
 
 
@@ -299,15 +306,28 @@ def _serve(ns, path, overrides) -> int:
     from fedvl.experiment import run_dir_for
     from fedvl.runtime.deploy import TLS, serve
 
-    cfg = load_config(path, overrides + ["run.runtime=flower-deploy"])  # what this run is, in its config.yaml
+    if ns.resume:
+        if path or overrides or ns.overwrite:
+            raise ConfigError("serve --resume takes only the results folder: its config.yaml decides the run")
+        run_dir = Path(ns.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"{run_dir} is not a fedvl results folder (no config.yaml)")
+        if _state_of(run_dir) == "complete":
+            print(f"fedvl: {run_dir} is already complete; nothing to resume")
+            return 0
+        cfg = load_config(run_dir / "config.yaml", [])
+    else:
+        cfg = load_config(path, overrides + ["run.runtime=flower-deploy"])  # what this run is, in its config.yaml
     certs = [ns.ssl_certfile, ns.ssl_keyfile, ns.ssl_ca_certfile]
     if any(certs) and not all(certs):
         raise ConfigError("TLS needs all three of --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile")
     if not any(certs) and not ns.insecure:
         raise ConfigError("give TLS certificates (--ssl-certfile/--ssl-keyfile/--ssl-ca-certfile) or --insecure")
     tls = TLS(Path(certs[0]), Path(certs[1]), Path(certs[2])).check() if all(certs) else None
-    run_dir = run_dir_for(cfg, overwrite=ns.overwrite)
-    code = serve(cfg, run_dir, ns.host, ns.port, tls, auth_keys=Path(ns.auth_keys) if ns.auth_keys else None)
+    if not ns.resume:
+        run_dir = run_dir_for(cfg, overwrite=ns.overwrite)
+    code = serve(cfg, run_dir, ns.host, ns.port, tls, auth_keys=Path(ns.auth_keys) if ns.auth_keys else None,
+                 resume=bool(ns.resume))
     print(f"results: {run_dir}")
     return code
 
@@ -322,7 +342,7 @@ def _join(ns) -> int:
         raise ConfigError("give --root-certificates CA.pem (TLS) or --insecure")
     state = Path(ns.state_dir) if ns.state_dir else Path.home() / ".cache" / "fedvl" / f"node-{ns.partition}"
     return join(ns.server, ns.partition, state, Path(ns.root_certificates) if ns.root_certificates else None, ns.port,
-                Path(ns.auth_key) if ns.auth_key else None, ns.wait_s, ns.device)
+                Path(ns.auth_key) if ns.auth_key else None, ns.wait_s, ns.device, ns.poll_s)
 
 
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -391,10 +411,20 @@ def _is_write_failure(e: BaseException) -> bool:
     return isinstance(e, OSError) or type(e).__name__ == "SafetensorError"
 
 
+def _state_of(run_dir) -> str | None:
+    """The state in a results folder's status.json; None if it has none or it is damaged (a damaged
+    status file does not stop a resume)."""
+    import json
+
+    try:
+        return json.loads((run_dir / "status.json").read_text()).get("state")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _resume(ns) -> int:
     """``fedvl run --resume RESULTS_DIR [run.device=... run.threads=...]``: the folder's own config;
     only where it runs may change (state is saved device-free, so a run moves between devices)."""
-    import json
     from pathlib import Path
 
     from fedvl.config import ConfigError, load_config
@@ -408,12 +438,7 @@ def _resume(ns) -> int:
     run_dir = Path(ns.resume)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a fedvl results folder (no config.yaml)")
-    status = run_dir / "status.json"
-    try:
-        state = json.loads(status.read_text()).get("state") if status.is_file() else None
-    except (OSError, ValueError):
-        state = None  # a damaged status file does not stop a resume
-    if state == "complete":
+    if _state_of(run_dir) == "complete":
         print(f"fedvl: {run_dir} is already complete; nothing to resume")
         return 0
     cfg = load_config(run_dir / "config.yaml", moves)

@@ -57,12 +57,12 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
                    accept_config_change: bool = False) -> dict[str, Any]:
     """Build the federation, run every round, write the results folder.
 
-    ``runner(fed, run_dir, history, progress) -> final record`` runs the rounds:
+    ``runner(fed, run_dir, history, progress, server, start) -> final record`` runs the rounds:
     the in-process simulator by default, Flower's simulation for
     ``run.runtime=flower-sim``, or a Flower deployment's grid (``server_only``:
     the server builds the model but holds no client data). ``resume=True``
     continues the run already in ``run_dir`` from its newest good checkpoint
-    (``fedvl run --resume``; in process or on Flower's simulation), refusing a changed
+    (``fedvl run --resume``, ``fedvl serve --resume``), refusing a changed
     config unless ``accept_config_change``. A new run builds (and so validates)
     its data before its folder is created, or an ``overwrite``-n one emptied;
     the folder stays locked by this process until the run ends (:mod:`fedvl.runfolder`).
@@ -108,17 +108,20 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
             return _finish_kt(cfg, run_dir, console, progress, t0, trackers, resume)
         setup_s = time.perf_counter() - t0
         history = History(run_dir, trackers)
-        if runner is not None:  # a deployment's server: its clients keep their state, no checkpoints here
-            final = runner(fed, run_dir, history, progress)
-        elif cfg.run.runtime == "flower-sim":  # checkpointed and resumed as in process
-            from fedvl.runtime.flower import flower_simulate
+        if runner is not None or cfg.run.runtime == "flower-sim":  # checkpointed and resumed as in process
             from fedvl.runtime.parameters import ParameterServer
             from fedvl.runtime.state import ClientStateStore
 
+            # a deployment's server sees no client state (its nodes keep their own, per round), so its
+            # checkpoints hold the global side only
             server = ParameterServer(fed, ClientStateStore(run_dir / "client_states"), run_dir,
                                      config_digest=config_digest(cfg))
             start = server.resume(history) if resume else 1
-            final = flower_simulate(fed, run_dir, history, progress, server, start)
+            if runner is None:
+                from fedvl.runtime.flower import flower_simulate
+
+                runner = flower_simulate
+            final = runner(fed, run_dir, history, progress, server, start)
         else:
             final = simulate(fed, run_dir, history, progress, resume=resume, config_digest=config_digest(cfg))
         progress.close()

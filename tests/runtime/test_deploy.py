@@ -5,7 +5,10 @@ SecAgg+ and node authentication); every process is stopped by the test."""
 import datetime
 import ipaddress
 import json
+import os
+import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -130,8 +133,9 @@ def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_
     hist = History.read(run)
     assert [r["round"] for r in hist] == [1, 2] and sorted(hist[-1]["eval"]) == ["c0-photo", "c1-sketch"]
     # A_C (and the head) stayed on each node, in the node's own state folder, not on the server
-    assert len(list((tmp_path / "node0").rglob("c0-photo.safetensors"))) == 1
-    assert len(list((tmp_path / "node1").rglob("c1-sketch.safetensors"))) == 1
+    assert [p.name for p in sorted((tmp_path / "node0").rglob("c0-photo.*"))] == \
+        ["c0-photo.r00001.safetensors", "c0-photo.r00002.safetensors"]  # one per round, for a restarted server
+    assert len(list((tmp_path / "node1").rglob("c1-sketch.r*.safetensors"))) == 2
     assert not list(run.glob("client_states/*.safetensors"))  # nothing client-local on the server
     # the same numbers as the in-process simulator
     cfg = load_config(None, [a for a in args if not a.startswith(("run.name", "run.secagg"))] + ["run.name=sim"])
@@ -151,6 +155,56 @@ def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_
         assert "Exit Code: 305" in refused and "is its public key in the server's --auth-keys" in refused
         assert "still refuses this node after 20s" in refused
         assert not list((tmp_path / "intruder").rglob("*.safetensors"))  # it never trained
+
+
+@pytest.mark.slow
+def test_serve_resume_after_sigkill_mid_round_ends_as_an_uninterrupted_run(tiny_overrides, tmp_path):
+    """`fedvl serve` is killed (SIGKILL) after both nodes trained round 3 and before the server
+    committed it; `fedvl serve --resume` on the same port continues from round 2's checkpoint, the
+    running nodes join its new SuperLink, train round 3 again from their state as of round 2, and
+    the run ends with the in-process simulator's numbers."""
+    from fedvl.config import load_config
+    from fedvl.experiment import run_experiment
+    from fedvl.runtime.deploy import free_port, stop
+
+    args = tiny_overrides + ["algorithm.name=feddat", "algorithm.rounds=4", "data.num_clients=2",
+                             "data.domains=photo,sketch", "run.round_timeout_s=600"]
+    port, run = free_port(), tmp_path / "results" / "dep"
+    serve = [FEDVL, "serve", "--host", "127.0.0.1", "--port", str(port), "--insecure"]
+    procs = [subprocess.Popen([FEDVL, "join", "--server", f"127.0.0.1:{port}", "--partition", str(i), "--insecure",
+                               "--state-dir", str(tmp_path / f"node{i}"), "--wait-s", "60"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+             for i in range(2)]
+    try:
+        first = subprocess.Popen(serve + [*args, "run.name=dep"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+        procs.append(first)
+        deadline = time.monotonic() + 600
+        while not all(list((tmp_path / f"node{i}").rglob("*.r00003.safetensors")) for i in range(2)):
+            assert first.poll() is None and time.monotonic() < deadline, "the first server ended before round 3"
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        assert not (run / "checkpoints" / "round-00003").exists()  # round 3 was lost with the server
+        again = subprocess.run(serve + ["--resume", str(run)], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=900)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert "resuming from round 2 of 4" in again.stdout + again.stderr
+    finally:
+        for p in procs:
+            stop(p, grace=5)
+    assert not _running_with(f"127.0.0.1:{port}"), "a process this test started is still running"
+    hist = History.read(run)
+    assert [r["round"] for r in hist] == [1, 2, 3, 4]
+    cfg = load_config(None, args + ["run.name=sim"])
+    run_experiment(cfg, tmp_path / "sim", progress_enabled=False)
+    for a, b in zip(History.read(tmp_path / "sim"), hist, strict=True):
+        for cid in a["eval"]:
+            for k, v in a["eval"][cid].items():
+                assert b["eval"][cid][k] == pytest.approx(v, abs=1e-5), (a["round"], cid, k)
+    # and a resume of a run that was never deployed says so in one line
+    out = subprocess.run(serve + ["--resume", str(tmp_path / "sim")], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0 and "already complete" in out.stdout
 
 
 def test_node_authentication_options_map_to_flowers(tmp_path):

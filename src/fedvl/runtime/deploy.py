@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,7 +31,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedvl.runtime.flower import CONFIG_KEY, DEVICE_KEY, FLOWER_ENV, RESULTS_KEY, STATE_KEY
+from fedvl.runtime.flower import (
+    CONFIG_KEY,
+    DEPLOYMENT_FILE,
+    DEVICE_KEY,
+    FLOWER_ENV,
+    RESULTS_KEY,
+    RESUME_KEY,
+    RUN_TOKEN_KEY,
+    STATE_KEY,
+)
+from fedvl.runtime.node_worker import WORKER_KEY, make_folder
+from fedvl.runtime.supernode import DEFAULT_POLL_S, POLL_ENV
 from fedvl.schema import ConfigError, ExperimentConfig, dump_config
 
 
@@ -55,6 +67,9 @@ def flower_env(home: Path | None = None) -> dict[str, str]:
     # Flower's processes start further Flower processes (flower-superexec, flwr-serverapp,
     # flwr-clientapp) by name: this interpreter's scripts must come first on PATH
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # Flower's SuperExec looks for a new ClientApp / ServerApp to launch once a second by default;
+    # each message waits for that look, so look every 0.1 s (a local query, no network)
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
     if home is not None:
         env["FLWR_HOME"] = str(home)
     return env
@@ -130,8 +145,9 @@ def _group_alive(pgid: int) -> bool:
     return any(s.strip() and not s.strip().startswith("Z") for s in out.splitlines())
 
 
-def write_app(app_dir: Path, cfg: ExperimentConfig, run_dir: Path) -> None:
-    """A minimal Flower App: its components are fedvl's; nothing to install."""
+def write_app(app_dir: Path, cfg: ExperimentConfig, run_dir: Path, token: str, resume: bool = False) -> None:
+    """A minimal Flower App: its components are fedvl's; nothing to install. ``token`` names the run on
+    every node (the same on ``--resume``, so the nodes find their clients' state again)."""
     app_dir.mkdir(parents=True, exist_ok=True)
     # json.dumps gives a valid TOML basic string for any YAML text
     (app_dir / "pyproject.toml").write_text(f"""[build-system]
@@ -150,11 +166,13 @@ publisher = "fedvl"
 
 [tool.flwr.app.components]
 serverapp = "fedvl.runtime.flower_app:server_app"
-clientapp = "fedvl.runtime.flower_app:client_app"
+clientapp = "fedvl.runtime.node_app:client_app"
 
 [tool.flwr.app.config]
 {CONFIG_KEY} = {json.dumps(dump_config(cfg))}
 {RESULTS_KEY} = {json.dumps(str(run_dir.resolve()))}
+{RUN_TOKEN_KEY} = {json.dumps(token)}
+{RESUME_KEY} = {json.dumps(resume)}
 """)
 
 
@@ -191,11 +209,21 @@ address = {json.dumps(address)}
 """)
 
 
+def run_token(run_dir: Path) -> str:
+    """The token of the deployed run in ``run_dir`` (its ServerApp wrote it when the run began)."""
+    try:
+        return str(json.loads((run_dir / DEPLOYMENT_FILE).read_text())[RUN_TOKEN_KEY])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{run_dir} holds no deployed run to resume (no readable {DEPLOYMENT_FILE}; a run made "
+                          "by `fedvl run` resumes with `fedvl run --resume`)") from None
+
+
 def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS | None, log=print,
-          timeout: float | None = None, auth_keys: Path | None = None) -> int:
+          timeout: float | None = None, auth_keys: Path | None = None, resume: bool = False) -> int:
     """Start a SuperLink, submit the experiment, wait for it, stop the SuperLink.
     ``auth_keys``: a folder of node public keys; only those nodes may join (needs TLS).
-    Returns 0 when the results folder says ``complete``."""
+    ``resume``: continue the run in ``run_dir`` from its newest checkpoint (its nodes keep their
+    clients' state by the run's token). Returns 0 when the results folder says ``complete``."""
     from fedvl.algorithms import get_algorithm
 
     if get_algorithm(cfg.algorithm.name).exchange == "knowledge":
@@ -210,9 +238,10 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
         raise ConfigError("--auth-keys needs TLS (Flower authenticates nodes only over TLS): give --ssl-certfile, "
                           "--ssl-keyfile and --ssl-ca-certfile")
     keys = auth_public_keys(auth_keys) if auth_keys is not None else []
+    token = run_token(run_dir) if resume else secrets.token_hex(8)
     scratch = Path(tempfile.mkdtemp(prefix="fedvl-serve-"))
     home, app = scratch / "flwr-home", scratch / "app"
-    write_app(app, cfg, run_dir)
+    write_app(app, cfg, run_dir, token, resume)
     local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     write_connection(home, f"{local}:{port}", tls)
     env = flower_env(home)
@@ -298,9 +327,10 @@ def last_error(log: Path) -> str:
 
 
 def join_command(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int,
-                 auth_key: Path | None = None, device: str = "") -> list[str]:
+                 auth_key: Path | None = None, device: str = "", worker: Path | None = None) -> list[str]:
     """The ``flower-supernode`` command of one client node; ``auth_key``: the node's private key
-    (OpenSSH format) when the SuperLink authenticates nodes."""
+    (OpenSSH format) when the SuperLink authenticates nodes; ``worker``: the folder of the node's
+    warm worker (:mod:`fedvl.runtime.node_worker`), which then answers every message."""
     if partition < 0:
         raise ConfigError(f"--partition must be >= 0, got {partition}")
     if tls_ca is not None and not Path(tls_ca).is_file():
@@ -318,7 +348,11 @@ def join_command(server: str, partition: int, state_dir: Path, tls_ca: Path | No
         except DeviceError as e:
             raise ConfigError(str(e).replace("run.device", "--device")) from None
         node_config += f" {DEVICE_KEY}={json.dumps(device)}"
-    cmd = [_bin("flower-supernode"), "--superlink", server, "--node-config", node_config, "--port", str(port)]
+    if worker is not None:
+        node_config += f" {WORKER_KEY}={json.dumps(str(worker))}"
+    # Flower's SuperNode, polling faster (fedvl.runtime.supernode)
+    cmd = [sys.executable, "-m", "fedvl.runtime.supernode", "--superlink", server, "--node-config", node_config,
+           "--port", str(port)]
     cmd += ["--auth-supernode-private-key", str(Path(auth_key).resolve())] if auth_key else []
     return cmd + (["--root-certificates", str(tls_ca)] if tls_ca else ["--insecure"])
 
@@ -335,14 +369,20 @@ SUPERNODE_CONNECTION_ERROR = "Exit Code: 305"
 BAD_PARTITION = "ConfigError: this node holds partition"
 
 
-REFUSED, ENDED = "refused", "ended"
+REFUSED, ENDED, WORKER_GONE = "refused", "ended", "worker gone"
 
 
-def _watch_superlink(proc: subprocess.Popen, host: str, port: int, gone_s: float, ended: threading.Event) -> None:
+def _watch_superlink(proc: subprocess.Popen, host: str, port: int, gone_s: float, ended: threading.Event,
+                     worker: subprocess.Popen | None = None, worker_gone: threading.Event | None = None) -> None:
     """Stop the node once nothing has listened on host:port for ``gone_s``: the SuperLink went
-    away with the run it served (a SuperNode would retry it forever)."""
+    away with the run it served (a SuperNode would retry it forever); or once the node's warm
+    worker has died (every message would then fail)."""
     seen = time.monotonic()
     while proc.poll() is None:
+        if worker is not None and worker.poll() is not None:
+            worker_gone.set()
+            stop(proc, grace=3)
+            return
         if _unreachable(host, port, time.monotonic()) is None:
             seen = time.monotonic()
         elif time.monotonic() - seen >= gone_s:
@@ -352,14 +392,25 @@ def _watch_superlink(proc: subprocess.Popen, host: str, port: int, gone_s: float
         time.sleep(1)
 
 
-def _run_node(cmd: list[str], host: str, port: int, gone_s: float) -> tuple[int, str | None]:
+def start_worker(folder: Path) -> subprocess.Popen:
+    """The node's warm worker (:mod:`fedvl.runtime.node_worker`): its output goes to this terminal; it
+    imports torch and fedvl now, while the node connects, not when the first message arrives."""
+    return subprocess.Popen([sys.executable, "-m", "fedvl.runtime.node_worker", str(folder)], env=flower_env(),
+                            start_new_session=True, preexec_fn=die_with_parent)
+
+
+def _run_node(cmd: list[str], host: str, port: int, gone_s: float, worker: subprocess.Popen | None = None,
+              poll_s: float = DEFAULT_POLL_S) -> tuple[int, str | None]:
     """Run one SuperNode in its own process group, its output passed through, until it ends,
     reports that the SuperLink refused it (REFUSED) or that its partition is not in the run
-    (that line), or the SuperLink has been gone for ``gone_s`` (ENDED): (exit code, why)."""
-    proc = subprocess.Popen(cmd, env=flower_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", process_group=0, preexec_fn=die_with_parent)
-    ended = threading.Event()
-    threading.Thread(target=_watch_superlink, args=(proc, host, port, gone_s, ended), daemon=True).start()
+    (that line), the SuperLink has been gone for ``gone_s`` (ENDED), or the node's warm worker
+    died (WORKER_GONE): (exit code, why)."""
+    proc = subprocess.Popen(cmd, env=dict(flower_env(), **{POLL_ENV: str(poll_s)}), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace", process_group=0,
+                            preexec_fn=die_with_parent)
+    ended, worker_gone = threading.Event(), threading.Event()
+    threading.Thread(target=_watch_superlink, args=(proc, host, port, gone_s, ended, worker, worker_gone),
+                     daemon=True).start()
     why: str | None = None
     try:
         for line in proc.stdout:
@@ -375,6 +426,8 @@ def _run_node(cmd: list[str], host: str, port: int, gone_s: float) -> tuple[int,
     finally:
         # the SuperNode and its children; short grace: whoever stops `fedvl join` may not wait long
         stop(proc, grace=3)
+    if worker_gone.is_set():
+        return 1, WORKER_GONE
     return proc.returncode if proc.returncode is not None else 1, ENDED if ended.is_set() else why
 
 
@@ -402,7 +455,7 @@ def _unreachable(host: str, port: int, deadline: float) -> str | None:
 
 
 def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int | None = None,
-         auth_key: Path | None = None, wait_s: float = 300.0, device: str = "") -> int:
+         auth_key: Path | None = None, wait_s: float = 300.0, device: str = "", poll_s: float = DEFAULT_POLL_S) -> int:
     """Run a SuperNode for ``partition`` in the foreground until the run it serves has ended (its
     SuperLink gone for ``wait_s``: exit 0) or it is stopped.
 
@@ -410,11 +463,19 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
     not (yet) know its key; nodes are often started before ``serve`` has its SuperLink up
     and their keys registered, so the node is restarted until ``wait_s`` have passed."""
     host, server_port = parse_server(server)
-    cmd = join_command(server, partition, state_dir, tls_ca, port or free_port(), auth_key, device)
-    # SIGTERM becomes an exception so the SuperNode is always stopped with `fedvl join`
+    if not 0.01 <= poll_s <= 60:
+        raise ConfigError(f"--poll-s must be between 0.01 and 60 seconds, got {poll_s}")
+    port = port or free_port()
+    join_command(server, partition, state_dir, tls_ca, port, auth_key, device)  # bad options: before anything starts
+    folder = make_folder()
+    cmd = join_command(server, partition, state_dir, tls_ca, port, auth_key, device, worker=folder)
+    # SIGTERM becomes an exception so the SuperNode and the worker are always stopped with `fedvl join`
     signal.signal(signal.SIGTERM, _interrupt)
+    worker = None
+    quick_exits = 0
     deadline = time.monotonic() + wait_s
     try:
+        worker = start_worker(folder)
         while True:
             reason = _unreachable(host, server_port, time.monotonic())  # one quick look first
             if reason is not None:
@@ -425,13 +486,34 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
                 print(f"fedvl join: error: cannot reach the SuperLink at {server} after {wait_s:.0f}s ({reason}); "
                       "giving up", file=sys.stderr)
                 return 1
-            code, why = _run_node(cmd, host, server_port, wait_s)
+            started = time.monotonic()
+            code, why = _run_node(cmd, host, server_port, wait_s, worker, poll_s)
+            if why == WORKER_GONE:
+                print(f"fedvl join: error: this node's fedvl worker exited with code {worker.returncode} (its "
+                      "error is above); stopping this node", file=sys.stderr)
+                return 1
             if why == ENDED:
                 print(f"fedvl join: the run at {server} has ended (its SuperLink has been gone for {wait_s:.0f}s); "
                       "stopping this node", file=sys.stderr)
                 return 0
             if why is None:
-                return code
+                # The SuperNode ended by itself: its SuperLink went away (Flower's SuperNode gives up
+                # after a few retries) or was replaced by a new one that does not know this node (a
+                # server restarted with `fedvl serve --resume`, whose run finds this node's client
+                # state again). Join again while a SuperLink is there; one that stays gone for
+                # wait_s means the run has ended. A node that keeps ending at once stops.
+                quick_exits = quick_exits + 1 if time.monotonic() - started < 15 else 0
+                if quick_exits >= 3:
+                    return code
+                if _unreachable(host, server_port, time.monotonic() + wait_s) is not None:
+                    print(f"fedvl join: the run at {server} has ended (its SuperLink has been gone for "
+                          f"{wait_s:.0f}s); stopping this node", file=sys.stderr)
+                    return 0
+                print(f"fedvl join: the SuperNode left the SuperLink at {server} (exit {code}); joining it again",
+                      file=sys.stderr, flush=True)
+                time.sleep(1)
+                deadline = time.monotonic() + wait_s
+                continue
             if why != REFUSED:
                 print(f"fedvl join: error: {why}; stopping this node", file=sys.stderr)
                 return 2
@@ -445,3 +527,6 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
             time.sleep(5)
     except KeyboardInterrupt:
         return 130
+    finally:
+        stop(worker, grace=3)
+        shutil.rmtree(folder, ignore_errors=True)

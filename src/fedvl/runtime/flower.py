@@ -45,7 +45,7 @@ from fedvl.runtime.federation import Federation, build_federation
 from fedvl.runtime.knowledge import KnowledgeNode
 from fedvl.runtime.loop import run_rounds as loop_rounds
 from fedvl.runtime.parameters import ParameterNode, ParameterServer, SecureSum, client_fit
-from fedvl.runtime.state import ClientStateStore
+from fedvl.runtime.state import ClientStateStore, RoundedStateStore
 from fedvl.runtime.wire import (  # noqa: F401  (from_record, to_record: read from here too)
     codec_for,
     from_record,
@@ -56,6 +56,9 @@ from fedvl.runtime.wire import (  # noqa: F401  (from_record, to_record: read fr
 
 CONFIG_KEY = "fedvl-config"  # run_config key: the experiment config as YAML text
 RESULTS_KEY = "results-dir"  # run_config key: where the ServerApp writes the results folder
+RESUME_KEY = "resume"  # run_config key: true when `fedvl serve --resume` continues the run in the results folder
+DEPLOYMENT_FILE = "deployment.json"  # in a deployed run's results folder: its run token
+RUN_TOKEN_KEY = "run-token"  # run_config key: names the run on every node, the same after `serve --resume`
 STATE_KEY = "state-dir"  # node_config key: where a node keeps its clients' local state
 DEVICE_KEY = "device"  # node_config key: the node's own run.device (`fedvl join --device cuda:1`)
 
@@ -109,8 +112,10 @@ def _state_store(context: Context, cfg_text: str, sim_root: str | None) -> Clien
     if sim_root:
         return ClientStateStore(Path(sim_root))
     root = context.node_config.get(STATE_KEY) or str(Path.home() / ".cache" / "fedvl" / "node-state")
-    run = f"run-{context.run_id}-{hashlib.sha256(cfg_text.encode()).hexdigest()[:8]}"
-    return ClientStateStore(Path(str(root)) / run)
+    # the run's token outlives a server restart (`fedvl serve --resume`), Flower's run id does not
+    run = f"run-{context.run_config.get(RUN_TOKEN_KEY) or context.run_id}-" \
+          f"{hashlib.sha256(cfg_text.encode()).hexdigest()[:8]}"
+    return RoundedStateStore(Path(str(root)) / run)
 
 
 def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
@@ -159,7 +164,7 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
         if secagg.is_secure(msg):  # SecAgg+'s masked-vector stage: the mod masks what this returns
             config, global_params = secagg.read_fitins(msg)
             fed, store, cid = setup(context, str(config["cid"]))
-            res = client_fit(fed, store, cid, int(config["round"]), global_params)
+            res = client_fit(fed, store.at(int(config["round"]), fit=True), cid, int(config["round"]), global_params)
             return secagg.masked_reply(msg, fed.cfg, cid, int(config["round"]), global_params, res.params,
                                        res.num_examples, {k: float(v) for k, v in res.metrics.items()})
         built, store, cid = setup(context, str(msg.content["config"]["cid"]))
@@ -183,6 +188,30 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
 # ---------------------------------------------------------------- server side
 
 
+POLL_FIRST_S, POLL_MAX_S = 0.02, 0.5  # reply polling: quick while a reply is likely, then backing off
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:
+    """Push ``messages`` and pull their replies until all are in or ``timeout`` passes.
+
+    Flower's ``Grid.send_and_receive`` polls a deployed SuperLink every 3 s, which on a short
+    round adds up to 3 s per exchange; this polls after 20 ms and backs off to 0.5 s, so a quick
+    reply is seen quickly and a long round costs a request every half second."""
+    waiting = set(grid.push_messages(messages))
+    end = None if timeout is None else time.monotonic() + timeout
+    replies: list[Message] = []
+    pause = POLL_FIRST_S
+    while waiting:
+        got = list(grid.pull_messages(waiting))
+        replies += got
+        waiting -= {m.metadata.reply_to_message_id for m in got}
+        if not waiting or (end is not None and time.monotonic() >= end):
+            break
+        time.sleep(pause if end is None else max(0.0, min(pause, end - time.monotonic())))
+        pause = min(pause * 1.5, POLL_MAX_S)
+    return replies
+
+
 def _send(grid: Grid, nodes: dict[str, int], cids: list[str], kind: str, rnd: int, payload: dict[str, Any],
           timeout: float | None) -> tuple[dict[str, RecordDict], dict[str, str]]:
     """Send one message per client and collect the replies: (content by client, failures by client).
@@ -191,7 +220,7 @@ def _send(grid: Grid, nodes: dict[str, int], cids: list[str], kind: str, rnd: in
     for cid in cids:
         content = RecordDict({**payload, "config": ConfigRecord({"cid": cid, "round": rnd})})
         out.append(Message(content, dst_node_id=nodes[cid], message_type=kind))
-    replies = grid.send_and_receive(out, timeout=timeout)
+    replies = exchange(grid, out, timeout)
     # match a reply to its request by message id (sending fills in the ids)
     sent = {m.metadata.message_id: cid for m, cid in zip(out, cids)}
     ok: dict[str, RecordDict] = {}
@@ -221,7 +250,7 @@ def discover(grid: Grid, client_ids: list[str], wait_s: float, sizes: dict[str, 
         if node_ids:
             msgs = [Message(RecordDict({"config": ConfigRecord({"cid": "?"})}), dst_node_id=n, message_type="query")
                     for n in node_ids]
-            replies = grid.send_and_receive(msgs, timeout=max(1.0, deadline - time.monotonic()))
+            replies = exchange(grid, msgs, max(1.0, deadline - time.monotonic()))
             node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
             for r in replies:
                 node = node_of.get(r.metadata.reply_to_message_id)

@@ -6,14 +6,19 @@ process writes the whole results folder through :func:`fedvl.experiment.run_expe
 so this module sits above both the experiment and the Flower runtime.
 """
 
+import json
 from pathlib import Path
 
 from fedvl.experiment import run_experiment
+from fedvl.io import atomic_write_text
 
 # Flower's names come through fedvl.runtime.flower, which sets Flower's environment before importing it
 from fedvl.runtime.flower import (
     CONFIG_KEY,
+    DEPLOYMENT_FILE,
     RESULTS_KEY,
+    RESUME_KEY,
+    RUN_TOKEN_KEY,
     Context,
     Grid,
     ServerApp,
@@ -28,8 +33,15 @@ server_app = ServerApp()
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = cfg_from_text(str(context.run_config[CONFIG_KEY]))
-    run_experiment(cfg, Path(str(context.run_config[RESULTS_KEY])), progress_enabled=False,
-                   runner=lambda f, d, h, p: run_rounds(grid, f, h, p), server_only=True,
+    token = str(context.run_config[RUN_TOKEN_KEY])
+
+    def rounds(fed, run_dir, history, progress, server, start):
+        # the run's token, for `fedvl serve --resume` to hand the nodes again (they keep its state)
+        atomic_write_text(run_dir / DEPLOYMENT_FILE, json.dumps({RUN_TOKEN_KEY: token}))
+        return run_rounds(grid, fed, history, progress, server, start)
+
+    run_experiment(cfg, Path(str(context.run_config[RESULTS_KEY])), progress_enabled=False, runner=rounds,
+                   server_only=True, resume=bool(context.run_config.get(RESUME_KEY, False)),
                    overwrite=True)  # `fedvl serve` checked the folder before starting
 
 

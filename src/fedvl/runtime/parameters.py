@@ -257,10 +257,10 @@ class ParameterNode:
         self.fed, self.store = fed, store
 
     def fit(self, cid: str, rnd: int, down: Params, on_step=None):
-        return client_fit(self.fed, self.store, cid, rnd, down, on_step)
+        return client_fit(self.fed, self.store.at(rnd, fit=True), cid, rnd, down, on_step)
 
     def evaluate(self, cid: str, rnd: int, down: Params) -> dict[str, float]:
-        return client_evaluate(self.fed, self.store, cid, down)
+        return client_evaluate(self.fed, self.store.at(rnd, fit=False), cid, down)
 
     def holds(self, cid: str) -> bool:
         return cid in self.fed.test

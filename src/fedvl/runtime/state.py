@@ -71,3 +71,59 @@ class ClientStateStore:
             self.root.mkdir(parents=True, exist_ok=True)
             for p in src.glob(f"*{SUFFIX}"):
                 link_or_copy(p, self.root / p.name)
+
+    def at(self, rnd: int, fit: bool) -> ClientStateStore:
+        """The store as round ``rnd``'s train (``fit``) or evaluate message sees it; one state per
+        client here (the server's checkpoints keep the older ones)."""
+        return self
+
+
+class RoundedStateStore(ClientStateStore):
+    """A deployed node's client states, one file per client and round (``<cid>.rNNNNN.safetensors``),
+    the newest ``keep`` kept: a server that restarts from its checkpoint of round r sends round
+    r + 1 again, and the node must then train from its state as of round r, not from the state its
+    lost round r + 1 already left (the node's own checkpoint, as the server's holds the global side)."""
+
+    def __init__(self, root: Path, keep: int = 3):
+        super().__init__(root)
+        self.keep = keep
+
+    def at(self, rnd: int, fit: bool) -> _RoundView:
+        # a train message of round r starts from the newest state before r; an evaluation of
+        # round r sees the state that round's training left
+        return _RoundView(self, newest=rnd - 1 if fit else rnd, write=rnd if fit else None)
+
+    def rounds(self, client_id: str) -> list[tuple[int, Path]]:
+        """(round, file) of this client's states, newest first."""
+        out = []
+        for p in self.root.glob(f"{client_id}.r*{SUFFIX}") if self.root.is_dir() else []:
+            tag = p.name[len(client_id) + 2:-len(SUFFIX)]
+            if tag.isdigit():
+                out.append((int(tag), p))
+        return sorted(out, reverse=True)
+
+    def load(self, client_id: str) -> dict[str, torch.Tensor] | None:
+        found = self.rounds(client_id)
+        return load_file(found[0][1]) if found else None
+
+
+class _RoundView(ClientStateStore):
+    def __init__(self, store: RoundedStateStore, newest: int, write: int | None):
+        super().__init__(store.root)
+        self.store, self.newest, self.write = store, newest, write
+
+    def load(self, client_id: str) -> dict[str, torch.Tensor] | None:
+        for rnd, path in self.store.rounds(client_id):
+            if rnd <= self.newest:
+                return load_file(path)
+        return None
+
+    def save(self, client_id: str, tensors: dict[str, torch.Tensor]) -> None:
+        if self.write is None:
+            raise RuntimeError("an evaluation does not change a client's state")
+        if tensors:
+            contiguous = {k: v.contiguous() for k, v in tensors.items()}
+            path = self.root / f"{client_id}.r{self.write:05d}{SUFFIX}"
+            atomic_write(path, lambda tmp: save_file(contiguous, tmp))
+            for _, old in self.store.rounds(client_id)[self.store.keep:]:
+                old.unlink(missing_ok=True)

@@ -1,0 +1,52 @@
+"""``flower-supernode`` as ``fedvl join`` runs it: Flower's own SuperNode, polling faster.
+
+A SuperNode (flwr 1.42) that finds no message waits 3 s before it asks the SuperLink again, and
+waits for its ClientApp's reply in 0.5 s steps. On a short round those waits are most of the
+time a deployment takes: a node answers a round's train message, finds nothing (the server is
+still aggregating), and sleeps 3 s before it sees the evaluate message. Flower has no option for
+either wait, so this entry point caps the sleeps of the SuperNode's message loop
+(``flwr.supernode.start_client_internal``, whose only sleeps are those three) at
+``FEDVL_NODE_POLL_S`` seconds (``fedvl join --poll-s``) and then runs Flower's SuperNode
+unchanged. flwr is pinned to 1.42 in pyproject.toml; ``tests/runtime/test_deploy.py`` checks
+that the loop still sleeps where this expects, so a Flower upgrade that moves them fails a test
+instead of silently going back to 3 s.
+
+    python -m fedvl.runtime.supernode [flower-supernode options]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from fedvl.runtime import flower_env  # noqa: F401  (first: before flwr is imported)
+
+POLL_ENV = "FEDVL_NODE_POLL_S"
+DEFAULT_POLL_S = 0.2  # 5 requests a second from an idle node: nothing on a LAN, fine for tens of nodes
+
+
+class CappedSleep:
+    """The ``time`` module, except that ``sleep`` waits at most ``cap`` seconds."""
+
+    def __init__(self, cap: float):
+        self.cap = cap
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, self.cap))
+
+
+def main() -> None:
+    import flwr.supernode.start_client_internal as loop
+    from flwr.supernode.cli import flower_supernode
+
+    loop.time = CappedSleep(float(os.environ.get(POLL_ENV, DEFAULT_POLL_S)))
+    sys.argv[0] = "flower-supernode"
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""A deployed node's warm worker (fedvl.runtime.node_worker), the thin ClientApp that hands it
+every message (fedvl.runtime.node_app), the SuperNode's capped polling (fedvl.runtime.supernode)
+and the server's reply polling (fedvl.runtime.flower.exchange)."""
+
+import inspect
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fedvl.config import ConfigError, dump_config
+from fedvl.runtime import flower
+from fedvl.runtime.deploy import flower_env, stop
+from fedvl.runtime.flower import CONFIG_KEY, STATE_KEY, ConfigRecord, Context, Message, RecordDict
+from fedvl.runtime.node_worker import KEY, WORKER_KEY, NodeWorkerError, ask, make_folder
+
+
+def _context(cfg_text: str, partition: int, tmp_path, folder=None) -> Context:
+    node_config = {"partition-id": partition, STATE_KEY: str(tmp_path / "state")}
+    if folder is not None:
+        node_config[WORKER_KEY] = str(folder)
+    return Context(run_id=7, node_id=1, node_config=node_config, state=RecordDict(),
+                   run_config={CONFIG_KEY: cfg_text})
+
+
+def _message(kind: str = "query", content: RecordDict | None = None, mid: str = "q1", reply_to: str = "") -> Message:
+    """A message as a node receives it (outside a running app Flower cannot make one from scratch)."""
+    from flwr.app import Metadata
+
+    meta = Metadata(run_id=7, message_id=mid, src_node_id=0, dst_node_id=1, reply_to_message_id=reply_to,
+                    group_id="", created_at=time.time(), ttl=3600, message_type=kind)
+    return Message(content if content is not None else RecordDict({"config": ConfigRecord({"cid": "?"})}),
+                   metadata=meta)
+
+
+def _query() -> Message:
+    return _message()
+
+
+@pytest.fixture
+def worker(tmp_path):
+    folder = make_folder()
+    proc = subprocess.Popen([sys.executable, "-m", "fedvl.runtime.node_worker", str(folder)], env=flower_env(),
+                            start_new_session=True, stderr=subprocess.PIPE, text=True)
+    yield folder, proc
+    stop(proc, grace=3)
+    assert proc.poll() is not None
+
+
+def test_the_worker_answers_as_fedvls_client_app_and_keeps_errors_by_name(worker, tiny_cfg, tmp_path):
+    folder, proc = worker
+    assert oct((folder / KEY).stat().st_mode & 0o777) == "0o600" and oct(folder.stat().st_mode & 0o777) == "0o700"
+    text = dump_config(tiny_cfg("data.num_clients=2", "data.domains=photo,sketch", "run.runtime=flower-deploy"))
+    ctx = _context(text, 1, tmp_path, folder)
+    reply = ask(folder, _query(), ctx, wait_s=120)
+    assert reply.content["config"]["cid"] == "c1-sketch"  # what the in-process ClientApp answers
+    local = flower.make_client_app()(message=_query(), context=_context(text, 1, tmp_path))
+    assert dict(reply.content["config"]) == dict(local.content["config"])
+    t0 = time.perf_counter()
+    ask(folder, _query(), ctx)  # the federation is built: the second message is answered from memory
+    assert time.perf_counter() - t0 < 5
+    # a partition the run lacks: the same ConfigError (by name: `fedvl join` watches for it)
+    with pytest.raises(ConfigError, match="this node holds partition 5"):
+        ask(folder, _query(), _context(text, 5, tmp_path, folder))
+    assert proc.poll() is None  # an error in one message does not end the worker
+
+
+def test_the_worker_refuses_a_caller_without_its_key(worker, tmp_path):
+    from multiprocessing import AuthenticationError
+    from multiprocessing.connection import Client
+
+    folder, proc = worker
+    deadline = time.monotonic() + 120
+    while not (folder / "worker.sock").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with pytest.raises((AuthenticationError, EOFError, OSError)):
+        Client(str(folder / "worker.sock"), family="AF_UNIX", authkey=b"not the key").send_bytes(b"x")
+    assert proc.poll() is None  # still serving after the refusal
+
+
+def test_no_worker_answers_in_one_line(tmp_path):
+    folder = make_folder()
+    with pytest.raises(NodeWorkerError, match="does not answer after 0s"):
+        ask(folder, _query(), _context("{}", 0, tmp_path, folder), wait_s=0.0)
+
+
+def test_the_thin_client_app_imports_no_torch():
+    code = ("import sys, fedvl.runtime.node_app; "
+            "print(sorted(m for m in ('torch', 'transformers', 'fedvl.runtime.flower') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=flower_env(), check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_supernode_loop_sleeps_where_the_cap_expects():
+    """fedvl.runtime.supernode caps the sleeps of Flower's SuperNode loop: they must still be the
+    module-level ``time.sleep`` calls it replaces (a Flower upgrade that moves them fails here)."""
+    import flwr.supernode.start_client_internal as loop
+
+    from fedvl.runtime.supernode import CappedSleep
+
+    source = inspect.getsource(loop)
+    assert loop.time is time or isinstance(loop.time, CappedSleep)
+    assert "time.sleep(3)" in source and source.count("time.sleep(0.5)") == 2
+    capped = CappedSleep(0.05)
+    t0 = time.perf_counter()
+    capped.sleep(3)
+    assert time.perf_counter() - t0 < 1 and capped.monotonic() > 0  # everything else is the time module's
+
+
+class _Grid:
+    """Replies arrive after ``delay`` pulls; push fills in message ids as Flower's grids do."""
+
+    def __init__(self, delay: int):
+        self.delay, self.pulls = delay, 0
+
+    def push_messages(self, messages):
+        return [f"m{i}" for i, _ in enumerate(messages)]
+
+    def pull_messages(self, ids):
+        self.pulls += 1
+        if self.pulls < self.delay:
+            return []
+        return [_message(mid=f"r{i}", reply_to=i) for i in sorted(ids)]
+
+
+def test_exchange_polls_quickly_and_stops_at_the_timeout():
+    grid = _Grid(delay=4)
+    t0 = time.perf_counter()
+    replies = flower.exchange(grid, [_query(), _query()], timeout=None)
+    assert len(replies) == 2 and grid.pulls == 4
+    assert time.perf_counter() - t0 < 0.5  # three quick polls, not three times 3 s
+    grid = _Grid(delay=10**6)
+    t0 = time.perf_counter()
+    assert flower.exchange(grid, [_query()], timeout=0.3) == []
+    assert 0.3 <= time.perf_counter() - t0 < 1.0
