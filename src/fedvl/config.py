@@ -63,9 +63,6 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         (cfg.model.lora_rank >= 1, "model.lora_rank must be >= 1"),
         (cfg.model.prompt_length >= 1, "model.prompt_length must be >= 1"),
         (cfg.run.threads >= 1, "run.threads must be >= 1"),
-        (0.0 <= cfg.algorithm.dat_weight <= 1.0, "algorithm.dat_weight must be in [0, 1]"),
-        (0.0 <= cfg.algorithm.kd_weight <= 1.0, "algorithm.kd_weight must be in [0, 1]"),
-        (cfg.algorithm.kd_temperature > 0, "algorithm.kd_temperature must be > 0"),
         (cfg.run.eval_every >= 1, "run.eval_every must be >= 1"),
         *((all(g in ("connector", "head") for g in getattr(cfg.algorithm, key)),
            f"algorithm.{key} may list connector and/or head only") for key in ("also_travel", "keep_local")),
@@ -120,32 +117,15 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         _validate_real(cfg)
     if cfg.model.name in ("vilt", "clip", "blip") and cfg.model.peft == "prompt":
         raise ConfigError(f"model.peft=prompt is built for the default model only, not model.name={cfg.model.name}")
-    if cfg.algorithm.name == "feddat" and cfg.model.peft != "adapter":
-        raise ConfigError(f"feddat needs model.peft=adapter (its dual adapters), got model.peft={cfg.model.peft}")
     if cfg.algorithm.name not in available_algorithms():
         raise ConfigError(
             f"unknown algorithm '{cfg.algorithm.name}' (available: {', '.join(available_algorithms())})"
         )
-    if cfg.run.runtime != "simulator":
-        from fedvl.algorithms import get_algorithm
-
-        if get_algorithm(cfg.algorithm.name).pooled:
-            raise ConfigError(f"algorithm {cfg.algorithm.name} pools every client's data in one place, which a "
-                              f"federation cannot do; use run.runtime=simulator for this reference")
-    if cfg.data.benchmark == "task":
-        # Each task's labels index its own label list, so data of different tasks cannot be pooled.
-        from fedvl.algorithms import get_algorithm
-
-        if get_algorithm(cfg.algorithm.name).pooled:
-            raise ConfigError(
-                f"algorithm {cfg.algorithm.name} pools all clients' data, which is undefined on data.benchmark=task "
-                "(every client has its own task and label space); use fedavg, fedprox, feddat or local"
-            )
-        if cfg.data.partition != "natural":
-            raise ConfigError(
-                f"data.partition={cfg.data.partition} re-splits pooled data, which is undefined on data.benchmark=task "
-                "(every client has its own task and label space); use data.partition=natural"
-            )
+    if cfg.data.benchmark == "task" and cfg.data.partition != "natural":
+        raise ConfigError(
+            f"data.partition={cfg.data.partition} re-splits pooled data, which is undefined on data.benchmark=task "
+            "(every client has its own task and label space); use data.partition=natural"
+        )
     return cfg
 
 
@@ -187,47 +167,17 @@ def _validate_real(cfg: ExperimentConfig) -> None:
 
 
 def _check_reliability(cfg: ExperimentConfig) -> None:
-    """Robust aggregation, attack and privacy options (issue 6)."""
-    from fedvl.algorithms import available_algorithms, get_algorithm
+    """Robust aggregation, attack and privacy options (issue 6): each component checks its own."""
+    from fedvl.algorithms import aggregate, attacks, available_algorithms, get_algorithm, privacy
 
-    a, atk, dp = cfg.algorithm, cfg.attack, cfg.privacy
-    checks = [
-        (0.0 <= a.trim_ratio < 0.5, "algorithm.trim_ratio must be in [0, 0.5)"),
-        (a.krum_byzantine >= 0 and a.krum_select >= 1, "algorithm.krum_byzantine must be >= 0, krum_select >= 1"),
-        (a.clip_update_norm >= 0, "algorithm.clip_update_norm must be >= 0 (0 = off)"),
-        (not (a.clip_update_norm > 0 and a.clip_to_median),
-         "set algorithm.clip_update_norm or algorithm.clip_to_median, not both"),
-        (a.max_update_norm >= 0, "algorithm.max_update_norm must be >= 0 (0 = no norm check)"),
-        (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
-        (0.0 <= atk.fraction <= 1.0, "attack.fraction must be in [0, 1]"),
-        (atk.scale > 0, "attack.scale must be > 0"),
-        (dp.clip_norm > 0, "privacy.clip_norm must be > 0"),
-        (dp.noise_multiplier > 0, "privacy.noise_multiplier must be > 0"),
-        (0.0 < dp.delta < 1.0, "privacy.delta must be in (0, 1)"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-    if atk.kind != "none" and round(atk.fraction * cfg.data.num_clients) < 1:
-        raise ConfigError(f"attack.kind={atk.kind} with attack.fraction={atk.fraction} of {cfg.data.num_clients} "
-                          "clients selects no attacker; raise attack.fraction")
-    if dp.enabled:
-        if a.aggregator != "mean" or a.aggregation != "uniform":
-            raise ConfigError("privacy.enabled needs algorithm.aggregator=mean and algorithm.aggregation=uniform "
-                              "(DP-FedAvg's noise is calibrated to a uniform mean of clipped updates)")
-        if a.clip_update_norm > 0 or a.clip_to_median:
-            raise ConfigError("privacy.enabled clips with privacy.clip_norm; unset algorithm.clip_update_norm / "
-                              "clip_to_median")
+    if cfg.run.keep_checkpoints < 1:
+        raise ConfigError("run.keep_checkpoints must be >= 1")
+    aggregate.check_options(cfg, pooled=cfg.algorithm.name in available_algorithms()
+                            and get_algorithm(cfg.algorithm.name).pooled)
+    attacks.check_options(cfg)
+    privacy.check_options(cfg)
     if cfg.run.secagg:
         _check_secagg(cfg)
-    if a.aggregator == "krum" and a.name in available_algorithms() and not get_algorithm(a.name).pooled:
-        per_round = max(1, round(a.fraction_fit * cfg.data.num_clients))
-        if per_round < a.krum_byzantine + 3:
-            raise ConfigError(f"algorithm.aggregator=krum with krum_byzantine={a.krum_byzantine} needs at least "
-                              f"{a.krum_byzantine + 3} clients per round, got {per_round}")
-        if a.krum_select > per_round - a.krum_byzantine:
-            raise ConfigError(f"algorithm.krum_select must be <= clients per round - krum_byzantine "
-                              f"({per_round - a.krum_byzantine}), got {a.krum_select}")
 
 
 def _check_secagg(cfg: ExperimentConfig) -> None:

@@ -233,3 +233,31 @@ def dp_mean(reference: Params, updates: list[Params], clip_norm: float, noise_mu
         noise = torch.randn(g.shape, generator=generator, dtype=torch.float64) * std
         out[k] = (mean + noise).to(g.dtype)
     return out
+
+
+def check_options(cfg, pooled: bool) -> None:
+    """The server's aggregation and update-checking options (``algorithm.aggregator`` and friends),
+    run when a config loads; ``pooled``: the algorithm trains one model on pooled data (no rounds
+    of client updates, so Krum's client count does not apply)."""
+    from fedvl.schema import ConfigError
+
+    a = cfg.algorithm
+    checks = [
+        (0.0 <= a.trim_ratio < 0.5, "algorithm.trim_ratio must be in [0, 0.5)"),
+        (a.krum_byzantine >= 0 and a.krum_select >= 1, "algorithm.krum_byzantine must be >= 0, krum_select >= 1"),
+        (a.clip_update_norm >= 0, "algorithm.clip_update_norm must be >= 0 (0 = off)"),
+        (not (a.clip_update_norm > 0 and a.clip_to_median),
+         "set algorithm.clip_update_norm or algorithm.clip_to_median, not both"),
+        (a.max_update_norm >= 0, "algorithm.max_update_norm must be >= 0 (0 = no norm check)"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    if a.aggregator == "krum" and not pooled:
+        per_round = max(1, round(a.fraction_fit * cfg.data.num_clients))
+        if per_round < a.krum_byzantine + 3:
+            raise ConfigError(f"algorithm.aggregator=krum with krum_byzantine={a.krum_byzantine} needs at least "
+                              f"{a.krum_byzantine + 3} clients per round, got {per_round}")
+        if a.krum_select > per_round - a.krum_byzantine:
+            raise ConfigError(f"algorithm.krum_select must be <= clients per round - krum_byzantine "
+                              f"({per_round - a.krum_byzantine}), got {a.krum_select}")

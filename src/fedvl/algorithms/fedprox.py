@@ -12,6 +12,7 @@ import torch
 
 from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, ServerRule, register
 from fedvl.engine.loops import cross_entropy_step
+from fedvl.schema import ConfigError
 
 
 class FedProxClient(ClientUpdate):
@@ -28,9 +29,15 @@ class FedProxClient(ClientUpdate):
                                   amp=ctx.amp)
 
 
+def check_options(cfg) -> None:
+    if not cfg.algorithm.prox_mu >= 0:
+        raise ConfigError(f"algorithm.prox_mu must be >= 0 (0 = FedAvg), got {cfg.algorithm.prox_mu}")
+
+
 ALGORITHM = register(Algorithm(
     name="fedprox",
     server=ServerRule,
     client=FedProxClient,
     summary="FedAvg with a proximal term mu/2·||w - w_global||² on the client",
+    check=check_options,
 ))

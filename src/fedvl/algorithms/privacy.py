@@ -27,3 +27,22 @@ def epsilon_spent(noise_multiplier: float, sample_rate: float, rounds: int, delt
     for _ in range(rounds):
         acc.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
     return float(acc.get_epsilon(delta))
+
+
+def check_options(cfg) -> None:
+    """The ``privacy`` section (DP-FedAvg), run when a config loads."""
+    from fedvl.schema import ConfigError
+
+    a, dp = cfg.algorithm, cfg.privacy
+    for ok, msg in ((dp.clip_norm > 0, "privacy.clip_norm must be > 0"),
+                    (dp.noise_multiplier > 0, "privacy.noise_multiplier must be > 0"),
+                    (0.0 < dp.delta < 1.0, "privacy.delta must be in (0, 1)")):
+        if not ok:
+            raise ConfigError(msg)
+    if dp.enabled:
+        if a.aggregator != "mean" or a.aggregation != "uniform":
+            raise ConfigError("privacy.enabled needs algorithm.aggregator=mean and algorithm.aggregation=uniform "
+                              "(DP-FedAvg's noise is calibrated to a uniform mean of clipped updates)")
+        if a.clip_update_norm > 0 or a.clip_to_median:
+            raise ConfigError("privacy.enabled clips with privacy.clip_norm; unset algorithm.clip_update_norm / "
+                              "clip_to_median")
