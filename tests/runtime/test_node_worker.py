@@ -6,6 +6,7 @@ import inspect
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,22 @@ def test_exchange_polls_quickly_and_stops_at_the_timeout():
     t0 = time.perf_counter()
     assert flower.exchange(grid, [_query()], timeout=0.3) == []
     assert 0.3 <= time.perf_counter() - t0 < 1.0
+
+
+def test_bad_poll_and_resume_options_stop_in_one_line(tiny_cfg, tmp_path):
+    fedvl = str(Path(sys.executable).parent / "fedvl")
+    out = subprocess.run([fedvl, "join", "--server", "127.0.0.1:9", "--partition", "0", "--insecure", "--poll-s", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--poll-s must be between 0.01 and 60" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    # a results folder of a run that was not deployed has no run token: nothing starts
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_config(tiny_cfg("run.runtime=flower-deploy")))
+    (run / "status.json").write_text('{"state": "interrupted"}')
+    out = subprocess.run([fedvl, "serve", "--resume", str(run), "--insecure", "--port", "9"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and "holds no deployed run to resume" in out.stderr
+    out = subprocess.run([fedvl, "serve", "--resume", str(run), "--insecure", "algorithm.rounds=3"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "takes only the results folder" in out.stderr
