@@ -46,7 +46,8 @@ def worker(tmp_path):
                             start_new_session=True, stderr=subprocess.PIPE, text=True)
     yield folder, proc
     stop(proc, grace=3)
-    assert proc.poll() is not None
+    proc.kill()  # whatever stop() left (it never should)
+    proc.wait(timeout=60)
 
 
 def test_the_worker_answers_as_fedvls_client_app_and_keeps_errors_by_name(worker, tiny_cfg, tmp_path):
@@ -67,7 +68,7 @@ def test_the_worker_answers_as_fedvls_client_app_and_keeps_errors_by_name(worker
     assert proc.poll() is None  # an error in one message does not end the worker
 
 
-def test_the_worker_refuses_a_caller_without_its_key(worker, tmp_path):
+def test_the_worker_refuses_a_caller_without_its_key(worker, tiny_cfg, tmp_path):
     from multiprocessing import AuthenticationError
     from multiprocessing.connection import Client
 
@@ -77,7 +78,10 @@ def test_the_worker_refuses_a_caller_without_its_key(worker, tmp_path):
         time.sleep(0.1)
     with pytest.raises((AuthenticationError, EOFError, OSError)):
         Client(str(folder / "worker.sock"), family="AF_UNIX", authkey=b"not the key").send_bytes(b"x")
-    assert proc.poll() is None  # still serving after the refusal
+    # still serving after the refusal: a caller with the key is answered
+    text = dump_config(tiny_cfg("data.num_clients=2", "data.domains=photo,sketch", "run.runtime=flower-deploy"))
+    assert ask(folder, _query(), _context(text, 0, tmp_path, folder)).content["config"]["cid"] == "c0-photo"
+    assert proc.poll() is None
 
 
 def test_no_worker_answers_in_one_line(tmp_path):

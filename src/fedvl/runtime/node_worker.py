@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import traceback
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Listener
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def serve_forever(folder: Path) -> None:
         while True:
             try:
                 conn = listener.accept()
-            except (OSError, EOFError) as e:  # a client that failed the key check, or went away
+            except (AuthenticationError, OSError, EOFError) as e:  # a caller without the key, or gone
                 print(f"fedvl node worker: refused a connection ({type(e).__name__}: {e})", file=sys.stderr,
                       flush=True)
                 continue
