@@ -316,10 +316,7 @@ def _serve(ns, path, overrides) -> int:
         if path or overrides or ns.overwrite:
             raise ConfigError("serve --resume takes only the results folder: its config.yaml decides the run")
         run_dir = Path(ns.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"{run_dir} is not a fedvl results folder (no config.yaml)")
-        if _state_of(run_dir) == "complete":
-            print(f"fedvl: {run_dir} is already complete; nothing to resume")
+        if not _resumable(run_dir):
             return 0
         cfg = load_config(run_dir / "config.yaml", [])
     else:
@@ -417,15 +414,23 @@ def _is_write_failure(e: BaseException) -> bool:
     return isinstance(e, OSError) or type(e).__name__ == "SafetensorError"
 
 
-def _state_of(run_dir) -> str | None:
-    """The state in a results folder's status.json; None if it has none or it is damaged (a damaged
-    status file does not stop a resume)."""
+def _resumable(run_dir) -> bool:
+    """``run --resume`` / ``serve --resume``: is there a run to continue in ``run_dir``? False (said
+    here) when it is complete; a folder without a config is refused; a damaged status file does not
+    stop a resume."""
     import json
 
+    from fedvl.config import ConfigError
+
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a fedvl results folder (no config.yaml)")
     try:
-        return json.loads((run_dir / "status.json").read_text()).get("state")
+        state = json.loads((run_dir / "status.json").read_text()).get("state")
     except (OSError, ValueError, AttributeError):
-        return None
+        state = None
+    if state == "complete":
+        print(f"fedvl: {run_dir} is already complete; nothing to resume")
+    return state != "complete"
 
 
 def _resume(ns) -> int:
@@ -442,10 +447,7 @@ def _resume(ns) -> int:
                           "config.yaml decides everything else")
     ns.overwrite = False
     run_dir = Path(ns.resume)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not a fedvl results folder (no config.yaml)")
-    if _state_of(run_dir) == "complete":
-        print(f"fedvl: {run_dir} is already complete; nothing to resume")
+    if not _resumable(run_dir):
         return 0
     cfg = load_config(run_dir / "config.yaml", moves)
     try:

@@ -158,11 +158,9 @@ class RunFolder:
     def release(self, abandon: bool = False) -> None:
         """Drop the lock (the lock file stays: deleting it would let two processes lock two files).
         ``abandon``: the run never started; a folder this process created goes again."""
-        held = self._fd is not None
-        if abandon and held:
-            # only while holding the lock: a process that lost the race for a folder both saw missing
-            # must not delete the winner's folder (and its lock file) from under it
+        if self._fd is None:  # never held: a process that lost the race for a folder both saw missing
+            return            # must not delete the winner's folder (and its lock file) from under it
+        if abandon:
             self._remove_if_created()
-        if self._fd is not None:
-            os.close(self._fd)  # closing the only descriptor releases the flock
-            self._fd = None
+        os.close(self._fd)  # closing the only descriptor releases the flock
+        self._fd = None

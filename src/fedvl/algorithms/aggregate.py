@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 import torch
 
+from fedvl.schema import ConfigError
+
 Params = dict[str, torch.Tensor]
 
 
@@ -239,8 +241,6 @@ def check_options(cfg, pooled: bool) -> None:
     """The server's aggregation and update-checking options (``algorithm.aggregator`` and friends),
     run when a config loads; ``pooled``: the algorithm trains one model on pooled data (no rounds
     of client updates, so Krum's client count does not apply)."""
-    from fedvl.schema import ConfigError
-
     a = cfg.algorithm
     checks = [
         (0.0 <= a.trim_ratio < 0.5, "algorithm.trim_ratio must be in [0, 0.5)"),

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fedvl.algorithms.aggregate import Params
+from fedvl.schema import ConfigError
 from fedvl.seeding import derived_seed
 
 ATTACKS = ("sign_flip", "scaled", "noise")
@@ -54,8 +55,6 @@ def attack_update(reference: Params, update: Params, kind: str, scale: float, ge
 
 def check_options(cfg) -> None:
     """The ``attack`` section (experiments only), run when a config loads."""
-    from fedvl.schema import ConfigError
-
     atk = cfg.attack
     if not 0.0 <= atk.fraction <= 1.0:
         raise ConfigError("attack.fraction must be in [0, 1]")

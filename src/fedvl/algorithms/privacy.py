@@ -13,6 +13,8 @@ the fixed-size sampling we do (as in the paper).
 
 from __future__ import annotations
 
+from fedvl.schema import ConfigError
+
 
 def epsilon_spent(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
     """epsilon at ``delta`` after ``rounds`` rounds (0.0 before the first round).
@@ -31,8 +33,6 @@ def epsilon_spent(noise_multiplier: float, sample_rate: float, rounds: int, delt
 
 def check_options(cfg) -> None:
     """The ``privacy`` section (DP-FedAvg), run when a config loads."""
-    from fedvl.schema import ConfigError
-
     a, dp = cfg.algorithm, cfg.privacy
     for ok, msg in ((dp.clip_norm > 0, "privacy.clip_norm must be > 0"),
                     (dp.noise_multiplier > 0, "privacy.noise_multiplier must be > 0"),

@@ -465,16 +465,14 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
     host, server_port = parse_server(server)
     if not 0.01 <= poll_s <= 60:
         raise ConfigError(f"--poll-s must be between 0.01 and 60 seconds, got {poll_s}")
-    port = port or free_port()
-    join_command(server, partition, state_dir, tls_ca, port, auth_key, device)  # bad options: before anything starts
     folder = make_folder()
-    cmd = join_command(server, partition, state_dir, tls_ca, port, auth_key, device, worker=folder)
-    # SIGTERM becomes an exception so the SuperNode and the worker are always stopped with `fedvl join`
-    signal.signal(signal.SIGTERM, _interrupt)
     worker = None
     quick_exits = 0
     deadline = time.monotonic() + wait_s
     try:
+        cmd = join_command(server, partition, state_dir, tls_ca, port or free_port(), auth_key, device, worker=folder)
+        # SIGTERM becomes an exception so the SuperNode and the worker are always stopped with `fedvl join`
+        signal.signal(signal.SIGTERM, _interrupt)
         worker = start_worker(folder)
         while True:
             reason = _unreachable(host, server_port, time.monotonic())  # one quick look first
@@ -492,10 +490,6 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
                 print(f"fedvl join: error: this node's fedvl worker exited with code {worker.returncode} (its "
                       "error is above); stopping this node", file=sys.stderr)
                 return 1
-            if why == ENDED:
-                print(f"fedvl join: the run at {server} has ended (its SuperLink has been gone for {wait_s:.0f}s); "
-                      "stopping this node", file=sys.stderr)
-                return 0
             if why is None:
                 # The SuperNode ended by itself: its SuperLink went away (Flower's SuperNode gives up
                 # after a few retries) or was replaced by a new one that does not know this node (a
@@ -505,15 +499,17 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
                 quick_exits = quick_exits + 1 if time.monotonic() - started < 15 else 0
                 if quick_exits >= 3:
                     return code
-                if _unreachable(host, server_port, time.monotonic() + wait_s) is not None:
-                    print(f"fedvl join: the run at {server} has ended (its SuperLink has been gone for "
-                          f"{wait_s:.0f}s); stopping this node", file=sys.stderr)
-                    return 0
-                print(f"fedvl join: the SuperNode left the SuperLink at {server} (exit {code}); joining it again",
-                      file=sys.stderr, flush=True)
-                time.sleep(1)
-                deadline = time.monotonic() + wait_s
-                continue
+                if _unreachable(host, server_port, time.monotonic() + wait_s) is None:
+                    print(f"fedvl join: the SuperNode left the SuperLink at {server} (exit {code}); joining it "
+                          "again", file=sys.stderr, flush=True)
+                    time.sleep(1)
+                    deadline = time.monotonic() + wait_s
+                    continue
+                why = ENDED
+            if why == ENDED:
+                print(f"fedvl join: the run at {server} has ended (its SuperLink has been gone for {wait_s:.0f}s); "
+                      "stopping this node", file=sys.stderr)
+                return 0
             if why != REFUSED:
                 print(f"fedvl join: error: {why}; stopping this node", file=sys.stderr)
                 return 2

@@ -6,11 +6,10 @@ process writes the whole results folder through :func:`fedvl.experiment.run_expe
 so this module sits above both the experiment and the Flower runtime.
 """
 
-import json
 from pathlib import Path
 
 from fedvl.experiment import run_experiment
-from fedvl.io import atomic_write_text
+from fedvl.report.history import write_json_atomic
 
 # Flower's names come through fedvl.runtime.flower, which sets Flower's environment before importing it
 from fedvl.runtime.flower import (
@@ -37,7 +36,7 @@ def main(grid: Grid, context: Context) -> None:
 
     def rounds(fed, run_dir, history, progress, server, start):
         # the run's token, for `fedvl serve --resume` to hand the nodes again (they keep its state)
-        atomic_write_text(run_dir / DEPLOYMENT_FILE, json.dumps({RUN_TOKEN_KEY: token}))
+        write_json_atomic(run_dir / DEPLOYMENT_FILE, {RUN_TOKEN_KEY: token})
         return run_rounds(grid, fed, history, progress, server, start)
 
     run_experiment(cfg, Path(str(context.run_config[RESULTS_KEY])), progress_enabled=False, runner=rounds,

@@ -47,18 +47,47 @@ def make_folder() -> Path:
     return folder
 
 
-def serve_forever(folder: Path) -> None:
-    """Answer one message at a time (a SuperNode runs one ClientApp at a time) until stopped."""
-    from fedvl.runtime.flower import make_client_app  # first: it sets Flower's environment
+def _send_pair(conn, message, context) -> None:
+    """A Message and its Context, in Flower's own protobuf form (both directions use this)."""
+    from flwr.common import serde
 
-    # isort: split
+    conn.send_bytes(serde.message_to_proto(message).SerializeToString())
+    conn.send_bytes(serde.context_to_proto(context).SerializeToString())
+
+
+def _recv_pair(conn):
     from flwr.common import serde
     from flwr.proto.message_pb2 import Context as ProtoContext
     from flwr.proto.message_pb2 import Message as ProtoMessage
 
+    message = serde.message_from_proto(ProtoMessage.FromString(conn.recv_bytes()))
+    return message, serde.context_from_proto(ProtoContext.FromString(conn.recv_bytes()))
+
+
+def _answer(conn, app) -> None:
+    """One request: run the ClientApp, send back its reply and the Context, or the error's name and text."""
+    try:
+        message, context = _recv_pair(conn)
+    except (OSError, EOFError, ValueError) as e:
+        print(f"fedvl node worker: unreadable request ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+        return
+    try:
+        reply = app(message=message, context=context)
+    except Exception as e:  # noqa: BLE001  (any ClientApp error goes back to the message's sender)
+        traceback.print_exc()
+        for part in (b"error", type(e).__name__.encode(), str(e).encode()):
+            conn.send_bytes(part)
+        return
+    conn.send_bytes(b"ok")
+    _send_pair(conn, reply, context)
+
+
+def serve_forever(folder: Path) -> None:
+    """Answer one message at a time (a SuperNode runs one ClientApp at a time) until stopped."""
+    from fedvl.runtime.flower import make_client_app  # first: it sets Flower's environment
+
     app = make_client_app()
-    key = (folder / KEY).read_bytes()
-    with Listener(str(folder / SOCKET), family="AF_UNIX", authkey=key) as listener:
+    with Listener(str(folder / SOCKET), family="AF_UNIX", authkey=(folder / KEY).read_bytes()) as listener:
         while True:
             try:
                 conn = listener.accept()
@@ -68,22 +97,7 @@ def serve_forever(folder: Path) -> None:
                 continue
             with conn:
                 try:
-                    msg = serde.message_from_proto(ProtoMessage.FromString(conn.recv_bytes()))
-                    ctx = serde.context_from_proto(ProtoContext.FromString(conn.recv_bytes()))
-                except (OSError, EOFError, ValueError) as e:
-                    print(f"fedvl node worker: unreadable request ({type(e).__name__}: {e})", file=sys.stderr,
-                          flush=True)
-                    continue
-                try:
-                    reply = app(message=msg, context=ctx)
-                    out = [b"ok", serde.message_to_proto(reply).SerializeToString(),
-                           serde.context_to_proto(ctx).SerializeToString()]
-                except Exception as e:  # noqa: BLE001  (any ClientApp error goes back to the message's sender)
-                    traceback.print_exc()
-                    out = [b"error", type(e).__name__.encode(), str(e).encode()]
-                try:
-                    for part in out:
-                        conn.send_bytes(part)
+                    _answer(conn, app)
                 except OSError as e:  # the flwr-clientapp process was stopped while we worked
                     print(f"fedvl node worker: could not reply ({e})", file=sys.stderr, flush=True)
 
@@ -91,10 +105,6 @@ def serve_forever(folder: Path) -> None:
 def ask(folder: Path, message, context, wait_s: float = 300.0):
     """Hand one message and its Context to the worker; its reply Message. The Context's state
     (SecAgg+ keeps its per-stage secrets there) comes back updated in place."""
-    from flwr.common import serde
-    from flwr.proto.message_pb2 import Context as ProtoContext
-    from flwr.proto.message_pb2 import Message as ProtoMessage
-
     key = (folder / KEY).read_bytes()
     deadline = time.monotonic() + wait_s
     while True:  # the worker may still be importing torch when the first message arrives
@@ -107,18 +117,16 @@ def ask(folder: Path, message, context, wait_s: float = 300.0):
                                       f"({type(e).__name__}); is `fedvl join` still running?") from None
             time.sleep(0.1)
     with conn:
-        conn.send_bytes(serde.message_to_proto(message).SerializeToString())
-        conn.send_bytes(serde.context_to_proto(context).SerializeToString())
-        status = conn.recv_bytes()
-        if status == b"error":
+        _send_pair(conn, message, context)
+        if conn.recv_bytes() == b"error":
             name, text = conn.recv_bytes().decode(), conn.recv_bytes().decode()
             if name == "ConfigError":  # kept by name: `fedvl join` stops on a partition the run lacks
                 from fedvl.schema import ConfigError
 
                 raise ConfigError(text)
             raise NodeWorkerError(f"{name}: {text}")
-        reply = serde.message_from_proto(ProtoMessage.FromString(conn.recv_bytes()))
-        context.state = serde.context_from_proto(ProtoContext.FromString(conn.recv_bytes())).state
+        reply, back = _recv_pair(conn)
+    context.state = back.state
     return reply
 
 

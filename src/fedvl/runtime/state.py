@@ -102,28 +102,24 @@ class RoundedStateStore(ClientStateStore):
                 out.append((int(tag), p))
         return sorted(out, reverse=True)
 
-    def load(self, client_id: str) -> dict[str, torch.Tensor] | None:
-        found = self.rounds(client_id)
-        return load_file(found[0][1]) if found else None
-
 
 class _RoundView(ClientStateStore):
+    """One message's view of a :class:`RoundedStateStore`: reads the newest state up to round
+    ``newest``, writes round ``write``'s (train messages only)."""
+
     def __init__(self, store: RoundedStateStore, newest: int, write: int | None):
         super().__init__(store.root)
         self.store, self.newest, self.write = store, newest, write
 
-    def load(self, client_id: str) -> dict[str, torch.Tensor] | None:
-        for rnd, path in self.store.rounds(client_id):
-            if rnd <= self.newest:
-                return load_file(path)
-        return None
-
-    def save(self, client_id: str, tensors: dict[str, torch.Tensor]) -> None:
+    def _path(self, client_id: str) -> Path:
         if self.write is None:
             raise RuntimeError("an evaluation does not change a client's state")
-        if tensors:
-            contiguous = {k: v.contiguous() for k, v in tensors.items()}
-            path = self.root / f"{client_id}.r{self.write:05d}{SUFFIX}"
-            atomic_write(path, lambda tmp: save_file(contiguous, tmp))
-            for _, old in self.store.rounds(client_id)[self.store.keep:]:
-                old.unlink(missing_ok=True)
+        return self.root / f"{client_id}.r{self.write:05d}{SUFFIX}"
+
+    def load(self, client_id: str) -> dict[str, torch.Tensor] | None:
+        return next((load_file(p) for rnd, p in self.store.rounds(client_id) if rnd <= self.newest), None)
+
+    def save(self, client_id: str, tensors: dict[str, torch.Tensor]) -> None:
+        super().save(client_id, tensors)
+        for _, old in self.store.rounds(client_id)[self.store.keep:]:
+            old.unlink(missing_ok=True)
