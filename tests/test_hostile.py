@@ -275,6 +275,32 @@ def test_overwrite_of_a_live_run_is_refused_before_anything_is_built(world, comm
         live.release()
 
 
+def test_serve_resume_waits_for_the_dead_servers_process_to_release_the_folder(tmp_path):
+    """A ServerApp killed with its `fedvl serve` lets go of the results folder a moment later (its
+    SuperLink stops it): `serve --resume` waits for that, and still refuses a run that stays live."""
+    import threading
+
+    from fedvl.runfolder import RunFolder, RunFolderError, wait_until_free
+
+    run = tmp_path / "dep"
+    run.mkdir()
+    said = []
+    held = RunFolder(run).acquire(fresh=False)
+    timer = threading.Timer(0.5, held.release)
+    timer.start()
+    try:
+        wait_until_free(run, 30, said.append)  # returns once the lock is gone
+    finally:
+        timer.join()
+    assert len(said) == 1 and "waiting up to 30s for the previous process" in said[0]
+    held = RunFolder(run).acquire(fresh=False)
+    try:
+        with pytest.raises(RunFolderError, match=f"in use by another fedvl process \\(pid {os.getpid()}\\)"):
+            wait_until_free(run, 0.3, said.append)
+    finally:
+        held.release()
+
+
 @pytest.mark.slow
 def test_clean_folder_dataset_runs(world):
     """The fixture itself is fine: without damage the same command runs (so the tests above test the damage)."""

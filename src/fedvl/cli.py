@@ -65,6 +65,9 @@ Without certificates pass --insecure on both sides (no encryption: for trusted n
 With TLS, --auth-keys DIR admits only the nodes whose public key (DIR/*.pub, e.g. from
 `ssh-keygen -t ecdsa -b 384 -N '' -f node0`) is listed; they join with --auth-key node0.
 run.secagg=true aggregates with Flower's SecAgg+: the server sees only the sum of the updates.
+Every algorithm deploys but the pooled references (centralized, kt-centralized); for the FedMMKT
+family (`fedvl serve configs/fedmmkt.yaml`) the server alone holds the text-to-image model, and
+partition i is the i-th of fedmmkt.domains / fedmmkt.archs.
 The server commits a checkpoint every round; if it dies, `fedvl serve --resume results/NAME`
 (same port and TLS options) continues from the last complete round with the nodes still
 running (or restarted with the same --state-dir).
@@ -74,7 +77,7 @@ JOIN_HELP = """\
 Join a Flower deployment started by `fedvl serve` as the client holding
 partition --partition (0..N-1 in the experiment's client order): starts a Flower
 SuperNode running the fedvl ClientApp. Client-local state (e.g. FedDAT's A_C)
-stays in --state-dir and never leaves this machine. Runs until the run ends: once
+(or a FedMMKT client's task model) stays in --state-dir and never leaves this machine. Runs until the run ends: once
 the SuperLink has been gone for --wait-s seconds it says so and exits 0 (or Ctrl-C).
 Gives up (exit 1) when the SuperLink stays unreachable for --wait-s seconds at the start;
 stops (exit 2) when the run has no partition --partition. If the server restarts

@@ -104,8 +104,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
         raise
     try:
         trackers = open_trackers(cfg, run_dir)  # only once the folder is ours: trackers write into it
-        if kt:  # knowledge transfer: its own loop and results
-            return _finish_kt(cfg, run_dir, console, progress, t0, trackers, resume)
+        if kt:  # knowledge transfer: its own server side and results
+            return _finish_kt(cfg, run_dir, console, progress, t0, trackers, resume, runner, server_only)
         setup_s = time.perf_counter() - t0
         history = History(run_dir, trackers)
         if runner is not None or cfg.run.runtime == "flower-sim":  # checkpointed and resumed as in process
@@ -206,11 +206,12 @@ def _write_results(run_dir: Path, console, title: str, notes: list[str], summary
 
 
 def _finish_kt(cfg: ExperimentConfig, run_dir: Path, console, progress, t0: float, trackers=None,
-               resume: bool = False) -> dict[str, Any]:
+               resume: bool = False, runner=None, server_only: bool = False) -> dict[str, Any]:
     """A FedMMKT-family run (:mod:`fedvl.kt.experiment`), with the same summary files as any run."""
     from fedvl.kt.experiment import run_kt
 
-    final, params, notes, rejected = run_kt(cfg, run_dir, progress, trackers, resume, config_digest(cfg))
+    final, params, notes, rejected = run_kt(cfg, run_dir, progress, trackers, resume, config_digest(cfg), runner,
+                                            server_only)
     progress.close()
     wall = time.perf_counter() - t0
     title = f"{cfg.algorithm.name} · knowledge transfer · {len(cfg.fedmmkt.domains)} clients"

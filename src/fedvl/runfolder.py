@@ -18,6 +18,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from fedvl.schema import ConfigError
@@ -99,6 +100,24 @@ def check_not_live(path: Path) -> None:
             raise _in_use(path, fd) from None
     finally:
         os.close(fd)  # and with it the shared lock
+
+
+def wait_until_free(path: Path, wait_s: float, log=print) -> None:
+    """Wait up to ``wait_s`` for a folder's run to end (its lock released), then refuse as
+    :func:`check_not_live`. For ``fedvl serve --resume`` right after a server died: its SuperLink
+    stops the dead run's ServerApp process, which holds the folder, only a moment later."""
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            return check_not_live(path)
+        except RunFolderError as e:
+            if time.monotonic() >= deadline:
+                raise
+            if not said:
+                log(f"fedvl: waiting up to {wait_s:.0f}s for the previous process to release {path} ({e})")
+                said = True
+            time.sleep(0.2)
 
 
 class RunFolder:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedvl.report.history import History
+from kt_fixtures import KT_TINY  # tests/kt_fixtures.py
 
 FEDVL = str(Path(sys.executable).parent / "fedvl")
 
@@ -157,8 +158,21 @@ def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_
         assert not list((tmp_path / "intruder").rglob("*.safetensors"))  # it never trained
 
 
+# two clients on 127.0.0.1: FedDAT on the tiny VL model; FedMMKT with the tiny generator (pretrained by
+# the server, which alone generates and judges) and task models of two architectures; kt-fedavg with two
+# of one architecture, whose average comes down with the evaluation and is where round r + 1 starts
+_KT2 = [o for o in KT_TINY if not o.startswith(("fedmmkt.domains", "fedmmkt.archs", "algorithm.rounds"))] \
+    + ["fedmmkt.domains=night,sketch"]
+DEPLOYED = {
+    "feddat": ["algorithm.name=feddat", "data.num_clients=2", "data.domains=photo,sketch"],
+    "fedmmkt": _KT2 + ["algorithm.name=fedmmkt", "fedmmkt.archs=cnn,mlp"],
+    "kt-fedavg": _KT2 + ["algorithm.name=kt-fedavg", "fedmmkt.archs=cnn,cnn"],
+}
+
+
 @pytest.mark.slow
-def test_serve_resume_after_sigkill_mid_round_ends_as_an_uninterrupted_run(tiny_overrides, tmp_path):
+@pytest.mark.parametrize("name", sorted(DEPLOYED))
+def test_serve_resume_after_sigkill_mid_round_ends_as_an_uninterrupted_run(name, tiny_overrides, tmp_path):
     """`fedvl serve` is killed (SIGKILL) after both nodes trained round 3 and before the server
     committed it; `fedvl serve --resume` on the same port continues from round 2's checkpoint, the
     running nodes join its new SuperLink, train round 3 again from their state as of round 2, and
@@ -167,8 +181,7 @@ def test_serve_resume_after_sigkill_mid_round_ends_as_an_uninterrupted_run(tiny_
     from fedvl.experiment import run_experiment
     from fedvl.runtime.deploy import free_port, stop
 
-    args = tiny_overrides + ["algorithm.name=feddat", "algorithm.rounds=4", "data.num_clients=2",
-                             "data.domains=photo,sketch", "run.round_timeout_s=600"]
+    args = tiny_overrides + DEPLOYED[name] + ["algorithm.rounds=4", "run.round_timeout_s=600"]
     port, run = free_port(), tmp_path / "results" / "dep"
     serve = [FEDVL, "serve", "--host", "127.0.0.1", "--port", str(port), "--insecure"]
     procs = [subprocess.Popen([FEDVL, "join", "--server", f"127.0.0.1:{port}", "--partition", str(i), "--insecure",
@@ -202,6 +215,13 @@ def test_serve_resume_after_sigkill_mid_round_ends_as_an_uninterrupted_run(tiny_
         for cid in a["eval"]:
             for k, v in a["eval"][cid].items():
                 assert b["eval"][cid][k] == pytest.approx(v, abs=1e-5), (a["round"], cid, k)
+        # FedMMKT: the server's own side (ensemble, filter, generator update, fidelity) as in process too
+        for part in ("server", "generator"):
+            assert set(b.get(part, {})) == set(a.get(part, {}))
+            for k, v in a.get(part, {}).items():
+                assert b[part][k] == pytest.approx(v, abs=1e-5), (a["round"], part, k)
+    assert not list(run.glob("client_states/*.safetensors"))  # client state stays on the nodes
+    assert len(list((tmp_path / "node0").rglob("*.r0000[234].safetensors"))) == 3  # the newest 3 rounds
     # and a resume of a run that was never deployed says so in one line
     out = subprocess.run(serve + ["--resume", str(tmp_path / "sim")], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0 and "already complete" in out.stdout

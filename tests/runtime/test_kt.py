@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from kt_fixtures import KT_TINY  # tests/kt_fixtures.py
 
 from fedvl.algorithms import registry
 from fedvl.algorithms.aggregate import UpdateRejected
@@ -11,16 +12,6 @@ from fedvl.config import ConfigError, load_config
 from fedvl.runtime.knowledge import run_round
 from fedvl.runtime.kt import ServerState, build, check_report, task_model
 
-KT_TINY = [
-    "run.threads=1",
-    "algorithm.rounds=2",
-    "t2i.text=tiny", "t2i.channels=8,16", "t2i.image_size=16", "t2i.pretrain_steps=3", "t2i.pretrain_per_class=2",
-    "t2i.sample_steps=2", "t2i.server_steps=2", "t2i.server_batch=8",
-    "fedmmkt.colors=red,blue", "fedmmkt.shapes=circle,square", "fedmmkt.domains=night,sketch,night",
-    "fedmmkt.archs=cnn,mlp,cnn", "fedmmkt.train_per_class=2", "fedmmkt.test_per_class=2",
-    "fedmmkt.judge_per_class=3", "fedmmkt.synthetic_per_class=2", "fedmmkt.eval_per_class=2",
-    "fedmmkt.local_epochs=1",
-]
 # what each knowledge-transfer algorithm sends up (the fine-tuning family's matrix is tests/algorithms/test_matrix.py)
 KT_TRAVEL = {"fedmmkt": "report", "kt-distill": "report", "kt-local": "none", "kt-fedavg": "weights",
              "kt-centralized": "data"}
@@ -146,13 +137,22 @@ def test_a_rejected_client_is_recorded_and_the_round_goes_on(kt_cfg, tmp_path):
     ("fedmmkt.archs=cnn,mlp", "give one per client"),
     ("fedmmkt.archs=cnn,resnet9000,cnn", "unknown architecture"),
     ("fedmmkt.domains=source,night,night", "public domain"),
-    ("run.runtime=flower-deploy", "not yet on Ray workers or a Flower deployment"),
     ("t2i.source=/nonexistent/sd", "neither 'fedvl' nor a folder"),
     ("t2i.image_size=17", "divisible"),
 ])
 def test_bad_kt_configs_fail_with_one_line(override, message, kt_cfg):
     with pytest.raises(ConfigError, match=message):
         kt_cfg("fedmmkt", override)
+
+
+def test_every_kt_algorithm_deploys_but_the_one_that_pools_raw_data(kt_cfg):
+    for name in sorted(KT_TRAVEL):
+        if KT_TRAVEL[name] == "data":
+            with pytest.raises(ConfigError, match="pools every client's real data in one place"):
+                kt_cfg(name, "run.runtime=flower-deploy")
+            kt_cfg(name, "run.runtime=flower-sim", "run.flower_backend=ray")  # every worker builds every partition
+        else:
+            assert kt_cfg(name, "run.runtime=flower-deploy").run.runtime == "flower-deploy"
 
 
 @pytest.mark.slow
@@ -366,6 +366,51 @@ def test_kt_on_flower_simulation_gives_the_in_process_metrics(name, kt_cfg, tmp_
 
     cfg = kt_cfg(name, f"run.name={name}", "run.runtime=flower-sim", *ISSUE4)
     run_experiment(cfg, tmp_path / "results" / name, progress_enabled=False)
+    want = json.loads((Path(__file__).parent / "data" / "kt_metrics_main.json").read_text())[name]
+    assert _recorded_part(_metrics(tmp_path / "results" / name), want) == want
+
+
+@pytest.mark.parametrize("name", ["fedmmkt", "kt-fedavg"])
+def test_kt_on_rays_path_server_without_client_data_and_workers_building_their_own(name, kt_cfg, tmp_path,
+                                                                                   monkeypatch):
+    """run.flower_backend=ray, with Ray's engine replaced by the in-process one (Ray is an optional
+    extra, absent here): everything of fedvl's Ray path runs, i.e. a server that builds no client's
+    data and a worker ClientApp that builds every partition from the config text, without the
+    generator or judge; the numbers are the in-process ones, bit for bit."""
+    import importlib.util
+    import sys
+    import types
+    from pathlib import Path
+
+    import flwr.simulation
+
+    from fedvl.experiment import run_experiment
+    from fedvl.runtime import flower
+    from fedvl.runtime import kt as kt_runtime
+
+    real_find, real_sim, real_build = importlib.util.find_spec, flwr.simulation.run_simulation, kt_runtime.build
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "ray" else real_find(n, *a))
+    stand_in = types.ModuleType("raybackend")
+    stand_in.RayBackend = flower.InProcessBackend
+    monkeypatch.setitem(sys.modules, "flwr.server.superlink.fleet.vce.backend.raybackend", stand_in)
+    engine = []
+    monkeypatch.setattr(flwr.simulation, "run_simulation",
+                        lambda **kw: engine.append(kw["backend_config"]) or real_sim(**kw))
+    builds = []
+
+    def recorded_build(cfg, run_dir, *a, **kw):
+        fed = real_build(cfg, run_dir, *a, **kw)
+        builds.append((sorted(fed.train), fed.generator is not None, fed.judge is not None))
+        return fed
+
+    monkeypatch.setattr(kt_runtime, "build", recorded_build)
+    monkeypatch.setattr(flower, "build_kt", recorded_build)
+    cfg = kt_cfg(name, f"run.name={name}", "run.runtime=flower-sim", "run.flower_backend=ray", *ISSUE4)
+    run_experiment(cfg, tmp_path / "results" / name, progress_enabled=False)
+    synthetic = name == "fedmmkt"
+    assert engine[0]["client_resources"] == {"num_cpus": 1.0, "num_gpus": 0.0}  # Ray's resources were asked for
+    ids = ["c0-night-cnn", "c1-sketch-mlp", "c2-night-cnn"]
+    assert builds == [([], synthetic, synthetic), (ids, False, False)]  # the server's, then the worker's
     want = json.loads((Path(__file__).parent / "data" / "kt_metrics_main.json").read_text())[name]
     assert _recorded_part(_metrics(tmp_path / "results" / name), want) == want
 

@@ -176,5 +176,7 @@ def test_a_nodes_rounded_store_trains_from_the_state_before_the_round(tmp_path):
     assert store.at(3, fit=False).load("c0")["w"][0] == 3.0
     assert store.at(2, fit=True).load("c0") is None  # round 1's state was dropped
     assert store.at(9, fit=True).load("other") is None
-    with pytest.raises(RuntimeError, match="evaluation does not change"):
-        store.at(4, fit=False).save("c0", {"w": torch.zeros(2)})
+    # an evaluation that brings weights (kt-fedavg's average) replaces that round's state, no other
+    store.at(4, fit=False).save("c0", {"w": torch.zeros(2)})
+    assert [r for r, _ in store.rounds("c0")] == [4, 3, 2]
+    assert store.at(5, fit=True).load("c0")["w"][0] == 0.0 and store.at(4, fit=True).load("c0")["w"][0] == 3.0

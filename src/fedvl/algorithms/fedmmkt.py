@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -443,7 +444,8 @@ class PooledByArch(LocalOnly):
 def _kt(name: str, server: type[KTServerRule], summary: str) -> Algorithm:
     # one registry for every algorithm: this family exchanges knowledge, not parameters, and checks its
     # own sections (t2i, fedmmkt); the adapter fields of Algorithm do not apply to its task models
-    return register(Algorithm(name, server, KTClient, summary, exchange="knowledge", check=validate_kt))
+    return register(Algorithm(name, server, KTClient, summary, exchange="knowledge",
+                              check=partial(validate_kt, pools_data=server.pool_data)))
 
 
 FEDMMKT = _kt("fedmmkt", KTServerRule, "FedMMKT: synthetic set from the server T2I model, ensemble distillation, "

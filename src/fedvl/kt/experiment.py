@@ -60,10 +60,12 @@ def plot_fidelity(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None, resume: bool = False,
-           config_digest: str | None = None) -> tuple[dict[str, Any], dict[str, Any], list[str], int]:
+           config_digest: str | None = None, runner=None,
+           server_only: bool = False) -> tuple[dict[str, Any], dict[str, Any], list[str], int]:
     """Every round of a knowledge-transfer run, each checkpointed (``resume``: continue from the
-    newest good checkpoint). Returns (final record, parameter report, notes, rejected client
-    reports over the run)."""
+    newest good checkpoint). ``runner``: as :func:`fedvl.experiment.run_experiment`'s (a Flower
+    deployment's grid), ``server_only``: this process is the server only and builds no client's
+    data. Returns (final record, parameter report, notes, rejected client reports over the run)."""
     import sys
 
     from fedvl.report.plots import plot_accuracy
@@ -76,17 +78,22 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None, resume
         progress.step(done, total, loss)
 
     t0 = time.perf_counter()
-    fed = build(cfg, run_dir, status=progress.status, on_pretrain_step=pretrain_step)
+    # the clients build their own data where they are other processes (a deployment, Ray workers)
+    ray_workers = cfg.run.runtime == "flower-sim" and cfg.run.flower_backend == "ray"
+    fed = build(cfg, run_dir, status=progress.status, on_pretrain_step=pretrain_step,
+                clients=[] if server_only or ray_workers else None)
     setup_s = time.perf_counter() - t0
     history, state = History(run_dir, trackers), ServerState()
     server = KnowledgeServer(fed, state, run_dir, config_digest)
     start = server.resume(history, lambda m: print(m, file=sys.stderr)) if resume else 1
-    if cfg.run.runtime == "flower-sim":  # the same server side; Flower's grid reaches the clients
+    if runner is None and cfg.run.runtime == "flower-sim":  # the same server side; Flower's grid reaches the clients
         from fedvl.runtime.flower import flower_simulate
 
-        record = flower_simulate(fed, run_dir, history, progress, server, start)
+        runner = flower_simulate
+    if runner is not None:
+        record = runner(fed, run_dir, history, progress, server, start)
     else:
-        record = run_rounds(server, InProcess(KnowledgeNode(fed)), history, progress, start)
+        record = run_rounds(server, InProcess(KnowledgeNode(fed, fed.store)), history, progress, start)
     title = f"{cfg.algorithm.name} · {cfg.fedmmkt.archs} · {len(fed.classes)} classes"
     plot_accuracy(history.rounds, run_dir / "accuracy.png", title)
     if fed.judge is not None:
@@ -100,6 +107,7 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None, resume
     if fed.server.average_weights:
         travel = mean_size
     elif fed.server.pool_data:  # kt-centralized: the raw private images move (an upper reference only)
+        # (its data are all built in the server's process: kt/validate.py keeps it off a deployment)
         travel = round(sum(fed.train[c].images.numel() for c in fed.client_ids) / len(fed.client_ids))
     elif fed.server.synthetic:
         travel = n_syn * len(fed.classes) + len(fed.classes) * (cfg.fedmmkt.proto_dim + 1)

@@ -7,15 +7,17 @@ from pathlib import Path
 from fedvl.schema import ConfigError, ExperimentConfig
 
 
-def validate_kt(cfg: ExperimentConfig) -> None:
+def validate_kt(cfg: ExperimentConfig, pools_data: bool = False) -> None:
+    """``pools_data``: the algorithm trains each client on every client's real data (kt-centralized),
+    which needs all of them in one process: never a deployment."""
     from fedvl.data.world import COLORS, DOMAINS, SHAPES
     from fedvl.kt.models import ARCHITECTURES
 
     t, k = cfg.t2i, cfg.fedmmkt
     checks = [
-        (cfg.run.runtime == "simulator" or (cfg.run.runtime == "flower-sim" and cfg.run.flower_backend == "inprocess"),
-         (f"algorithm {cfg.algorithm.name} runs in process (run.runtime=simulator) or on Flower's simulation with "
-          "run.flower_backend=inprocess; not yet on Ray workers or a Flower deployment")),
+        (not (pools_data and cfg.run.runtime == "flower-deploy"),
+         (f"algorithm {cfg.algorithm.name} pools every client's real data in one place (an upper reference); "
+          "it runs in process or on Flower's simulation, not on a deployment")),
         (not cfg.run.secagg, f"run.secagg is for FedAvg-type algorithms on Flower, not {cfg.algorithm.name}"),
         (len(k.domains) >= 1, "fedmmkt.domains must name at least one client domain"),
         (len(k.archs) == len(k.domains),

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedvl.runfolder import wait_until_free
 from fedvl.runtime.flower import (
     CONFIG_KEY,
     DEPLOYMENT_FILE,
@@ -44,6 +45,8 @@ from fedvl.runtime.flower import (
 from fedvl.runtime.node_worker import WORKER_KEY, make_folder
 from fedvl.runtime.supernode import DEFAULT_POLL_S, POLL_ENV
 from fedvl.schema import ConfigError, ExperimentConfig, dump_config
+
+RELEASE_WAIT_S = 60.0  # serve --resume: how long the previous ServerApp may take to let go of the results folder
 
 
 @dataclass
@@ -226,9 +229,6 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
     clients' state by the run's token). Returns 0 when the results folder says ``complete``."""
     from fedvl.algorithms import get_algorithm
 
-    if get_algorithm(cfg.algorithm.name).exchange == "knowledge":
-        raise ConfigError(f"algorithm {cfg.algorithm.name} runs in process or on Flower's simulation only; "
-                          "it has no Flower deployment yet")
     if get_algorithm(cfg.algorithm.name).pooled:
         raise ConfigError(f"algorithm {cfg.algorithm.name} pools every client's data in one place; it has no "
                           "federated deployment")
@@ -239,6 +239,8 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
                           "--ssl-keyfile and --ssl-ca-certfile")
     keys = auth_public_keys(auth_keys) if auth_keys is not None else []
     token = run_token(run_dir) if resume else secrets.token_hex(8)
+    if resume:  # a server killed a moment ago: its SuperLink is still stopping the ServerApp that holds the folder
+        wait_until_free(run_dir, RELEASE_WAIT_S, log)
     scratch = Path(tempfile.mkdtemp(prefix="fedvl-serve-"))
     home, app = scratch / "flwr-home", scratch / "app"
     write_app(app, cfg, run_dir, token, resume)

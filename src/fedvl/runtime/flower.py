@@ -43,6 +43,8 @@ from fedvl.report.history import History
 from fedvl.runtime import secagg
 from fedvl.runtime.federation import Federation, build_federation
 from fedvl.runtime.knowledge import KnowledgeNode
+from fedvl.runtime.kt import KTFederation
+from fedvl.runtime.kt import build as build_kt
 from fedvl.runtime.loop import run_rounds as loop_rounds
 from fedvl.runtime.parameters import ParameterNode, ParameterServer, SecureSum, client_fit
 from fedvl.runtime.state import ClientStateStore, RoundedStateStore
@@ -76,7 +78,8 @@ def cfg_from_text(text: str) -> ExperimentConfig:
 
 # ---------------------------------------------------------------- client side
 
-_FEDS: dict[tuple[str, int], Federation] = {}  # one built federation per (config, partition) and process
+# one built federation per (config, partition, device) and process
+_FEDS: dict[tuple[str, int, str], Federation | KTFederation] = {}
 
 
 def _partition(context: Context) -> int:
@@ -87,17 +90,23 @@ def _partition(context: Context) -> int:
                           "(start it with `fedvl join --partition i`)") from None
 
 
-def _client_federation(cfg_text: str, pid: int, every_partition: bool, device: str = "") -> Federation:
+def _client_federation(cfg_text: str, pid: int, every_partition: bool, device: str = "") -> Federation | KTFederation:
     """A deployed node builds its own partition only; a simulation worker serves every
     partition in turn, so it builds them all once (vision features come from the disk cache).
-    ``device``: the node's own choice (``fedvl join --device``), over the run's run.device."""
+    ``device``: the node's own choice (``fedvl join --device``), over the run's run.device.
+    A knowledge-exchange node builds its clients' data and task models, never the server's
+    generator or judge."""
     key = (hashlib.sha256(cfg_text.encode()).hexdigest(), -1 if every_partition else pid, device)
     if key not in _FEDS:
         _FEDS.clear()  # one run per process at a time: do not keep an old model alive
         cfg = cfg_from_text(cfg_text)
         if device:
             cfg.run.device = device
-        _FEDS[key] = build_federation(cfg, status=lambda s: None, only=None if every_partition else [pid])
+        only = None if every_partition else [pid]
+        if get_algorithm(cfg.algorithm.name).exchange == "knowledge":
+            _FEDS[key] = build_kt(cfg, None, status=lambda s: None, clients=only, server=False)
+        else:
+            _FEDS[key] = build_federation(cfg, status=lambda s: None, only=only)
     fed = _FEDS[key]
     if not 0 <= pid < len(fed.client_ids):
         raise ConfigError(f"this node holds partition {pid}, but the experiment has partitions "
@@ -148,7 +157,7 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
 
     def node_of(built, store: ClientStateStore):
         exchange = get_algorithm(built.cfg.algorithm.name).exchange
-        node = KnowledgeNode(built) if exchange == "knowledge" else ParameterNode(built, store)
+        node = (KnowledgeNode if exchange == "knowledge" else ParameterNode)(built, store)
         return node, codec_for(exchange)
 
     @app.query()

@@ -6,10 +6,12 @@ process writes the whole results folder through :func:`fedvl.experiment.run_expe
 so this module sits above both the experiment and the Flower runtime.
 """
 
+import os
 from pathlib import Path
 
 from fedvl.experiment import run_experiment
 from fedvl.report.history import write_json_atomic
+from fedvl.runtime.deploy import die_with_parent
 
 # Flower's names come through fedvl.runtime.flower, which sets Flower's environment before importing it
 from fedvl.runtime.flower import (
@@ -31,6 +33,12 @@ server_app = ServerApp()
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
+    # This process (Flower's flwr-serverapp) is its SuperExec's child in the SuperExec's own session, so
+    # stopping `fedvl serve`'s SuperLink does not reach it; one whose SuperExec died lived on, holding the
+    # results folder, and `serve --resume` could never take it. It now ends with its parent.
+    die_with_parent()
+    if os.getppid() == 1:  # the parent was gone before the line above
+        raise SystemExit("fedvl: the SuperExec that started this ServerApp is gone")
     cfg = cfg_from_text(str(context.run_config[CONFIG_KEY]))
     token = str(context.run_config[RUN_TOKEN_KEY])
 

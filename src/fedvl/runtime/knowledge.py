@@ -42,6 +42,7 @@ from fedvl.runtime.kt import (
     update_generator,
 )
 from fedvl.runtime.loop import InProcess, play_round
+from fedvl.runtime.state import ClientStateStore
 from fedvl.seeding import derived_seed
 
 
@@ -111,7 +112,8 @@ class KnowledgeServer:
                 except UpdateRejected as e:
                     rejected[cid] = str(e)
         record: dict[str, Any] = {"round": rnd, "sampled": sampled, "train": train_metrics}
-        self.averaged = average_by_arch(fed, {c: r["weights"] for c, r in replies.items()}) \
+        self.averaged = average_by_arch(fed.archs, {c: r["weights"] for c, r in replies.items()},
+                                        {c: r["num_examples"] for c, r in replies.items()}) \
             if strat.average_weights else None
         server: dict[str, float] = {}
         if strat.synthetic:
@@ -229,34 +231,38 @@ class KnowledgeServer:
 
 
 class KnowledgeNode:
-    """Trains a client's own task model (from its saved state) and answers with what the round
-    asks for: its logits and prototypes on the synthetic set, or its weights."""
+    """Trains a client's own task model (from its state in ``store``) and answers with what the
+    round asks for: its logits and prototypes on the synthetic set, or its weights. ``store``: the
+    run folder's client states in process and in a simulation, a deployed node's own per-round
+    store (:class:`fedvl.runtime.state.RoundedStateStore`) in a deployment."""
 
-    def __init__(self, fed: KTFederation):
-        self.fed = fed
+    def __init__(self, fed: KTFederation, store: ClientStateStore):
+        self.fed, self.store = fed, store
 
     def fit(self, cid: str, rnd: int, down: KTDown, on_step=None) -> dict[str, Any]:
         fed, cfg = self.fed, self.fed.cfg
-        model = task_model(fed, cid)
+        store = self.store.at(rnd, fit=True)
+        model = task_model(fed, cid, store)
         gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "batches", rnd, cid))
         torch.manual_seed(derived_seed(cfg.run.seed, "torch", rnd, cid))
         data = fed.train[cid]
         reply: dict[str, Any] = {"train": fed.client.train(model, data.images, data.labels, down.distill, down.protos,
                                                            gen, on_step=on_step, rnd=rnd, rounds=cfg.algorithm.rounds)}
         state = cpu_state(model)
-        fed.store.save(cid, state)
+        store.save(cid, state)
         if down.synthetic is not None:
             reply["report"] = fed.client.report(model, down.synthetic.images, down.synthetic.labels, len(fed.classes))
         if down.send_weights:  # FedBN (fedavg_private_bn): the batch-norm entries never leave the client
             shared = averaged_keys(model, cfg.fedmmkt.fedavg_private_bn)
             reply["weights"] = {k: v for k, v in state.items() if k in shared}
+            reply["num_examples"] = len(data)  # the weight of this client in its architecture's average
         return reply
 
     def evaluate(self, cid: str, rnd: int, down: dict[str, dict[str, torch.Tensor]] | None) -> dict[str, float]:
-        fed = self.fed
+        fed, store = self.fed, self.store.at(rnd, fit=False)
         if down is not None:  # the architecture's average; entries it leaves out (FedBN) stay the client's own
-            fed.store.save(cid, {**fed.store.load(cid), **down[fed.archs[cid]]})
-        return fed.client.evaluate(task_model(fed, cid), fed.test[cid].images, fed.test[cid].labels)
+            store.save(cid, {**store.load(cid), **down[fed.archs[cid]]})  # (every client trained this round)
+        return fed.client.evaluate(task_model(fed, cid, store), fed.test[cid].images, fed.test[cid].labels)
 
     def holds(self, cid: str) -> bool:
         return cid in self.fed.train
@@ -264,4 +270,4 @@ class KnowledgeNode:
 
 def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) -> dict[str, Any]:
     """One round in process (:func:`fedvl.runtime.loop.play_round`); returns its record."""
-    return play_round(KnowledgeServer(fed, state), InProcess(KnowledgeNode(fed)), rnd, progress)
+    return play_round(KnowledgeServer(fed, state), InProcess(KnowledgeNode(fed, fed.store)), rnd, progress)

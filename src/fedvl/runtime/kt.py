@@ -47,7 +47,11 @@ class KTFederation:
     train: dict[str, ImageTextSet]
     test: dict[str, ImageTextSet]
     archs: dict[str, str]
-    store: ClientStateStore
+    """Every client's task-model architecture, keyed by client id (all clients, also where only
+    some clients' data were built)."""
+    store: ClientStateStore | None
+    """The run folder's client states (in process and Flower simulation: the nodes write them, the
+    server's checkpoints link them); None where no run folder is kept (a deployed node's build)."""
     generator: T2IGenerator | None = None
     judge: torch.nn.Module | None = None
     judge_real: torch.Tensor | None = None  # judge features of held-out real client-domain images
@@ -60,7 +64,8 @@ class KTFederation:
 
     @property
     def client_ids(self) -> list[str]:
-        return list(self.train)
+        """Every client of the run, in order, whichever of them this process holds data of."""
+        return list(self.archs)
 
 
 @dataclass
@@ -79,8 +84,14 @@ def client_ids_from(kt) -> list[str]:
     return [f"c{i}-{d}-{a}" for i, (d, a) in enumerate(zip(kt.domains, kt.archs))]
 
 
-def build(cfg: ExperimentConfig, run_dir: Path, status=print, on_pretrain_step=None) -> KTFederation:
-    """Client data, the fidelity judge and, if the strategy uses one, the pretrained generator."""
+def build(cfg: ExperimentConfig, run_dir: Path | None, status=print, on_pretrain_step=None,
+          clients: list[int] | None = None, server: bool = True) -> KTFederation:
+    """The clients' data and, with ``server``, the server's pieces: the fidelity judge and, if the
+    strategy uses one, the pretrained generator.
+
+    ``clients``: the partitions whose data to build (None: every one; ``[]``: none, the server of
+    a deployment or of Ray workers); ``server=False``: a node's build (a deployed node, a Ray
+    worker), which neither generates nor judges."""
     torch.set_num_threads(cfg.run.threads)
     try:
         amp = amp_for(cfg.run.device, cfg.run.precision)
@@ -92,16 +103,18 @@ def build(cfg: ExperimentConfig, run_dir: Path, status=print, on_pretrain_step=N
     algo = get_algorithm(cfg.algorithm.name)
     strategy = algo.server(cfg)
     ids = client_ids_from(kt)
-    status(f"making {len(ids)} clients' private image-text data ({len(classes)} classes)")
+    held = [(cid, d) for i, (cid, d) in enumerate(zip(ids, kt.domains)) if clients is None or i in clients]
+    if held:
+        status(f"making {len(held)} client(s)' private image-text data ({len(classes)} classes)")
     train = {cid: make_set(classes, d, kt.train_per_class, size, derived_seed(seed, "kt-train", cid))
-             for cid, d in zip(ids, kt.domains)}
+             for cid, d in held}
     test = {cid: make_set(classes, d, kt.test_per_class, size, derived_seed(seed, "kt-test", cid))
-            for cid, d in zip(ids, kt.domains)}
-    if strategy.pool_data:
+            for cid, d in held}
+    if strategy.pool_data:  # every client's data is here (kt/validate.py keeps this off a deployment)
         train = pool_by_arch(train, dict(zip(ids, kt.archs)))
     fed = KTFederation(cfg, strategy, algo.client(kt, amp), classes, train, test, dict(zip(ids, kt.archs)),
-                       ClientStateStore(run_dir / "client_states"), amp=amp)
-    if strategy.synthetic:
+                       ClientStateStore(run_dir / "client_states") if run_dir is not None else None, amp=amp)
+    if strategy.synthetic and server:
         from fedvl.generation.pretrain import load_or_pretrain
 
         fed.generator, fed.pretrain_meta = load_or_pretrain(cfg.t2i, kt, Path(cfg.run.cache_dir), status,
@@ -125,16 +138,20 @@ def build(cfg: ExperimentConfig, run_dir: Path, status=print, on_pretrain_step=N
             fed.gen_opt = torch.optim.AdamW(params, lr=cfg.t2i.lr)
         else:
             fed.generator.set_trainable([])
-    for cid, arch in fed.archs.items():
-        model = build_task_model(arch, len(classes), size, kt.proto_dim, derived_seed(seed, "task-model", cid))
-        fed.store.save(cid, model.state_dict())  # built on the CPU: device-free
     return fed
 
 
-def task_model(fed: KTFederation, cid: str) -> torch.nn.Module:
-    """A client's task model from its saved state, on the compute device (one at a time)."""
-    model = build_task_model(fed.archs[cid], len(fed.classes), fed.cfg.t2i.image_size, fed.cfg.fedmmkt.proto_dim, 0)
-    model.load_state_dict(fed.store.load(cid))
+def task_model(fed: KTFederation, cid: str, store: ClientStateStore | None = None) -> torch.nn.Module:
+    """A client's task model on the compute device (one at a time): its saved state in ``store``
+    (by default the run folder's), or before its first round the initial weights its seed gives,
+    built on the CPU, so they are the same on every node and device."""
+    kt = fed.cfg.fedmmkt
+    model = build_task_model(fed.archs[cid], len(fed.classes), fed.cfg.t2i.image_size, kt.proto_dim,
+                             derived_seed(fed.cfg.run.seed, "task-model", cid))
+    store = store if store is not None else fed.store
+    state = store.load(cid) if store is not None else None
+    if state is not None:
+        model.load_state_dict(state)
     return model.to(fed.amp.device)
 
 
@@ -201,20 +218,22 @@ def update_generator(fed: KTFederation, synthetic: ImageTextSet, keep: torch.Ten
             "feedback_weight": float(weights.mean()) if len(idx) else 0.0}
 
 
-def average_by_arch(fed: KTFederation, states: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
-    """kt-fedavg: sample-weighted FedAvg of the task-model weights within each architecture;
-    returns the average of each architecture, which goes down to its clients."""
+def average_by_arch(archs: dict[str, str], states: dict[str, dict[str, torch.Tensor]],
+                    counts: dict[str, int]) -> dict[str, dict[str, torch.Tensor]]:
+    """kt-fedavg: FedAvg of the task-model weights within each architecture (``archs``: client ->
+    architecture), weighted by the training-set size each client reported (``counts``); returns
+    the average of each architecture, which goes down to its clients."""
     groups: dict[str, list[str]] = defaultdict(list)
     averaged: dict[str, dict[str, torch.Tensor]] = {}
     for cid in states:
-        groups[fed.archs[cid]].append(cid)
+        groups[archs[cid]].append(cid)
     for members in groups.values():
-        n = torch.tensor([float(len(fed.train[c])) for c in members])
+        n = torch.tensor([float(counts[c]) for c in members])
         w = n / n.sum()
         # what the clients sent: every entry, or (FedBN) all but their batch-norm layers, which they keep
         avg = {k: sum(w[i] * states[c][k].double() for i, c in enumerate(members)).to(states[members[0]][k].dtype)
                for k in states[members[0]]}
-        averaged[fed.archs[members[0]]] = avg
+        averaged[archs[members[0]]] = avg
     return averaged
 
 

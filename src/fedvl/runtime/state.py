@@ -90,8 +90,9 @@ class RoundedStateStore(ClientStateStore):
 
     def at(self, rnd: int, fit: bool) -> _RoundView:
         # a train message of round r starts from the newest state before r; an evaluation of
-        # round r sees the state that round's training left
-        return _RoundView(self, newest=rnd - 1 if fit else rnd, write=rnd if fit else None)
+        # round r sees the state that round's training left (and replaces it where the evaluation
+        # brings new weights: kt-fedavg's architecture average)
+        return _RoundView(self, newest=rnd - 1 if fit else rnd, write=rnd)
 
     def rounds(self, client_id: str) -> list[tuple[int, Path]]:
         """(round, file) of this client's states, newest first."""
@@ -105,15 +106,13 @@ class RoundedStateStore(ClientStateStore):
 
 class _RoundView(ClientStateStore):
     """One message's view of a :class:`RoundedStateStore`: reads the newest state up to round
-    ``newest``, writes round ``write``'s (train messages only)."""
+    ``newest``, writes round ``write``'s."""
 
-    def __init__(self, store: RoundedStateStore, newest: int, write: int | None):
+    def __init__(self, store: RoundedStateStore, newest: int, write: int):
         super().__init__(store.root)
         self.store, self.newest, self.write = store, newest, write
 
     def _path(self, client_id: str) -> Path:
-        if self.write is None:
-            raise RuntimeError("an evaluation does not change a client's state")
         return self.root / f"{client_id}.r{self.write:05d}{SUFFIX}"
 
     def load(self, client_id: str) -> dict[str, torch.Tensor] | None:

@@ -87,6 +87,8 @@ class KnowledgeCodec:
         for key in ("report", "weights"):
             if key in r:
                 out[key] = to_record(r[key])
+        if "num_examples" in r:  # beside the weights: its weight in the average, not a training metric
+            out["count"] = ConfigRecord({"num-examples": int(r["num_examples"])})
         return out
 
     def read_reply(self, content: RecordDict) -> dict[str, Any]:
@@ -94,6 +96,11 @@ class KnowledgeCodec:
         for key in ("report", "weights"):
             if key in content:
                 r[key] = from_record(content[key])
+        if "weights" in r:
+            n = content["count"]["num-examples"]
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"num-examples must be a positive integer, got {n!r}")
+            r["num_examples"] = n
         return r
 
     def eval_down(self, averaged: dict[str, Params] | None) -> dict[str, Any]:
