@@ -469,3 +469,27 @@ def test_sigkill_mid_round_then_resume_ends_like_an_uninterrupted_run(name, runt
     assert got == want  # every number of every round, bit for bit
     assert json.loads((run / "summary.json").read_text())["final"]["avg"] == \
         json.loads((tmp_path / "results" / "ref" / "summary.json").read_text())["final"]["avg"]
+
+
+def test_kt_fedavg_reply_carries_its_weight_and_a_bad_one_is_a_malformed_reply():
+    """On Flower a kt-fedavg client's weight in its architecture's average is the training-set size it
+    sends beside its weights (the server of a deployment has no client data to count); a missing,
+    zero or non-integer size makes the reply malformed (the transport drops that client)."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from fedvl.runtime.wire import KnowledgeCodec
+
+    codec = KnowledgeCodec()
+    reply = {"train": {"train_loss": 0.5}, "weights": {"w": torch.ones(3)}, "num_examples": 8}
+    content = RecordDict(codec.reply(reply))
+    back = codec.read_reply(content)
+    assert back["num_examples"] == 8 and torch.equal(back["weights"]["w"], torch.ones(3))
+    assert "num_examples" not in back["train"]  # not a training metric: metrics.jsonl is unchanged
+    for bad in (0, -4, 2.5, True):
+        content["count"] = ConfigRecord({"num-examples": bad})
+        with pytest.raises(ValueError, match="num-examples"):
+            codec.read_reply(content)
+    del content["count"]
+    with pytest.raises(KeyError):
+        codec.read_reply(content)
+    assert "count" not in codec.reply({"train": {"train_loss": 0.5}})  # logits and prototypes carry no size
