@@ -1,0 +1,90 @@
+"""Per-round and final tables of fine-tuning comparison folders (written by `fedvl compare`), for
+FedDAT against its baselines: what issue 14 asks the paper's table to say.
+
+    .venv/bin/fedvl compare configs/compare-scene.yaml algorithm.keep_local=head --seeds 0,1,2 \
+        --algorithms fedavg-adapter,feddat --name scene-vl
+    .venv/bin/fedvl compare configs/compare-scene.yaml algorithm.keep_local=head algorithm.local_epochs=8 \
+        --seeds 0,1,2 --algorithms fedavg-adapter --name scene-vl-matched
+    .venv/bin/python benchmarks/feddat_report.py results/scene-vl results/scene-vl-matched:"2x epochs"
+
+A folder may carry a label after a colon; its methods are then named ``method (label)``. Prints
+markdown: (1) the final client-average accuracy and balanced accuracy per method, mean ± standard
+deviation over the seeds each method has, with optimizer steps per client per round (FedDAT takes
+two per batch: the A_S step and the A_C step); (2) FedDAT minus each baseline, paired by seed
+(mean, and each seed's difference), over the seeds both have; (3) FedDAT's three scores per
+evaluated round (DAT = the mixture, A_C alone, A_S alone), mean over seeds. Reads only the run
+folders; runs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def load(spec: str) -> dict[str, dict[int, list[dict]]]:
+    """method -> seed -> evaluated round records (complete runs only)."""
+    folder, _, label = spec.partition(":")
+    out: dict[str, dict[int, list[dict]]] = {}
+    for method_dir in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
+        for seed_dir in sorted(method_dir.glob("seed*")):
+            status = seed_dir / "status.json"
+            if not status.is_file() or json.loads(status.read_text()).get("state") != "complete":
+                continue
+            rows = [json.loads(x) for x in (seed_dir / "metrics.jsonl").read_text().splitlines()]
+            name = f"{method_dir.name} ({label})" if label else method_dir.name
+            out.setdefault(name, {})[int(seed_dir.name[4:])] = rows
+    return out
+
+
+def _avg(record: dict, key: str) -> float:
+    return 100 * statistics.fmean(m[key] for m in record["eval"].values())
+
+
+def _steps(rows: list[dict], feddat: bool) -> int:
+    batches = statistics.median(m["steps"] for m in rows[0]["train"].values())
+    return int(batches * (2 if feddat else 1))
+
+
+def _ms(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {sd:.1f}"
+
+
+def report(runs: dict[str, dict[int, list[dict]]]) -> str:
+    lines = ["| method | seeds | acc | bal_acc | optimizer steps / client / round |", "|---|---|---|---|---|"]
+    final = {m: {s: [r for r in rows if "eval" in r][-1] for s, rows in seeds.items()} for m, seeds in runs.items()}
+    for m, seeds in runs.items():
+        recs = final[m]
+        lines.append(f"| {m} | {','.join(map(str, sorted(seeds)))} | {_ms([_avg(r, 'acc') for r in recs.values()])} | "
+                     f"{_ms([_avg(r, 'bal_acc') for r in recs.values()])} | "
+                     f"{_steps(next(iter(seeds.values())), m.startswith('feddat'))} |")
+    out = ["## Final round, client average (mean ± std over seeds)", "", *lines, ""]
+    if "feddat" in final:
+        out += ["## FedDAT minus each method, paired by seed (accuracy points)", "",
+                "| method | seeds | mean difference | per seed |", "|---|---|---|---|"]
+        for m in final:
+            common = sorted(set(final[m]) & set(final["feddat"]))
+            if m == "feddat" or not common:
+                continue
+            d = [_avg(final["feddat"][s], "acc") - _avg(final[m][s], "acc") for s in common]
+            out.append(f"| {m} | {','.join(map(str, common))} | {statistics.fmean(d):+.1f} | "
+                       f"{', '.join(f'{x:+.1f}' for x in d)} |")
+        out += ["", "## FedDAT's three scores per evaluated round (mean over seeds)", "",
+                "| round | DAT | A_C alone | A_S alone |", "|---|---|---|---|"]
+        seeds = runs["feddat"]
+        for i, rec in enumerate(r for r in next(iter(seeds.values())) if "eval" in r):
+            per = [[r for r in rows if "eval" in r][i] for rows in seeds.values()]
+            out.append(f"| {rec['round']} | " + " | ".join(f"{statistics.fmean(_avg(p, k) for p in per):.1f}"
+                                                           for k in ("acc", "acc_local", "acc_shared")) + " |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    merged: dict[str, dict[int, list[dict]]] = {}
+    for spec in sys.argv[1:]:
+        for m, seeds in load(spec).items():
+            merged.setdefault(m, {}).update(seeds)
+    print(report(merged))
