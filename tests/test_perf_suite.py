@@ -38,3 +38,37 @@ def test_suite_refuses_an_unknown_figure(tmp_path):
     r = subprocess.run([sys.executable, str(SUITE), "--only", "9"], cwd=tmp_path, capture_output=True, text=True,
                        env=dict(os.environ, FEDVL_BENCH_OUT=str(tmp_path / "out")), timeout=300)
     assert r.returncode == 2 and "no figure 9" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_feddat_report_pairs_seeds_and_counts_feddats_two_steps_per_batch(tmp_path):
+    """benchmarks/feddat_report.py on hand-made run folders: means and stds over seeds, FedDAT minus a
+    baseline paired by seed over the seeds both have, steps doubled for FedDAT, unfinished runs skipped."""
+    sys.path.insert(0, str(SUITE.parent))
+    try:
+        import feddat_report
+    finally:
+        sys.path.pop(0)
+
+    def run(folder, method, seed, accs, state="complete", extra=None):
+        d = tmp_path / folder / method / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "status.json").write_text(json.dumps({"state": state}))
+        ev = {f"c{i}": {"acc": a, "bal_acc": a / 2, **(extra or {})} for i, a in enumerate(accs)}
+        rows = [{"round": 1, "train": {"c0": {"steps": 27}, "c1": {"steps": 27}}},
+                {"round": 2, "train": {"c0": {"steps": 27}, "c1": {"steps": 27}}, "eval": ev}]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+
+    run("a", "feddat", 0, [0.70, 0.80], extra={"acc_local": 0.5, "acc_shared": 0.25})
+    run("a", "feddat", 1, [0.60, 0.80], extra={"acc_local": 0.5, "acc_shared": 0.25})
+    run("a", "fedavg-adapter", 0, [0.70, 0.70])
+    run("a", "fedavg-adapter", 2, [0.10, 0.10])  # no FedDAT seed 2: not paired
+    run("a", "fedavg-adapter", 3, [0.0, 0.0], state="running")  # unfinished: left out
+    run("b", "fedavg-adapter", 0, [0.75, 0.75])
+    runs = feddat_report.load(str(tmp_path / "a"))
+    runs.update(feddat_report.load(f"{tmp_path / 'b'}:2x epochs"))
+    out = feddat_report.report(runs)
+    assert "| feddat | 0,1 | 72.5 ± 3.5 | 36.2 ± 1.8 | 54 |" in out
+    assert "| fedavg-adapter | 0,2 | 40.0 ± 42.4 |" in out and "| 27 |" in out
+    assert "| fedavg-adapter | 0 | +5.0 | +5.0 |" in out  # seed 0 only: 75 - 70
+    assert "| fedavg-adapter (2x epochs) | 0 | +0.0 | +0.0 |" in out
+    assert "| 2 | 72.5 | 50.0 | 25.0 |" in out
