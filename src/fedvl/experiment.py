@@ -92,8 +92,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
             _check_config_unchanged(run_dir, cfg, accept_config_change)
         # the server side holds no client data when the clients build their own (deployment, Ray workers)
         ray_workers = cfg.run.runtime == "flower-sim" and cfg.run.flower_backend == "ray"
-        fed = None if kt else build_federation(cfg, status=progress.status,
-                                               only=[] if server_only or ray_workers else None)
+        server_only = server_only or ray_workers
+        fed = None if kt else build_federation(cfg, status=progress.status, only=[] if server_only else None)
         if not resume:  # config and data are valid: only now is the folder made (or an old run replaced)
             folder.acquire(fresh=True, overwrite=overwrite)
             (run_dir / "config.yaml").write_text(run_config_text(cfg))

@@ -64,8 +64,8 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None, resume
            server_only: bool = False) -> tuple[dict[str, Any], dict[str, Any], list[str], int]:
     """Every round of a knowledge-transfer run, each checkpointed (``resume``: continue from the
     newest good checkpoint). ``runner``: as :func:`fedvl.experiment.run_experiment`'s (a Flower
-    deployment's grid), ``server_only``: this process is the server only and builds no client's
-    data. Returns (final record, parameter report, notes, rejected client reports over the run)."""
+    deployment's grid), ``server_only``: the clients are other processes (a deployment, Ray
+    workers), which build their own data; this one builds none. Returns (final record, parameter report, notes, rejected client reports over the run)."""
     import sys
 
     from fedvl.report.plots import plot_accuracy
@@ -78,10 +78,8 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None, resume
         progress.step(done, total, loss)
 
     t0 = time.perf_counter()
-    # the clients build their own data where they are other processes (a deployment, Ray workers)
-    ray_workers = cfg.run.runtime == "flower-sim" and cfg.run.flower_backend == "ray"
     fed = build(cfg, run_dir, status=progress.status, on_pretrain_step=pretrain_step,
-                clients=[] if server_only or ray_workers else None)
+                clients=[] if server_only else None)
     setup_s = time.perf_counter() - t0
     history, state = History(run_dir, trackers), ServerState()
     server = KnowledgeServer(fed, state, run_dir, config_digest)
