@@ -290,14 +290,22 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
 
 def _settle_status(run_dir: Path, wait_s: float = 20.0) -> None:
     """A ServerApp stopped with its SuperLink (Ctrl-C or SIGTERM on ``serve``) may leave status
-    ``running``: once no process holds the run folder's lock, say ``interrupted`` instead."""
+    ``running``, or ``interrupted`` without a reason: once no process holds the run folder's lock,
+    say ``interrupted`` and why."""
     from fedvl.report.history import set_status
     from fedvl.runfolder import RunFolder, RunFolderError
     from fedvl.runtime.checkpoint import resume_round
 
     status = run_dir / "status.json"
+
+    def unexplained() -> bool:
+        # still `running`, or `interrupted` by the ServerApp itself (it ends with its SuperExec), which
+        # cannot know why: either way this process says why
+        rec = json.loads(status.read_text())
+        return rec.get("state") == "running" or (rec.get("state") == "interrupted" and "reason" not in rec)
+
     try:
-        if json.loads(status.read_text()).get("state") != "running":
+        if not unexplained():
             return
     except (OSError, ValueError):
         return
@@ -311,7 +319,7 @@ def _settle_status(run_dir: Path, wait_s: float = 20.0) -> None:
                 return
             time.sleep(0.5)
     try:
-        if json.loads(status.read_text()).get("state") == "running":
+        if unexplained():
             set_status(run_dir, "interrupted", reason="fedvl serve stopped before the run ended",
                        resume_from_round=resume_round(run_dir))
     finally:
