@@ -12,8 +12,10 @@ markdown: (1) the final client-average accuracy and balanced accuracy per method
 deviation over the seeds each method has, with optimizer steps per client per round (FedDAT takes
 two per batch: the A_S step and the A_C step); (2) FedDAT minus each baseline, paired by seed
 (mean, and each seed's difference), over the seeds both have; (3) FedDAT's three scores per
-evaluated round (DAT = the mixture, A_C alone, A_S alone), mean over seeds. Reads only the run
-folders; runs nothing.
+evaluated round (DAT = the mixture, A_C alone, A_S alone), mean over seeds; (4) for every FedDAT
+run (ablations too), its distillation per round, mean over clients and seeds: the A_S step's CE and
+KD(A_S <- DAT), the A_C step's CE and KD(DAT <- A_S), and how often A_S and the DAT teacher pick the
+same answer. Reads only the run folders; runs nothing.
 """
 
 from __future__ import annotations
@@ -79,7 +81,30 @@ def report(runs: dict[str, dict[int, list[dict]]]) -> str:
             per = [[r for r in rows if "eval" in r][i] for rows in seeds.values()]
             out.append(f"| {rec['round']} | " + " | ".join(f"{statistics.fmean(_avg(p, k) for p in per):.1f}"
                                                            for k in ("acc", "acc_local", "acc_shared")) + " |")
+    out += _distillation(runs)
     return "\n".join(out)
+
+
+DISTILL = (("ce_shared", "CE(A_S)"), ("kd_shared", "KD(A_S <- DAT)"), ("ce_dat", "CE(DAT)"),
+           ("kd_dat", "KD(DAT <- A_S)"), ("agree_shared_dat", "A_S = DAT (%)"))
+
+
+def _distillation(runs: dict[str, dict[int, list[dict]]]) -> list[str]:
+    out: list[str] = []
+    for m, seeds in runs.items():
+        first = next(iter(seeds.values()))
+        if not any("kd_shared" in c for c in first[0]["train"].values()):
+            continue
+        out += ["", f"## {m}: distillation per round (mean over clients and seeds)", "",
+                "| round | " + " | ".join(name for _, name in DISTILL) + " |", "|---" * (len(DISTILL) + 1) + "|"]
+        for i, rec in enumerate(first):
+            cells = []
+            for key, _ in DISTILL:
+                vals = [c[key] for rows in seeds.values() for c in rows[i]["train"].values() if key in c]
+                scale = 100 if key.startswith("agree") else 1
+                cells.append(f"{scale * statistics.fmean(vals):.{1 if scale == 100 else 3}f}" if vals else "-")
+            out.append(f"| {rec['round']} | " + " | ".join(cells) + " |")
+    return out
 
 
 if __name__ == "__main__":

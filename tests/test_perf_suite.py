@@ -49,17 +49,21 @@ def test_feddat_report_pairs_seeds_and_counts_feddats_two_steps_per_batch(tmp_pa
     finally:
         sys.path.pop(0)
 
-    def run(folder, method, seed, accs, state="complete", extra=None):
+    def run(folder, method, seed, accs, state="complete", extra=None, kd=None):
         d = tmp_path / folder / method / f"seed{seed}"
         d.mkdir(parents=True)
         (d / "status.json").write_text(json.dumps({"state": state}))
         ev = {f"c{i}": {"acc": a, "bal_acc": a / 2, **(extra or {})} for i, a in enumerate(accs)}
-        rows = [{"round": 1, "train": {"c0": {"steps": 27}, "c1": {"steps": 27}}},
-                {"round": 2, "train": {"c0": {"steps": 27}, "c1": {"steps": 27}}, "eval": ev}]
+        tr = [{"c0": {"steps": 27, **(kd[r] if kd else {})}, "c1": {"steps": 27, **(kd[r] if kd else {})}}
+              for r in range(2)]
+        rows = [{"round": 1, "train": tr[0]}, {"round": 2, "train": tr[1], "eval": ev}]
         (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
 
-    run("a", "feddat", 0, [0.70, 0.80], extra={"acc_local": 0.5, "acc_shared": 0.25})
-    run("a", "feddat", 1, [0.60, 0.80], extra={"acc_local": 0.5, "acc_shared": 0.25})
+    kd0 = [{"ce_shared": 1.0, "kd_shared": 0.25, "ce_dat": 0.5, "kd_dat": 0.125, "agree_shared_dat": 0.5},
+           {"ce_shared": 0.5, "kd_shared": 0.0, "ce_dat": 0.25, "kd_dat": 0.0, "agree_shared_dat": 1.0}]
+    kd1 = [{**k, "kd_shared": k["kd_shared"] + 0.25, "agree_shared_dat": 0.0} for k in kd0]
+    run("a", "feddat", 0, [0.70, 0.80], extra={"acc_local": 0.5, "acc_shared": 0.25}, kd=kd0)
+    run("a", "feddat", 1, [0.60, 0.80], extra={"acc_local": 0.5, "acc_shared": 0.25}, kd=kd1)
     run("a", "fedavg-adapter", 0, [0.70, 0.70])
     run("a", "fedavg-adapter", 2, [0.10, 0.10])  # no FedDAT seed 2: not paired
     run("a", "fedavg-adapter", 3, [0.0, 0.0], state="running")  # unfinished: left out
@@ -72,3 +76,7 @@ def test_feddat_report_pairs_seeds_and_counts_feddats_two_steps_per_batch(tmp_pa
     assert "| fedavg-adapter | 0 | +5.0 | +5.0 |" in out  # seed 0 only: 75 - 70
     assert "| fedavg-adapter (2x epochs) | 0 | +0.0 | +0.0 |" in out
     assert "| 2 | 72.5 | 50.0 | 25.0 |" in out
+    # distillation: mean over both clients and both seeds; agreement in %; no table for FedAvg
+    assert "| 1 | 1.000 | 0.375 | 0.500 | 0.125 | 25.0 |" in out
+    assert "| 2 | 0.500 | 0.125 | 0.250 | 0.000 | 50.0 |" in out
+    assert "## feddat: distillation per round" in out and "fedavg-adapter: distillation" not in out

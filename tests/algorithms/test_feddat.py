@@ -141,6 +141,24 @@ def test_ablations_run_and_differ(tiny_cfg, tmp_path, extra):
     assert a["train_loss"] != b["train_loss"]
 
 
+def test_round_reports_its_distillation(tiny_cfg, tmp_path):
+    """Each client's round reports CE and KD of both steps and A_S/DAT agreement. Their means add up to
+    the A_S loss; with DAT weight 0 and one step, the teacher (Â_S = A_S at the round's start) and A_S
+    give the same logits: KD exactly 0, agreement 1. Without mutual KD there is no KD(DAT <- A_S)."""
+    fed = _fed(tiny_cfg, "algorithm.rounds=1")
+    lam = fed.cfg.algorithm.kd_weight
+    _, rec = run_round(fed, ClientStateStore(tmp_path / "a"), 1, get_params(fed.model, fed.travel))
+    for m in rec["train"].values():
+        assert m["train_loss"] == pytest.approx((1 - lam) * m["ce_shared"] + lam * m["kd_shared"], rel=1e-5)
+        assert m["kd_shared"] > 0 and m["kd_dat"] > 0 and 0 <= m["agree_shared_dat"] <= 1
+    fed = _fed(tiny_cfg, "algorithm.rounds=1", "algorithm.dat_weight=0", "algorithm.local_steps=1",
+               "algorithm.feddat_mutual=false")
+    _, rec = run_round(fed, ClientStateStore(tmp_path / "b"), 1, get_params(fed.model, fed.travel))
+    for m in rec["train"].values():
+        assert m["kd_shared"] == pytest.approx(0.0, abs=1e-6) and m["agree_shared_dat"] == 1.0
+        assert "kd_dat" not in m and m["ce_dat"] > 0
+
+
 def test_also_travel_shares_the_connector_but_never_a_c(tiny_cfg):
     from fedvl.runtime.simulator import build_federation
 

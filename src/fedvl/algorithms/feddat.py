@@ -20,14 +20,22 @@ Evaluation is personalised and reports three scores: DAT (A_C + Â_S with Â_S
 = the freshly aggregated A_S; the headline ``acc``), A_C alone
 (``acc_local``) and A_S alone (``acc_shared``). Evaluation never changes what
 trains (the reference code's evaluation froze A_C for the rest of training).
+
+Each client's round also reports the distillation itself (batch means, in the
+round's ``train`` metrics): ``ce_shared`` / ``kd_shared`` (step 2: CE of z_S,
+KD(z_S <- z_DAT)), ``ce_dat`` / ``kd_dat`` (step 3; no ``kd_dat`` without
+mutual KD) and ``agree_shared_dat``, the share of the batch where z_S and the
+teacher's z_DAT pick the same answer. KD near 0 with agreement near 1 means
+the two adapters have learned the same function and there is nothing left to
+distill.
 """
 
 from __future__ import annotations
 
 import torch
 
-from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, ServerRule, register
-from fedvl.algorithms.losses import task_kd_loss
+from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, FitResult, ServerRule, register
+from fedvl.algorithms.losses import task_kd_parts
 from fedvl.data.features import EncodedSplit
 from fedvl.engine.loops import Batch, set_lr
 from fedvl.engine.loops import evaluate as evaluate_split
@@ -45,6 +53,22 @@ def copy_shared_to_teacher(model: torch.nn.Module) -> None:
 
 
 class FedDATClient(ClientUpdate):
+    # sums of the distillation diagnostics over the steps since make_step (one client's round: a client
+    # instance trains one client at a time)
+    _diag: dict[str, float]
+
+    def _note(self, **values: torch.Tensor) -> None:
+        for k, v in values.items():
+            self._diag[k] = self._diag.get(k, 0.0) + float(v)
+        self._diag["n"] = self._diag.get("n", 0.0) + 1
+
+    def fit(self, ctx: ClientContext) -> FitResult:
+        res = super().fit(ctx)
+        n = self._diag.pop("n", 0.0)
+        if n:
+            res.metrics.update({k: v / n for k, v in self._diag.items()})
+        return res
+
     def _teacher_mix(self) -> dict[str, float]:
         a = self.cfg.algorithm
         if a.feddat_teacher == "local":  # ablation: no DAT, A_C alone teaches
@@ -58,6 +82,7 @@ class FedDATClient(ClientUpdate):
     def make_step(self, ctx: ClientContext, optimizer: torch.optim.Optimizer):
         model, a, amp = ctx.model, self.cfg.algorithm, ctx.amp
         copy_shared_to_teacher(model)
+        self._diag = {}
 
         def forward(batch: Batch, mix: dict[str, float], task: str) -> torch.Tensor:
             model.set_adapter_mix(mix)
@@ -91,14 +116,14 @@ class FedDATClient(ClientUpdate):
             # 2. A_S (+ head, connector); A_C gets no gradient here, so AdamW skips it
             with amp.autocast():
                 z_s = forward(batch, {"shared": 1.0}, task)
-                loss_s = task_kd_loss(z_s.float(), y, z_dat.float(), a.kd_weight, a.kd_temperature)
+                loss_s, ce_s, kd_s = task_kd_parts(z_s.float(), y, z_dat.float(), a.kd_weight, a.kd_temperature)
             optimizer.zero_grad(set_to_none=True)
             amp.backward_step(loss_s, optimizer)
             # 3. A_C (+ head, connector) through the DAT mix; Â_S is frozen (not trainable)
             with amp.autocast():
                 z_c = dat_head() if shared_pass else forward(batch, self._dat_mix(), task)
                 teacher = z_s.detach().float() if a.feddat_mutual else None
-                loss_c = task_kd_loss(z_c.float(), y, teacher, a.kd_weight, a.kd_temperature)
+                loss_c, ce_c, kd_c = task_kd_parts(z_c.float(), y, teacher, a.kd_weight, a.kd_temperature)
             if shared_pass:
                 # with model.gradient_checkpointing the encoder recomputes h during this backward, with
                 # the adapter mix of that moment: it must be the DAT mix h was computed with
@@ -106,6 +131,10 @@ class FedDATClient(ClientUpdate):
             optimizer.zero_grad(set_to_none=True)
             amp.backward_step(loss_c, optimizer)
             model.set_adapter_mix({"shared": 1.0})
+            with torch.no_grad():
+                agree = (z_s.argmax(-1) == z_dat.argmax(-1)).float().mean()
+            self._note(ce_shared=ce_s.detach(), kd_shared=kd_s.detach(), ce_dat=ce_c.detach(), agree_shared_dat=agree,
+                       **({"kd_dat": kd_c.detach()} if kd_c is not None else {}))
             return loss_s.item()
 
         return step
