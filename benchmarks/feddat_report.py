@@ -14,7 +14,7 @@ two per batch: the A_S step and the A_C step); (2) FedDAT minus each baseline, p
 (mean, and each seed's difference), over the seeds both have; (3) FedDAT's three scores per
 evaluated round (DAT = the mixture, A_C alone, A_S alone), mean over seeds; (4) for every FedDAT
 run (ablations too), its distillation per round, mean over clients and seeds: the A_S step's CE and
-KD(A_S <- DAT), the A_C step's CE and KD(DAT <- A_S), and how often A_S and the DAT teacher pick the
+KD(A_S <- teacher), the A_C step's CE and KD(DAT <- A_S), and how often A_S and its teacher pick the
 same answer. Reads only the run folders; runs nothing.
 """
 
@@ -85,8 +85,9 @@ def report(runs: dict[str, dict[int, list[dict]]]) -> str:
     return "\n".join(out)
 
 
-DISTILL = (("ce_shared", "CE(A_S)"), ("kd_shared", "KD(A_S <- DAT)"), ("ce_dat", "CE(DAT)"),
-           ("kd_dat", "KD(DAT <- A_S)"), ("agree_shared_dat", "A_S = DAT (%)"))
+# the A_S step's teacher is the DAT mix (A_C alone under algorithm.feddat_teacher=local)
+DISTILL = (("ce_shared", "CE(A_S)"), ("kd_shared", "KD(A_S <- teacher)"), ("ce_dat", "CE(DAT)"),
+           ("kd_dat", "KD(DAT <- A_S)"), ("agree_shared_dat", "A_S agrees with teacher (%)"))
 
 
 def _distillation(runs: dict[str, dict[int, list[dict]]]) -> list[str]:
