@@ -6,6 +6,7 @@ FedDAT against its baselines: what issue 14 asks the paper's table to say.
     .venv/bin/fedvl compare configs/compare-scene.yaml algorithm.keep_local=head algorithm.local_epochs=8 \
         --seeds 0,1,2 --algorithms fedavg-adapter --name scene-vl-matched
     .venv/bin/python benchmarks/feddat_report.py results/scene-vl results/scene-vl-matched:"2x epochs"
+    .venv/bin/python benchmarks/feddat_report.py results/abl-domain --png kd.png   # also plot the distillation
 
 A folder may carry a label after a colon; its methods are then named ``method (label)``. Prints
 markdown: (1) the final client-average accuracy and balanced accuracy per method, mean ± standard
@@ -90,27 +91,73 @@ DISTILL = (("ce_shared", "CE(A_S)"), ("kd_shared", "KD(A_S <- teacher)"), ("ce_d
            ("kd_dat", "KD(DAT <- A_S)"), ("agree_shared_dat", "A_S agrees with teacher (%)"))
 
 
-def _distillation(runs: dict[str, dict[int, list[dict]]]) -> list[str]:
-    out: list[str] = []
+def distillation(runs: dict[str, dict[int, list[dict]]]) -> dict[str, list[tuple[int, dict[str, float]]]]:
+    """FedDAT run name -> [(round, {metric: mean over clients and seeds})]; runs without the metrics are left out."""
+    out: dict[str, list[tuple[int, dict[str, float]]]] = {}
     for m, seeds in runs.items():
         first = next(iter(seeds.values()))
         if not any("kd_shared" in c for c in first[0]["train"].values()):
             continue
-        out += ["", f"## {m}: distillation per round (mean over clients and seeds)", "",
-                "| round | " + " | ".join(name for _, name in DISTILL) + " |", "|---" * (len(DISTILL) + 1) + "|"]
+        out[m] = []
         for i, rec in enumerate(first):
-            cells = []
+            means = {}
             for key, _ in DISTILL:
                 vals = [c[key] for rows in seeds.values() for c in rows[i]["train"].values() if key in c]
-                scale = 100 if key.startswith("agree") else 1
-                cells.append(f"{scale * statistics.fmean(vals):.{1 if scale == 100 else 3}f}" if vals else "-")
-            out.append(f"| {rec['round']} | " + " | ".join(cells) + " |")
+                if vals:
+                    means[key] = statistics.fmean(vals)
+            out[m].append((rec["round"], means))
     return out
 
 
+def _distillation(runs: dict[str, dict[int, list[dict]]]) -> list[str]:
+    out: list[str] = []
+    for m, per_round in distillation(runs).items():
+        out += ["", f"## {m}: distillation per round (mean over clients and seeds)", "",
+                "| round | " + " | ".join(name for _, name in DISTILL) + " |", "|---" * (len(DISTILL) + 1) + "|"]
+        for rnd, means in per_round:
+            cells = [("-" if key not in means else f"{100 * means[key]:.1f}" if key.startswith("agree")
+                      else f"{means[key]:.3f}") for key, _ in DISTILL]
+            out.append(f"| {rnd} | " + " | ".join(cells) + " |")
+    return out
+
+
+def plot_distillation(runs: dict[str, dict[int, list[dict]]], path: Path) -> bool:
+    """The KD losses and the A_S/teacher agreement per round, one line per FedDAT run; False if none has them."""
+    curves = distillation(runs)
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for m, per_round in curves.items():
+        rounds = [r for r, _ in per_round]
+        for ax, key in zip(axes, ("kd_shared", "kd_dat", "agree_shared_dat")):
+            vals = [means.get(key, float("nan")) * (100 if key.startswith("agree") else 1) for _, means in per_round]
+            ax.plot(rounds, vals, marker="o", label=m)
+    for ax, key in zip(axes, ("kd_shared", "kd_dat", "agree_shared_dat")):
+        ax.set_title(dict(DISTILL)[key])
+        ax.set_xlabel("round")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 if __name__ == "__main__":
+    args = sys.argv[1:]
+    png = None
+    if "--png" in args:
+        i = args.index("--png")
+        png = Path(args[i + 1])
+        del args[i:i + 2]
     merged: dict[str, dict[int, list[dict]]] = {}
-    for spec in sys.argv[1:]:
+    for spec in args:
         for m, seeds in load(spec).items():
             merged.setdefault(m, {}).update(seeds)
     print(report(merged))
+    if png is not None and not plot_distillation(merged, png):
+        sys.exit("feddat_report: no FedDAT run with distillation metrics; no plot written")

@@ -80,3 +80,6 @@ def test_feddat_report_pairs_seeds_and_counts_feddats_two_steps_per_batch(tmp_pa
     assert "| 1 | 1.000 | 0.375 | 0.500 | 0.125 | 25.0 |" in out
     assert "| 2 | 0.500 | 0.125 | 0.250 | 0.000 | 50.0 |" in out
     assert "## feddat: distillation per round" in out and "fedavg-adapter: distillation" not in out
+    assert feddat_report.plot_distillation(runs, tmp_path / "kd.png") and (tmp_path / "kd.png").stat().st_size > 0
+    assert not feddat_report.plot_distillation({"fedavg-adapter": runs["fedavg-adapter"]}, tmp_path / "no.png")
+    assert not (tmp_path / "no.png").exists()
