@@ -123,6 +123,7 @@ def test_default_experiment_benchmark_smoke(tmp_path):
     out = json.loads((tmp_path / "bench.json").read_text())
     assert set(out["rows"]) == {"fedavg", "local", "centralized"}
     assert out["rows"]["local"]["travel_frac"] == 0.0
+    assert out["rows"]["centralized"]["travel_frac"] == 0.0  # pooled data: no client sends anything
     assert 0 < out["rows"]["fedavg"]["travel_frac"] == out["rows"]["fedavg"]["trainable_frac"] < 0.2
 
 

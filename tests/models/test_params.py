@@ -49,3 +49,5 @@ def test_param_fractions_reported(tiny_cfg):
     rep = fed.param_report()
     assert 0 < rep["travel_frac"] <= rep["trainable_frac"] < 0.1
     assert rep["bytes_up_per_client_round"] == 4 * rep["travel_params"]
+    pooled = build_federation(tiny_cfg("algorithm.name=centralized"), status=lambda s: None).param_report()
+    assert pooled["travel_params"] == pooled["bytes_up_per_client_round"] == 0 < pooled["trainable_params"]

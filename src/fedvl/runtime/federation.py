@@ -60,14 +60,16 @@ class Federation:
     def param_report(self) -> dict[str, Any]:
         total = count(self.model)
         trainable = count(self.model, self.trainable)
-        travel = count(self.model, self.travel)
+        # a pooled-data run has no clients to send anything: its one model's "travel" set never leaves
+        travel_names = [] if self.algo.pooled else self.travel
+        travel = count(self.model, travel_names)
         base = getattr(self.model, "base_report", {}) or {}
         return {"total_params": total, "trainable_params": trainable, "travel_params": travel,
                 "trainable_frac": trainable / total, "travel_frac": travel / total,
                 # which foundation the run fine-tuned: the VL base's key, or the raw glue
                 "base": "vl" if base else "raw", "base_key": base.get("key", ""),
                 "trained_groups": sorted({param_group(n).split(".")[0] for n in self.trainable}),
-                "bytes_up_per_client_round": nbytes(to_wire(get_params(self.model, self.travel), self.cfg))}
+                "bytes_up_per_client_round": nbytes(to_wire(get_params(self.model, travel_names), self.cfg))}
 
 
 def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None = None) -> Federation:
