@@ -25,9 +25,9 @@ Each client's round also reports the distillation itself (batch means, in the
 round's ``train`` metrics): ``ce_shared`` / ``kd_shared`` (step 2: CE of z_S,
 KD(z_S <- z_DAT)), ``ce_dat`` / ``kd_dat`` (step 3; no ``kd_dat`` without
 mutual KD) and ``agree_shared_dat``, the share of the batch where z_S and its
-teacher (z_DAT; A_C alone under ``feddat_teacher=local``) pick the same answer. KD near 0 with agreement near 1 means
-the two adapters have learned the same function and there is nothing left to
-distill.
+teacher (z_DAT; A_C alone under ``feddat_teacher=local``) pick the same
+answer. KD near 0 with agreement near 1 means the two adapters have learned
+the same function and there is nothing left to distill.
 """
 
 from __future__ import annotations
