@@ -148,16 +148,16 @@ def plot_distillation(runs: dict[str, dict[int, list[dict]]], path: Path) -> boo
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    png = None
-    if "--png" in args:
-        i = args.index("--png")
-        png = Path(args[i + 1])
-        del args[i:i + 2]
+    import argparse
+
+    parser = argparse.ArgumentParser(description="FedDAT against its baselines, from `fedvl compare` folders.")
+    parser.add_argument("folders", nargs="+", metavar="FOLDER[:LABEL]")
+    parser.add_argument("--png", type=Path, help="also plot the FedDAT runs' distillation per round here")
+    ns = parser.parse_args()
     merged: dict[str, dict[int, list[dict]]] = {}
-    for spec in args:
+    for spec in ns.folders:
         for m, seeds in load(spec).items():
             merged.setdefault(m, {}).update(seeds)
     print(report(merged))
-    if png is not None and not plot_distillation(merged, png):
+    if ns.png is not None and not plot_distillation(merged, ns.png):
         sys.exit("feddat_report: no FedDAT run with distillation metrics; no plot written")

@@ -54,19 +54,19 @@ def copy_shared_to_teacher(model: torch.nn.Module) -> None:
 
 class FedDATClient(ClientUpdate):
     # sums of the distillation diagnostics over the steps since make_step (one client's round: a client
-    # instance trains one client at a time)
-    _diag: dict[str, float]
+    # instance trains one client at a time); kept on the model's device and read once per round, so the
+    # step adds no device synchronisation beyond its loss.item()
+    _diag: dict[str, torch.Tensor]
 
     def _note(self, **values: torch.Tensor) -> None:
         for k, v in values.items():
-            self._diag[k] = self._diag.get(k, 0.0) + float(v)
-        self._diag["n"] = self._diag.get("n", 0.0) + 1
+            self._diag[k] = self._diag[k] + v.detach() if k in self._diag else v.detach().clone()
 
     def fit(self, ctx: ClientContext) -> FitResult:
         res = super().fit(ctx)
-        n = self._diag.pop("n", 0.0)
-        if n:
-            res.metrics.update({k: v / n for k, v in self._diag.items()})
+        steps = res.metrics["steps"]  # every step notes every diagnostic once
+        if steps:
+            res.metrics.update({k: float(v) / steps for k, v in self._diag.items()})
         return res
 
     def _teacher_mix(self) -> dict[str, float]:
@@ -133,8 +133,8 @@ class FedDATClient(ClientUpdate):
             model.set_adapter_mix({"shared": 1.0})
             with torch.no_grad():
                 agree = (z_s.argmax(-1) == z_dat.argmax(-1)).float().mean()
-            self._note(ce_shared=ce_s.detach(), kd_shared=kd_s.detach(), ce_dat=ce_c.detach(), agree_shared_dat=agree,
-                       **({"kd_dat": kd_c.detach()} if kd_c is not None else {}))
+            self._note(ce_shared=ce_s, kd_shared=kd_s, ce_dat=ce_c, agree_shared_dat=agree,
+                       **({"kd_dat": kd_c} if kd_c is not None else {}))
             return loss_s.item()
 
         return step
