@@ -1,6 +1,7 @@
 """FedMMKT and its baselines end to end on a tiny generator and tiny task models."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -334,6 +335,29 @@ def _recorded_part(got, want):
     return got
 
 
+# Measured between the recording's CPU and an AMD EPYC (same code, same seed): losses differ by up to
+# 8e-6 relative, the alignment loss by 7e-5 and the Frechet feature distance by 3.3e-4 (it is a
+# difference of traces of a matrix square root, so input rounding is amplified by cancellation).
+REL = {"feature_distance": 2e-3, "align_loss": 1e-3}
+
+
+def _close(want, key=""):
+    """The recorded run with every float replaced by ``pytest.approx`` (rel 1e-4, looser for the keys in
+    ``REL``): the file was recorded on one CPU and BLAS kernels round differently on another, so equality
+    with it is a tolerance test; counts and labels (ints, strings) stay exact."""
+    if isinstance(want, dict):
+        return {k: _close(v, k) for k, v in want.items()}
+    if isinstance(want, list):
+        return [_close(v, key) for v in want]
+    if isinstance(want, float):
+        return pytest.approx(want, rel=REL.get(key, 1e-4), abs=1e-7)
+    return want
+
+
+def _recorded(name):
+    return json.loads((Path(__file__).parent / "data" / "kt_metrics_main.json").read_text())[name]
+
+
 def _metrics(run_dir):
     """Every number of every round, timings left out (they are wall clock)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -343,15 +367,14 @@ def _metrics(run_dir):
 @pytest.mark.parametrize("name", RECORDED)
 def test_kt_metrics_are_the_ones_recorded_before_the_one_loop(name, kt_cfg, tmp_path):
     """tests/runtime/data/kt_metrics_main.json holds the per-round records of these tiny runs made
-    with the family's own round loop (main before issue 15): the shared loop gives the same bits."""
-    from pathlib import Path
-
+    with the family's own round loop on one machine: the shared loop gives the same numbers (within
+    rel 1e-4, since another CPU's kernels round differently)."""
     from fedvl.experiment import run_experiment
 
     cfg = kt_cfg(name, f"run.name={name}", *ISSUE4)
     run_experiment(cfg, tmp_path / "results" / name, progress_enabled=False)
-    want = json.loads((Path(__file__).parent / "data" / "kt_metrics_main.json").read_text())[name]
-    assert _recorded_part(_metrics(tmp_path / "results" / name), want) == want
+    want = _recorded(name)
+    assert _recorded_part(_metrics(tmp_path / "results" / name), want) == _close(want)
 
 
 @pytest.mark.slow
@@ -360,14 +383,12 @@ def test_kt_on_flower_simulation_gives_the_in_process_metrics(name, kt_cfg, tmp_
     """The same server side with Flower's grid as the transport: every number of every round is
     the in-process one (the recorded file above), synthetic sets, reports and weights travelling
     as Flower records."""
-    from pathlib import Path
-
     from fedvl.experiment import run_experiment
 
     cfg = kt_cfg(name, f"run.name={name}", "run.runtime=flower-sim", *ISSUE4)
     run_experiment(cfg, tmp_path / "results" / name, progress_enabled=False)
-    want = json.loads((Path(__file__).parent / "data" / "kt_metrics_main.json").read_text())[name]
-    assert _recorded_part(_metrics(tmp_path / "results" / name), want) == want
+    want = _recorded(name)
+    assert _recorded_part(_metrics(tmp_path / "results" / name), want) == _close(want)
 
 
 @pytest.mark.parametrize("name", ["fedmmkt", "kt-fedavg"])
@@ -376,11 +397,10 @@ def test_kt_on_rays_path_server_without_client_data_and_workers_building_their_o
     """run.flower_backend=ray, with Ray's engine replaced by the in-process one (Ray is an optional
     extra, absent here): everything of fedvl's Ray path runs, i.e. a server that builds no client's
     data and a worker ClientApp that builds every partition from the config text, without the
-    generator or judge; the numbers are the in-process ones, bit for bit."""
+    generator or judge; the numbers are the recorded in-process ones (within rel 1e-4)."""
     import importlib.util
     import sys
     import types
-    from pathlib import Path
 
     import flwr.simulation
 
@@ -411,8 +431,8 @@ def test_kt_on_rays_path_server_without_client_data_and_workers_building_their_o
     assert engine[0]["client_resources"] == {"num_cpus": 1.0, "num_gpus": 0.0}  # Ray's resources were asked for
     ids = ["c0-night-cnn", "c1-sketch-mlp", "c2-night-cnn"]
     assert builds == [([], synthetic, synthetic), (ids, False, False)]  # the server's, then the worker's
-    want = json.loads((Path(__file__).parent / "data" / "kt_metrics_main.json").read_text())[name]
-    assert _recorded_part(_metrics(tmp_path / "results" / name), want) == want
+    want = _recorded(name)
+    assert _recorded_part(_metrics(tmp_path / "results" / name), want) == _close(want)
 
 
 def _mid_round(run, rounds):
