@@ -99,9 +99,10 @@ def test_compare_writes_paper_style_table_and_resumes(tmp_path):
     assert again.returncode == 0 and again.stdout.count("already complete") == 6
     assert (out / "compare.md").read_text() == table
     assert "differs" not in again.stdout
-    # a finished run made with other settings is still reused, but the user is told
+    # the folder with other settings: refused in one line, its runs left as they are
     changed = fedvl(args[0], *TINY, "algorithm.lr=0.01", *args[1 + len(TINY):], cwd=tmp_path)
-    assert changed.returncode == 0 and changed.stdout.count("differs from this comparison") == 6
+    assert changed.returncode == 2 and "ran fedavg-adapter with algorithm.lr=0.005, not 0.01" in changed.stderr
+    assert (out / "compare.md").read_text() == table
 
 
 def test_compare_rejects_unknown_method_before_running(tmp_path):

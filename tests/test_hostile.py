@@ -534,9 +534,9 @@ def test_node_with_a_partition_the_run_lacks_stops_and_serve_names_it(world):
         assert r.stderr.strip().splitlines()[-1] == ("fedvl join: error: this node holds partition 99, but the "
                                                      "experiment has partitions 0..3; stopping this node")
         assert r.stdout.count("Traceback") == 1  # one refusal, not a traceback per message
-        out, _ = srv.communicate(timeout=240)
+        _, err = srv.communicate(timeout=240)
         assert srv.returncode == 1
-        assert "refused:" in out and "this node holds partition 99" in out  # serve names the bad node
+        assert "refused:" in err and "this node holds partition 99" in err  # serve names the bad node
         status = json.loads((world / "results" / "dep" / "status.json").read_text())
         assert status["state"] == "failed" and "this node holds partition 99" in status["error"]
     finally:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import fedvl
@@ -44,7 +43,10 @@ table (compare.md / compare.json: one row per method, one column per client plus
 the average, mean ± std over seeds, trainable and communicated parameters) and
 compare.png (average accuracy per round per method). Finished runs are reused
 and a half-done run continues from its last checkpoint, so an interrupted
-comparison resumes.
+comparison resumes. The folder records each method's settings
+(compare-settings.json): rerunning it with other settings is refused unless
+--overwrite, which runs every method and seed afresh. Methods must be of one
+family (parameter exchange, or the FedMMKT knowledge family), each named once.
 
   fedvl compare --benchmark domain --algorithms feddat,fedavg-adapter,fedavg-lora,local,centralized --seeds 0,1,2
 """
@@ -79,8 +81,9 @@ partition --partition (0..N-1 in the experiment's client order): starts a Flower
 SuperNode running the fedvl ClientApp. Client-local state (e.g. FedDAT's A_C)
 (or a FedMMKT client's task model) stays in --state-dir and never leaves this machine. Runs until the run ends: once
 the SuperLink has been gone for --wait-s seconds it says so and exits 0 (or Ctrl-C).
-Gives up (exit 1) when the SuperLink stays unreachable for --wait-s seconds at the start;
-stops (exit 2) when the run has no partition --partition. If the server restarts
+Gives up (exit 1) when no Flower SuperLink answers at --server for --wait-s seconds at the
+start (an open port is not enough), and at once when it answers only over the other security
+(TLS vs --insecure); stops (exit 2) when the run has no partition --partition. If the server restarts
 (`fedvl serve --resume`) within --wait-s, the node joins it again and its clients go on
 from their state as of the server's last checkpoint. A warm worker process keeps this
 node's model and data in memory between messages.
@@ -124,20 +127,24 @@ VLPretrainConfig), e.g. steps=1500 corpus_images=4000 model=tiny.
 
 def _pretrain_vl(ns) -> int:
     import shutil
-    from pathlib import Path
 
     import torch
     from rich.console import Console
 
     from fedvl.config import load_section
+    from fedvl.io import atomic_write
     from fedvl.models.vlbase import VLPretrainConfig, pretrain_key, shipped_path
-    from fedvl.models.vlpretrain import pretrain
+    from fedvl.models.vlpretrain import cached_base, pretrain
     from fedvl.runtime.progress import Progress
 
     path, overrides = _split_args(ns.args)
     cfg = load_section(VLPretrainConfig, path, overrides)
     from fedvl.config import ConfigError
     from fedvl.engine.device import DeviceError, resolve_device
+    from fedvl.runfolder import check_writable
+
+    outs = _out_files(ns, (".json", ".png"))
+    check_writable(cfg.cache_dir, "cache_dir")
 
     try:  # a GPU that is not there: one line, before anything is built
         resolve_device(cfg.device)
@@ -162,11 +169,11 @@ def _pretrain_vl(ns) -> int:
         if not progress.live and (done % 100 == 0 or done == total):
             console.print(f"step {done}/{total}: loss {loss:.4f}")
 
-    cached = Path(cfg.cache_dir) / "vl" / f"{key}.safetensors"
+    found = None if ns.force else cached_base(cfg, progress.status)
     try:
-        if cached.is_file() and not ns.force:
-            progress.status(f"already pretrained: {cached} (--force to redo)")
-            out, meta = cached, json.loads(cached.with_suffix(".json").read_text())
+        if found:
+            progress.status(f"already pretrained: {found[0]} (--force to redo)")
+            out, meta = found
         else:
             progress.status(f"VL pretraining {key}: {cfg.steps} steps of batch {cfg.batch_size}")
             out, meta = pretrain(cfg, progress.status, step, force=ns.force)
@@ -178,13 +185,41 @@ def _pretrain_vl(ns) -> int:
         console.print(f"training took {meta['train_seconds']:.0f}s; report {out.with_suffix('.json')}, "
                       f"curves {out.with_suffix('.png')}")
     console.print(f"weights: {out}" + ("  (the shipped base)" if shipped_path(cfg.model).name == out.name else ""))
-    if ns.out:
-        dest = Path(ns.out)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in (".safetensors", ".json", ".png"):
-            shutil.copyfile(out.with_suffix(suffix), dest.with_suffix(suffix))
-        console.print(f"written: {dest} (use it with model.base_weights={dest})")
+    if outs:
+        for src, dst in zip((out, out.with_suffix(".json"), out.with_suffix(".png")), outs):
+            atomic_write(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
+        console.print(f"written: {outs[0]} (use it with model.base_weights={outs[0]}), report {outs[1]}, "
+                      f"curves {outs[2]}")
     return 0
+
+
+def _out_files(ns, reports: tuple[str, ...]) -> list | None:
+    """``--out PATH``: the files written there, PATH itself and its reports beside it (PATH with each
+    suffix of ``reports``, where the loaders look for them). Refused in one line before any work when
+    one of them exists (unless --overwrite) or is PATH itself: a user's files are never replaced
+    unasked."""
+    from pathlib import Path
+
+    from fedvl.config import ConfigError
+    from fedvl.runfolder import check_writable
+
+    if not ns.out:
+        return None
+    dest = Path(ns.out)
+    if dest.is_dir() or dest.name in ("", ".", ".."):
+        raise ConfigError(f"--out {ns.out} is a folder; give the weights file's name")
+    files = [dest] + [dest.with_suffix(r) for r in reports]
+    if len(set(files)) < len(files):
+        raise ConfigError(f"--out {dest}: its report would take the same name; name the weights with another "
+                          f"suffix, e.g. --out {dest.with_suffix('.safetensors')}")
+    taken = [str(f) for f in files if f.exists() or f.is_symlink()]
+    if any(f.is_dir() for f in files):
+        raise ConfigError(f"--out {dest}: {next(str(f) for f in files if f.is_dir())} is a folder")
+    if taken and not ns.overwrite:
+        raise ConfigError(f"--out {dest} would replace {', '.join(taken)}; give --overwrite to replace "
+                          f"{'them' if len(taken) > 1 else 'it'}, or another name")
+    check_writable(dest.parent, "--out")
+    return files
 
 
 def _pretrain(ns) -> int:
@@ -198,6 +233,10 @@ def _pretrain(ns) -> int:
 
     path, overrides = _split_args(ns.args)
     cfg = load_config(path, overrides)
+    from fedvl.runfolder import check_writable
+
+    outs = _out_files(ns, (".json",))
+    check_writable(cfg.run.cache_dir, "run.cache_dir")
     import torch
 
     torch.set_num_threads(cfg.run.threads)
@@ -228,9 +267,9 @@ def _pretrain(ns) -> int:
                       f"(real images: {100 * f['judge_real_acc']:.1f}%), feature distance {f['feature_distance']:.2f}")
     if "pretrain_seconds" in meta:
         console.print(f"pretraining took {meta['pretrain_seconds']:.0f}s")
-    if ns.out:
-        save_generator(gen, Path(ns.out), meta)
-        console.print(f"written: {ns.out}")
+    if outs:
+        save_generator(gen, outs[0], meta)
+        console.print(f"written: {outs[0]} (use it with t2i.weights={outs[0]}), report {outs[1]}")
     return 0
 
 
@@ -256,6 +295,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     cmp_.add_argument("--benchmark", help="shortcut for data.benchmark=...")
     cmp_.add_argument("--name", help="folder under run.output_dir (default: compare-<benchmark>)")
+    cmp_.add_argument("--overwrite", action="store_true",
+                      help="run every method and seed afresh, also in a folder that ran other settings")
     cmp_.add_argument("--quiet", action="store_true", help="no live progress bars")
     show = sub.add_parser("show-config", help="print the resolved configuration (defaults + file + overrides)")
     show.add_argument("args", nargs="*", metavar="CONFIG|key=value")
@@ -284,7 +325,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="vl: the default model's cross-modal pretraining (ITM + MLM); t2i: the server "
                           "text-to-image model")
     pre.add_argument("args", nargs="*", metavar="CONFIG|key=value")
-    pre.add_argument("--out", help="also write the weights here (safetensors + .json beside)")
+    pre.add_argument("--out", help="also write the weights to this file, the report beside it (same name, .json; "
+                                   "vl also the curves, .png)")
+    pre.add_argument("--overwrite", action="store_true", help="let --out replace existing files of those names")
     pre.add_argument("--force", action="store_true", help="pretrain even if matching weights exist")
     pre.add_argument("--quiet", action="store_true", help="no live progress bar")
     jn = sub.add_parser("join", help="Flower deployment: run a client node for one partition",
@@ -511,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             # a knowledge-transfer comparison is not on a data.benchmark: its own folder name
             bench = "fedmmkt" if all(exchange_of(m) == "knowledge" for m in methods) else load_config(path, overrides).data.benchmark
             run_comparison(path, overrides, methods, seeds, ns.name or f"compare-{bench}",
-                           progress_enabled=not ns.quiet)
+                           progress_enabled=not ns.quiet, overwrite=ns.overwrite)
             return 0
         if ns.command == "run" and ns.resume:
             return _resume(ns)

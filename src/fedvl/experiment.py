@@ -191,11 +191,22 @@ def _finish_rounds(cfg: ExperimentConfig, fed, run_dir: Path, console, history: 
 def _write_results(run_dir: Path, console, title: str, notes: list[str], summary: dict[str, Any],
                    trackers=None) -> dict[str, Any]:
     """What every run ends with: summary.md / summary.json, the table on the console, status complete."""
+    from fedvl.report.history import client_rounds, missed_rounds
     from fedvl.report.tables import markdown_summary, print_summary
 
-    (run_dir / "summary.md").write_text(markdown_summary(summary["final"], title, notes))
+    rounds = History.read(run_dir)  # every round of the run, also those before a resume
+    if "eval" not in summary["final"]:  # no client answered the final evaluation: report the last round with scores
+        scored = [r for r in rounds if "eval" in r]
+        if not scored:
+            raise RuntimeError(f"no client reported test scores in any of the {len(rounds)} round(s)")
+        summary["final"] = scored[-1]
+    missed = missed_rounds(rounds)
+    # a client may miss any round and come back: which rounds each one's scores come from
+    summary["clients"] = {cid: {"reported_rounds": got, "missed_rounds": missed.get(cid, [])}
+                          for cid, got in client_rounds(rounds).items()}
+    (run_dir / "summary.md").write_text(markdown_summary(summary["final"], title, notes, rounds))
     write_json_atomic(run_dir / "summary.json", summary)
-    print_summary(console, summary["final"], title)
+    print_summary(console, summary["final"], title, rounds)
     for n in notes:
         console.print(f"  {n}")
     console.print(f"results: {run_dir}")
@@ -247,22 +258,105 @@ def _same_config(saved: Path, cfg: ExperimentConfig) -> bool:
     return dump_config(old) == dump_config(cfg)
 
 
+SETTINGS_FILE = "compare-settings.json"
+# what a comparison's runs may change between invocations without being other runs: where they
+# compute (as `fedvl run --resume` allows) and the keys each run sets itself
+_PER_RUN_KEYS = {"run.seed", "run.name", "run.output_dir", "run.device", "run.threads", "run.cache_dir"}
+
+
+def _settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """A method's run settings as ``section.key -> value`` (the sections its config.yaml holds)."""
+    import yaml
+
+    data = yaml.safe_load(run_config_text(cfg))
+    flat = {f"{sec}.{k}": v for sec, keys in data.items() for k, v in keys.items()}
+    return {k: v for k, v in flat.items() if k not in _PER_RUN_KEYS}
+
+
+def _check_methods(methods: list[str], seeds: list[int]) -> None:
+    """One comparison: no method or seed twice (it would count one run as two), one family."""
+    from fedvl.algorithms import exchange_of
+
+    for what, items in (("--algorithms", methods), ("--seeds", seeds)):
+        twice = next((x for i, x in enumerate(items) if x in items[:i]), None)
+        if twice is not None:
+            raise ConfigError(f"{what} names {twice} twice: a comparison runs each once")
+    families: dict[str, str] = {}
+    for m in methods:
+        families.setdefault(exchange_of(parse_method(m)[0]), m)
+    if len(families) > 1:  # e.g. fedavg (parameters) and fedmmkt (knowledge): other clients, data and models
+        mixed = " with ".join(f"the {family.removesuffix('s')} family ({m})" for family, m in families.items())
+        raise ConfigError(f"--algorithms mixes {mixed}: their clients, data and models differ, so their numbers "
+                          "are not comparable; compare each family on its own")
+
+
+def _check_settings(out_dir: Path, settings: dict[str, dict[str, Any]], overwrite: bool) -> None:
+    """Refuse to mix a comparison folder's runs with runs of other settings; record this one's.
+    A method run before with the same settings is reused; a method new to the folder is added."""
+    import json
+
+    path = out_dir / SETTINGS_FILE
+    try:
+        recorded = json.loads(path.read_text())["methods"] if path.is_file() and not overwrite else {}
+        if not isinstance(recorded, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, OSError):
+        raise ConfigError(f"{path} is damaged: pass --overwrite to start the comparison afresh, or choose "
+                          "another --name") from None
+    for m, new in settings.items():
+        old = recorded.get(m)
+        if old is None or old == new:
+            continue
+        key = next(k for k in [*old, *new] if old.get(k, "<unset>") != new.get(k, "<unset>"))
+        raise ConfigError(f"comparison {out_dir} ran {m} with {key}={json.dumps(old.get(key, '<unset>'))}, not "
+                          f"{json.dumps(new.get(key, '<unset>'))}: pass --overwrite to start it afresh, or choose "
+                          "another --name")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"methods": {**recorded, **settings}})
+
+
+def _unfinished(run_dir: Path) -> str | None:
+    """Why a comparison's run cannot be reused as it is (None: complete, with readable results)."""
+    import json
+
+    try:
+        state = json.loads((run_dir / "status.json").read_text()).get("state")
+    except FileNotFoundError:
+        return "not run yet"
+    except (OSError, ValueError, AttributeError):
+        return "its status.json is damaged"
+    if state != "complete":
+        return f"status {state}"
+    try:
+        json.loads((run_dir / "summary.json").read_text())["final"]["avg"]
+        History.read(run_dir)
+    except FileNotFoundError as e:
+        return f"its {Path(e.filename).name} is missing"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its summary.json or metrics.jsonl is damaged"
+    return None
+
+
 def run_comparison(config_path: str | None, overrides: list[str], methods: list[str], seeds: list[int],
-                   name: str, console=None, progress_enabled: bool = True) -> Path:
+                   name: str, console=None, progress_enabled: bool = True, overwrite: bool = False) -> Path:
     """Run every (method, seed) on the same clients and write the paper-style table.
 
     Finished runs (status ``complete``) are reused and a stopped run continues
     from its last checkpoint, so an interrupted comparison resumes where it stopped.
+    The folder records each method's settings (``compare-settings.json``): rerunning it with
+    other settings is refused, unless ``overwrite``, which runs every (method, seed) afresh.
     """
     import json
 
     from rich.console import Console
 
     from fedvl.config import load_config
-    from fedvl.report.compare import comparison_rows, load_runs, markdown_table, plot_average
+    from fedvl.report.compare import absence_notes, comparison_rows, load_runs, markdown_table, plot_average
 
     console = console or Console()
+    _check_methods(methods, seeds)
     configs: dict[str, list[tuple[ExperimentConfig, Path]]] = {}
+    settings: dict[str, dict[str, Any]] = {}
     for m in methods:  # validate everything before running anything
         algo, peft = parse_method(m)
         extra = [f"algorithm.name={algo}"] + ([f"model.peft={peft}"] if peft else [])
@@ -272,23 +366,35 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
             out = Path(cfg.run.output_dir) / name
             cfg.run.output_dir, cfg.run.name = str(out), f"{m}/seed{s}"
             configs[m].append((cfg, out / m / f"seed{s}"))
+        settings[m] = _settings(configs[m][0][0])
+        same = next((o for o in settings if o != m and settings[o] == settings[m]), None)
+        if same is not None:
+            raise ConfigError(f"--algorithms: {same} and {m} are the same run with this config; name it once")
     out_dir = Path(configs[methods[0]][0][0].run.output_dir)
+    from fedvl.runfolder import check_writable
+
+    check_writable(out_dir, "run.output_dir")
+    _check_settings(out_dir, settings, overwrite)
     # seed-major order: an interrupted comparison leaves whole seeds of every method, not all
     # seeds of the first methods only
     for i in range(len(seeds)):
         for m in methods:
             cfg, run_dir = configs[m][i]
-            status = run_dir / "status.json"
-            if status.is_file() and json.loads(status.read_text()).get("state") == "complete":
+            why = _unfinished(run_dir)
+            if why is None and not overwrite:
                 console.print(f"[dim]{m} seed {cfg.run.seed}: already complete, reused[/dim]")
                 if not _same_config(run_dir / "config.yaml", cfg):
                     console.print(f"[yellow]{m} seed {cfg.run.seed}: its config.yaml differs from this comparison's; "
                                   f"delete {run_dir} to run it again[/yellow]")
                 continue
             console.rule(f"{m} · seed {cfg.run.seed}")
-            # a run stopped mid-way with the same config continues from its last checkpoint
+            if why not in (None, "not run yet") and not why.startswith("status "):
+                console.print(f"[yellow]{m} seed {cfg.run.seed}: {why}; running it again[/yellow]")
+            # a run stopped mid-way (or whose results files are gone) with the same config continues
+            # from its last checkpoint; one whose last round is done just writes its results again
             saved = run_dir / "config.yaml"
-            resume = saved.is_file() and saved.read_text() in (run_config_text(cfg), dump_config(cfg)) \
+            resume = not overwrite and saved.is_file() \
+                and saved.read_text() in (run_config_text(cfg), dump_config(cfg)) \
                 and (run_dir / "checkpoints").is_dir()  # (dump_config: a run made before config.yaml was trimmed)
             run_experiment(cfg, run_dir, console=console, progress_enabled=progress_enabled, resume=resume,
                            overwrite=True)  # a stale run of this comparison (a fedvl run) is replaced
@@ -302,6 +408,10 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
     parts = [f"# Comparison: {title}", ""]
     for metric, metric_rows in rows.items():
         parts += [f"## {metric}", "", markdown_table(metric_rows, metric)]
+    absent = absence_notes(runs)
+    if absent:  # a client that left and came back, or left for good, is part of the result
+        parts += ["Clients missing from evaluated rounds (averages are over the clients present):", "",
+                  *(f"- {line}" for line in absent), ""]
     parts.append(f"Aggregation: {first.algorithm.aggregation}. Rounds: {first.algorithm.rounds}. "
                  f"Command config: {config_path or 'embedded default'} {' '.join(overrides)}\n")
     (out_dir / "compare.md").write_text("\n".join(parts))

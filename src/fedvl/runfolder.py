@@ -120,6 +120,22 @@ def wait_until_free(path: Path, wait_s: float, log=print) -> None:
             time.sleep(0.2)
 
 
+LOOK_S = 1.0
+"""How long a refused exclusive lock is tried again: a look (:func:`check_not_live`, another run starting
+at the same moment) holds a shared lock for an instant, a live run holds its lock for the whole run."""
+
+
+def _lock_exclusive(fd: int) -> None:
+    deadline = time.monotonic() + LOOK_S
+    while True:
+        try:
+            return fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.02)
+
+
 class RunFolder:
     """One process's exclusive claim on a run folder, from :meth:`acquire` to :meth:`release`."""
 
@@ -146,7 +162,7 @@ class RunFolder:
             self._remove_if_created()
             raise RunFolderError(f"cannot write in results folder {p}: {e.strerror or e}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_exclusive(fd)
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.EACCES):
                 error = _in_use(p, fd)

@@ -12,11 +12,13 @@ subsystems (does the algorithm exist, does the benchmark allow it) are
 from __future__ import annotations
 
 import dataclasses
+import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
 
@@ -25,6 +27,15 @@ from fedvl.kt.config import FedMMKTConfig, T2IConfig
 
 class ConfigError(ValueError):
     """A configuration problem the user can fix; the CLI prints it on one line, exit 2."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong, _REPR.maxlevel = 80, 80, 40, 3
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to a line's worth: a message quotes what was given, never all of a huge value."""
+    return _REPR.repr(value)
 
 
 PeftMethod = Literal["adapter", "lora", "bitfit", "layernorm", "head", "full", "prompt"]
@@ -63,6 +74,14 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute the text / fusion encoder's layer activations in the backward pass instead of
     keeping them (less memory for ~one more forward pass; default, vilt, clip and blip)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "adapter_reduction": "1..4096", "lora_rank": "1..1024", "lora_alpha": ">= 1",
+        "prompt_length": "1..512 (the text encoders hold 512 positions)",
+        "max_text_len": "4..512 (the text encoders hold 512 positions)",
+        "head_hidden": "1..65536 (the upper bound keeps the head within memory)",
+    }
+    """Each numeric option's range, checked on load (see ``_within``)."""
 
 
 @dataclass
@@ -112,6 +131,15 @@ class DataConfig:
     """natural: the benchmark's own split; dirichlet / quantity: re-partition the pooled data."""
     dirichlet_alpha: float = 0.5
     quantity_alpha: float = 1.0
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "answer_vocab": ">= 1", "max_train_questions": ">= 0", "max_test_questions": ">= 0",
+        "num_clients": "1..100000 (the upper bound keeps the per-client records within memory)",
+        "train_images": "1..100000 (per client)", "test_images": "1..100000 (per client)",
+        "questions_per_image": "1..64", "max_objects": "1..4 (counting answers go up to 4)",
+        "image_size": "32..1024 (the upper bound keeps images within memory)",
+        "dirichlet_alpha": "> 0", "quantity_alpha": "> 0",
+    }
 
 
 @dataclass
@@ -173,6 +201,17 @@ class AlgorithmConfig:
     max_update_norm: float = 10.0
     """Validation: reject an update whose delta norm exceeds this many times the global parameters'
     norm (floored at 1); 0 = no norm check. Generous: honest deltas are a small fraction of it."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "rounds": "1..1000000", "fraction_fit": "(0, 1]", "local_epochs": ">= 0", "local_steps": ">= 0",
+        "batch_size": "1..65536 (the upper bound keeps a batch within memory)", "lr": "> 0",
+        "full_lr": ">= 0", "weight_decay": ">= 0", "prox_mu": ">= 0", "dat_weight": "[0, 1]",
+        "kd_weight": "[0, 1]", "kd_temperature": "> 0", "trim_ratio": "[0, 0.5)", "krum_byzantine": ">= 0",
+        "krum_select": ">= 1", "clip_update_norm": ">= 0", "max_update_norm": ">= 0",
+    }
+    OWNED: ClassVar[frozenset[str]] = frozenset({"prox_mu", "dat_weight", "kd_weight", "kd_temperature"})
+    """Options of one algorithm, checked against their range by its own check only: a config shared
+    between methods is not refused for an option the chosen one never reads."""
 
 
 @dataclass
@@ -243,6 +282,15 @@ class RunConfig:
     flower_gpus_per_client: float = 0.0
     """flower-sim with the ray backend: share of a GPU per client (0.25 = four clients share one GPU)."""
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "seed": "0..4294967295 (numpy's and torch's generators take 32-bit seeds)",
+        "threads": "1..1024", "eval_every": ">= 1", "eval_clients": ">= 0", "clients_in_memory": ">= 1",
+        "flower_workers": "1..1024", "flower_wait_s": "> 0", "round_timeout_s": ">= 0", "min_clients": ">= 1",
+        "round_retries": ">= 0", "secagg_shares": ">= 0", "secagg_threshold": ">= 0", "secagg_clip": "> 0",
+        "keep_checkpoints": ">= 1 (--resume continues from a kept round checkpoint)",
+        "flower_cpus_per_client": "> 0", "flower_gpus_per_client": ">= 0",
+    }
+
 
 @dataclass
 class AttackConfig:
@@ -254,6 +302,8 @@ class AttackConfig:
     fraction: float = 0.25
     """Share of the clients that attack, round(fraction x num_clients), chosen once from run.seed."""
     scale: float = 5.0
+
+    RANGES: ClassVar[dict[str, str]] = {"fraction": "[0, 1]", "scale": "> 0"}
 
 
 @dataclass
@@ -270,6 +320,8 @@ class PrivacyConfig:
     """z: the noise added to the sum of clipped deltas has std z·S (z·S/m on the mean of m clients)."""
     delta: float = 1e-5
     """The delta at which epsilon is reported."""
+
+    RANGES: ClassVar[dict[str, str]] = {"clip_norm": "> 0", "noise_multiplier": "> 0", "delta": "(0, 1)"}
 
 
 @dataclass
@@ -304,7 +356,7 @@ def _coerce(key: str, tp: Any, value: Any, from_text: bool) -> Any:
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not {_type_name(tp)}")
+            raise ConfigError(f"{key}: {_short(value)} is not {_type_name(tp)}")
         return value
     if origin in (typing.Union, types.UnionType):
         errors = []
@@ -317,23 +369,25 @@ def _coerce(key: str, tp: Any, value: Any, from_text: bool) -> Any:
                 return _coerce(key, arm, value, from_text)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {_short(value)}")
     if origin is list:
         (item_tp,) = get_args(tp)
         if from_text and isinstance(value, str):
-            value = [v for v in value.split(",") if v != ""]
+            value = value.split(",") if value else []  # "key=" is the empty list
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_short(value)}")
+        if "" in value:  # "a,,b" or "a," is a slip: a silently dropped item would be the wrong run
+            raise ConfigError(f"{key}: item {value.index('') + 1} is empty (comma-separated, no empty items)")
         return [_coerce(f"{key}[{i}]", item_tp, v, from_text) for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
             return value
         if from_text and str(value).lower() in ("true", "1", "yes", "false", "0", "no"):
             return str(value).lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        raise ConfigError(f"{key}: expected true/false, got {_short(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_short(value)}")
         if isinstance(value, int):
             return value
         if from_text:
@@ -341,10 +395,10 @@ def _coerce(key: str, tp: Any, value: Any, from_text: bool) -> Any:
                 return int(str(value))
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {_short(value)}")
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {_short(value)}")
         if isinstance(value, (int, float)):
             return float(value)
         if from_text or isinstance(value, str):
@@ -352,11 +406,11 @@ def _coerce(key: str, tp: Any, value: Any, from_text: bool) -> Any:
                 return float(str(value))
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {_short(value)}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {_short(value)}")
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
@@ -367,11 +421,11 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str, from_text: bool) -> None
         full = f"{prefix}{key}"
         if key not in names:
             known = ", ".join(sorted(names))
-            raise ConfigError(f"unknown config key '{full}' (known under '{prefix or '.'}': {known})")
+            raise ConfigError(f"unknown config key {_short(full)} (known under '{prefix or '.'}': {known})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"{full}: expected a mapping of keys, got {value!r}")
+                raise ConfigError(f"{full}: expected a mapping of keys, got {_short(value)}")
             _apply(current, value, f"{full}.", from_text)
         else:
             setattr(obj, key, _coerce(full, hints[key], value, from_text))
@@ -379,33 +433,140 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str, from_text: bool) -> None
 
 def parse_override(text: str) -> tuple[list[str], str]:
     if "=" not in text:
-        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. algorithm.rounds=3)")
+        raise ConfigError(f"override {_short(text)} is not of the form key=value (e.g. algorithm.rounds=3)")
     key, value = text.split("=", 1)
     if not key:
-        raise ConfigError(f"override '{text}' has an empty key")
+        raise ConfigError(f"override {_short(text)} has an empty key")
     return key.split("."), value
 
 
-def _check_finite(obj: Any, prefix: str) -> None:
-    """No NaN or infinity in any number: every float option is a size, a rate or a bound."""
+_RANGE = re.compile(r"(?:(>=|>) (\S+)|(\S+)\.\.(\S+)|([\[(])(\S+), (\S+)([\])]))(?: \((.+)\))?")
+
+
+def _bound(text: str) -> int | float:
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def _within(value: int | float, spec: str) -> bool:
+    """Whether ``value`` lies in ``spec``: ">= A", "> A", "A..B" (integers, both ends included), or an
+    interval "[A, B]", "(A, B]", "[A, B)", "(A, B)"; a trailing " (why)" is the reason for the bound."""
+    m = _RANGE.fullmatch(spec)
+    if m is None:
+        raise ValueError(f"malformed range {spec!r}")
+    op, lo, a, b, left, lo2, hi2, right, _ = m.groups()
+    if op:
+        return value >= _bound(lo) if op == ">=" else value > _bound(lo)
+    if a is not None:
+        return _bound(a) <= value <= _bound(b)
+    lo_ok = value >= _bound(lo2) if left == "[" else value > _bound(lo2)
+    hi_ok = value <= _bound(hi2) if right == "]" else value < _bound(hi2)
+    return lo_ok and hi_ok
+
+
+def _check_numbers(obj: Any, prefix: str) -> None:
+    """Every number finite and inside the range its section declares (its ``RANGES``: option -> range,
+    see :func:`_within`; a list's range holds for each item), in one pass over the sections. Options in
+    a section's ``OWNED`` are left to the algorithm that uses them (:func:`check_ranges` in its check)."""
     import math
 
+    owned = getattr(type(obj), "OWNED", frozenset())
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
-            _check_finite(value, f"{prefix}{f.name}.")
-        elif isinstance(value, float) and math.isnan(value):
-            raise ConfigError(f"{prefix}{f.name} is not a number (nan); give a finite number")
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{prefix}{f.name} must be a finite number, got {value}")
+            _check_numbers(value, f"{prefix}{f.name}.")
+            continue
+        for at, v in _items(f"{prefix}{f.name}", value):
+            if isinstance(v, float) and math.isnan(v):
+                raise ConfigError(f"{at} is not a number (nan); give a finite number")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{at} must be a finite number, got {v}")
+        if f.name not in owned:
+            check_ranges(obj, prefix, [f.name])
+
+
+def _items(key: str, value: Any) -> list[tuple[str, Any]]:
+    return [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else [(key, value)]
+
+
+def check_ranges(obj: Any, prefix: str, names: list[str]) -> None:
+    """Options ``names`` of section ``obj`` (``prefix`` e.g. "algorithm.") inside their declared ranges."""
+    ranges = type(obj).RANGES
+    for name in names:
+        if name not in ranges:
+            continue
+        spec = ranges[name]
+        for at, v in _items(f"{prefix}{name}", getattr(obj, name)):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not _within(v, spec):
+                why = _RANGE.fullmatch(spec).group(9)  # the reason goes after the value: "in 1..4, got 9 (...)"
+                bound = spec[:-len(why) - 3] if why else spec
+                raise ConfigError(f"{at} must be {'' if bound.startswith('>') else 'in '}{bound}, got {_short(v)}"
+                                  + (f" ({why})" if why else ""))
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file is a few kB; a larger one is a wrong path (a dataset, a log), never read whole."""
+MAX_CONFIG_NODES = 10_000
+"""Values a config file may stand for once its aliases are expanded (the full default config is ~200):
+a few hundred bytes of nested aliases can stand for billions ("billion laughs")."""
+
+
+class _Refused(yaml.YAMLError):
+    """What :class:`_ConfigLoader` refuses in a file that is valid YAML."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last one silently,
+    so a repeated section would drop the first) and alias expansion beyond ``MAX_CONFIG_NODES``
+    (counted on the composed node graph, before anything is built or formatted)."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        sizes: dict[int, int] = {}
+
+        def size(n: yaml.Node, path: frozenset[int]) -> int:
+            if id(n) in path:
+                raise _Refused(f"an alias refers to itself (line {n.start_mark.line + 1})")
+            if id(n) not in sizes:
+                kids = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else \
+                    n.value if isinstance(n, yaml.SequenceNode) else []
+                sizes[id(n)] = 1 + sum(size(c, path | {id(n)}) for c in kids)
+                if sizes[id(n)] > MAX_CONFIG_NODES:
+                    raise _Refused(f"its aliases expand to more than {MAX_CONFIG_NODES:,} values "
+                                   f"(line {n.start_mark.line + 1}); a config file needs a few hundred")
+            return sizes[id(n)]
+
+        if node is not None:
+            size(node, frozenset())
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise _Refused(f"key {_short(key)} is given twice in one mapping (again on line "
+                                   f"{key_node.start_mark.line + 1}); give each key once")
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
 
 def _read_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """The mapping a YAML config file holds; every way it can fail is one ConfigError line."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {p} is {p.stat().st_size:,} bytes; a config file is at most "
+                          f"{MAX_CONFIG_BYTES:,} (is it the right file?)")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=_ConfigLoader)
+    except _Refused as e:
+        raise ConfigError(f"config file {p}: {e}") from None
+    except RecursionError:  # the parser recurses once per level: thousands of nested brackets exhaust the stack
+        raise ConfigError(f"config file {p} nests values thousands of levels deep; a config file has a few") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -434,7 +595,7 @@ def load_section(cls: type, path: str | Path | None, overrides: list[str] | None
     """One settings dataclass (e.g. ``fedvl pretrain vl``'s) from an optional YAML mapping and ``key=value``s;
     its own ``validate()`` runs if it has one."""
     obj = _load(cls(), path, overrides, "keys")
-    _check_finite(obj, "")
+    _check_numbers(obj, "")
     if hasattr(obj, "validate"):
         obj.validate()
     return obj

@@ -336,7 +336,7 @@ def test_cli_corrupt_base_is_one_line_exit_2_and_no_results(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("fedvl: error:") and "cannot be read" in lines[0], r.stderr
     assert not (tmp_path / "results" / "x").exists()
     r = _fedvl("pretrain", "vl", "steps=0", cwd=tmp_path)
-    assert r.returncode == 2 and "steps and batch_size must be >= 1" in r.stderr
+    assert r.returncode == 2 and "steps must be >= 1, got 0" in r.stderr
 
 
 def test_pretraining_device_is_checked_and_not_part_of_the_key(tmp_path):

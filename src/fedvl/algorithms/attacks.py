@@ -56,10 +56,6 @@ def attack_update(reference: Params, update: Params, kind: str, scale: float, ge
 def check_options(cfg) -> None:
     """The ``attack`` section (experiments only), run when a config loads."""
     atk = cfg.attack
-    if not 0.0 <= atk.fraction <= 1.0:
-        raise ConfigError("attack.fraction must be in [0, 1]")
-    if not atk.scale > 0:
-        raise ConfigError("attack.scale must be > 0")
     if atk.kind != "none" and round(atk.fraction * cfg.data.num_clients) < 1:
         raise ConfigError(f"attack.kind={atk.kind} with attack.fraction={atk.fraction} of {cfg.data.num_clients} "
                           "clients selects no attacker; raise attack.fraction")

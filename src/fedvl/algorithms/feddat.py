@@ -40,7 +40,7 @@ from fedvl.data.features import EncodedSplit
 from fedvl.engine.loops import Batch, set_lr
 from fedvl.engine.loops import evaluate as evaluate_split
 from fedvl.models.params import param_group
-from fedvl.schema import ConfigError
+from fedvl.schema import ConfigError, check_ranges
 
 
 def copy_shared_to_teacher(model: torch.nn.Module) -> None:
@@ -159,11 +159,7 @@ def check_options(cfg) -> None:
     a = cfg.algorithm
     if cfg.model.peft != "adapter":
         raise ConfigError(f"feddat needs model.peft=adapter (its dual adapters), got model.peft={cfg.model.peft}")
-    for ok, msg in ((0.0 <= a.dat_weight <= 1.0, "algorithm.dat_weight must be in [0, 1]"),
-                    (0.0 <= a.kd_weight <= 1.0, "algorithm.kd_weight must be in [0, 1]"),
-                    (a.kd_temperature > 0, "algorithm.kd_temperature must be > 0")):
-        if not ok:
-            raise ConfigError(msg)
+    check_ranges(a, "algorithm.", ["dat_weight", "kd_weight", "kd_temperature"])
 
 
 ALGORITHM = register(Algorithm(

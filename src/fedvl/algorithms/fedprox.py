@@ -12,7 +12,7 @@ import torch
 
 from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, ServerRule, register
 from fedvl.engine.loops import cross_entropy_step
-from fedvl.schema import ConfigError
+from fedvl.schema import check_ranges
 
 
 class FedProxClient(ClientUpdate):
@@ -30,8 +30,7 @@ class FedProxClient(ClientUpdate):
 
 
 def check_options(cfg) -> None:
-    if not cfg.algorithm.prox_mu >= 0:
-        raise ConfigError(f"algorithm.prox_mu must be >= 0 (0 = FedAvg), got {cfg.algorithm.prox_mu}")
+    check_ranges(cfg.algorithm, "algorithm.", ["prox_mu"])
 
 
 ALGORITHM = register(Algorithm(

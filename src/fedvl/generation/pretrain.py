@@ -26,6 +26,7 @@ from fedvl.generation.t2i import Sampling, T2IGenerator, build_generator
 from fedvl.io import atomic_write
 from fedvl.kt.config import FedMMKTConfig, T2IConfig
 from fedvl.kt.data import class_names, make_set, prompt
+from fedvl.schema import ConfigError
 
 SHIPPED = Path(__file__).parent / "weights"
 PRETRAIN_FIELDS = ("source", "text", "channels", "image_size", "max_text_len", "prediction", "pretrain_steps",
@@ -108,9 +109,16 @@ def load_weights(gen: T2IGenerator, path: Path) -> dict:
     own = gen.unet.state_dict()
     if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
         raise ValueError(f"generator weights {path} do not fit this t2i configuration (other channels or text width)")
-    gen.unet.load_state_dict({k: v.float() for k, v in state.items()})
     meta = path.with_suffix(".json")
-    return json.loads(meta.read_text()) if meta.is_file() else {}
+    try:
+        report = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+        if not isinstance(report, dict):
+            raise ValueError(f"a JSON {type(report).__name__}, not an object")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"the report beside generator weights {path}, {meta}, cannot be read "
+                         f"({type(e).__name__}: {e})") from None
+    gen.unet.load_state_dict({k: v.float() for k, v in state.items()})
+    return report
 
 
 def load_or_pretrain(t2i: T2IConfig, kt: FedMMKTConfig, cache_dir: Path, status=print,
@@ -123,7 +131,10 @@ def load_or_pretrain(t2i: T2IConfig, kt: FedMMKTConfig, cache_dir: Path, status=
         return gen, {"source": t2i.source}  # a real pipeline comes pretrained
     if t2i.weights and not force:
         status(f"generator weights: {t2i.weights}")
-        return gen, load_weights(gen, Path(t2i.weights))
+        try:
+            return gen, load_weights(gen, Path(t2i.weights))
+        except ValueError as e:  # the user's own file: named, never replaced by a pretraining
+            raise ConfigError(f"t2i.weights: {e}") from None
     key = pretrain_key(t2i, classes)
     for path in (SHIPPED / f"{key}.safetensors", Path(cache_dir) / "t2i" / f"{key}.safetensors"):
         if path.is_file() and not force:

@@ -170,10 +170,17 @@ class T2IGenerator(nn.Module):
 
     # -- what trains in federation, by name
     def add_lora(self, rank: int, targets: list[str]) -> None:
+        """LoRA on the UNet's ``targets``; a refusal by peft or diffusers is one ConfigError line."""
         from peft import LoraConfig
 
-        self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=True),
-                              adapter_name="server")
+        from fedvl.schema import ConfigError
+
+        try:
+            self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=True),
+                                  adapter_name="server")
+        except ValueError as e:
+            raise ConfigError(f"t2i.lora_targets: peft refused {','.join(targets)}: "
+                              f"{' '.join(str(e).split())[:300]}") from None
 
     def federated_names(self) -> list[str]:
         """The generator's federated parameters: the UNet's LoRA and the text-side adapter."""

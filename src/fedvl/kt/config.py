@@ -5,7 +5,7 @@ the round count, seed, threads and output folder come from ``algorithm`` and ``r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 
 @dataclass
@@ -45,6 +45,16 @@ class T2IConfig:
     server_steps: int = 20
     """Generator update steps per round."""
     server_batch: int = 32
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "channels": "8..1024", "image_size": "8..512 (the upper bound keeps images within memory)",
+        "max_text_len": "4..512 (the text encoders hold 512 positions)", "side_rank": "1..1024",
+        "pretrain_steps": ">= 1", "pretrain_batch": "1..4096", "pretrain_lr": "> 0",
+        "pretrain_per_class": "1..100000", "cond_dropout": "[0, 1)", "sample_steps": "1..1000", "guidance": ">= 1",
+        "sample_batch": "1..4096", "lora_rank": "1..1024", "lr": "> 0", "server_steps": ">= 0",
+        "server_batch": "1..4096",
+    }
+    """Each numeric option's range, checked on load (``fedvl.schema._within``)."""
 
 
 @dataclass
@@ -120,3 +130,13 @@ class FedMMKTConfig:
     feedback_top: float = 0.5
     """Generator update: within each class, only this share of the accepted samples, those the ensemble is surest
     of (1 = every accepted sample, the feedback weights alone)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        **{f"{k}_per_class": "1..100000" for k in ("train", "test", "judge", "synthetic")},
+        "eval_per_class": "2..100000 (the feature distance needs a covariance)", "proto_dim": "2..4096",
+        "lr": "> 0", "batch_size": "1..4096", "local_epochs": ">= 1", "kd_weight": ">= 0", "kd_temperature": "> 0",
+        "proto_weight": ">= 0", "filter_threshold": "[0, 1]", "align_weight": ">= 0", "align_temperature": "> 0",
+        "prompt_weight": ">= 0", "synthetic_batch": "1..4096", "synthetic_ramp": ">= 0", "synthetic_end": "[0, 1]",
+        "synthetic_rounds": ">= 1", "curriculum_start": "(0, 1]", "curriculum_rounds": ">= 1",
+        "curriculum_static": "[0, 1]", "feedback_top": "(0, 1]",
+    }

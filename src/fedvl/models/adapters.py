@@ -141,12 +141,40 @@ def inject_adapters(encoder_layers: nn.ModuleList, roles: list[str], reduction: 
     return mix
 
 
-def inject_lora(module: nn.Module, role: str, rank: int, alpha: int, targets: list[str]) -> None:
-    """LoRA through peft, wrapping the pretrained weights (never re-initialising them)."""
+# The Linear layer names LoRA may target in each text encoder family: BERT's (the default and tiny models,
+# ViLT, BLIP) and CLIP's, which also takes BERT's names for its q/k/v projections (hf.LORA_ALIASES).
+LORA_LAYERS = {"bert": ("query", "key", "value", "dense"),
+               "clip": ("query", "key", "value", "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")}
+
+
+def check_lora_targets(option: str, targets: list[str], family: str) -> None:
+    """``targets`` name at least one of ``family``'s layers, each once and each one it has: peft would
+    fail deep in the model build, and a low-rank delta with no layer is silently nothing."""
+    from fedvl.schema import ConfigError, _short
+
+    known = LORA_LAYERS[family]
+    if not targets:
+        raise ConfigError(f"{option} must name at least one layer (known: {', '.join(known)})")
+    for t in targets:
+        if t not in known:
+            raise ConfigError(f"{option}: {_short(t)} is not a layer of the text encoder (known: {', '.join(known)})")
+    if len(set(targets)) != len(targets):
+        raise ConfigError(f"{option} names a layer twice: {_short(','.join(targets))}")
+
+
+def inject_lora(module: nn.Module, role: str, rank: int, alpha: int, targets: list[str],
+                option: str = "model.lora_targets") -> None:
+    """LoRA through peft, wrapping the pretrained weights (never re-initialising them); peft's refusal
+    of the settings is one ConfigError line naming ``option``."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none")
-    inject_adapter_in_model(cfg, module, adapter_name=role)
+    from fedvl.schema import ConfigError
+
+    try:
+        cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none")
+        inject_adapter_in_model(cfg, module, adapter_name=role)
+    except ValueError as e:
+        raise ConfigError(f"{option}: peft refused {','.join(targets)}: {' '.join(str(e).split())[:300]}") from None
 
 
 # Whole-word WordPiece ids of the MiniLM / BERT-uncased vocabulary start at 1996

@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -75,29 +75,23 @@ class VLPretrainConfig:
     device: str = "auto"
     """auto / cpu / cuda / cuda:N, as run.device (the weights are the same up to float rounding)."""
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "image_size": "32..1024 (the upper bound keeps images within memory)",
+        "max_text_len": "4..512 (the text encoders hold 512 positions)",
+        "corpus_images": "1..100000 (the corpus is rendered in memory)", "captions_per_image": "1..64",
+        "held_out_images": "1..100000 (rendered in memory)", "max_objects": "1..4", "steps": ">= 1",
+        "batch_size": "1..4096", "lr": "> 0", "warmup": "(0, 1)", "lora_rank": "1..1024", "lora_alpha": ">= 1",
+        "itm_swap": "[0, 1)", "mlm_prob": "(0, 1)", "mlm_grounded_prob": "(0, 1)", "itm_weight": ">= 0",
+        "mlm_weight": ">= 0", "seed": "0..4294967295 (numpy's and torch's generators take 32-bit seeds)",
+        "threads": "1..1024", "checkpoint_every": ">= 1", "eval_every": ">= 1",
+    }
+    """Each numeric setting's range, checked on load (``fedvl.schema._within``)."""
 
     def validate(self) -> None:
         """Cross-field checks, one ConfigError line each (``load_section`` calls this)."""
-        from fedvl.schema import ConfigError
+        from fedvl.models.adapters import check_lora_targets
 
-        checks = [
-            (self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1"),
-            (self.corpus_images >= 1 and self.held_out_images >= 1, "corpus_images and held_out_images must be >= 1"),
-            (self.captions_per_image >= 1, "captions_per_image must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (0.0 < self.mlm_prob < 1.0, "mlm_prob must be in (0, 1)"),
-            (0.0 <= self.itm_swap < 1.0, "itm_swap must be in [0, 1)"),
-            (self.mlm_grounded_prob is None or 0.0 < self.mlm_grounded_prob < 1.0,
-             "mlm_grounded_prob must be in (0, 1)"),
-            (0.0 < self.warmup < 1.0, "warmup must be in (0, 1)"),
-            (self.lora_rank >= 1, "lora_rank must be >= 1"),
-            (1 <= self.max_objects <= 4, "max_objects must be in 1..4"),
-            (self.image_size >= 32, "image_size must be >= 32"),
-            (self.checkpoint_every >= 1 and self.eval_every >= 1, "checkpoint_every and eval_every must be >= 1"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+        check_lora_targets("lora_targets", self.lora_targets, "bert")
 
 
 _NOT_KEYED = {"threads", "cache_dir", "checkpoint_every", "eval_every", "device"}

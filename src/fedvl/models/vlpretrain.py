@@ -294,6 +294,22 @@ def _checkpoint_state(pt: Pretrainer, opt, sched, g: torch.Generator, step: int,
             "log": log, "settings": {k: v for k, v in asdict(pt.cfg).items() if k not in _NOT_KEYED}}
 
 
+def _read_checkpoint(path: Path, pt: Pretrainer) -> dict | None:
+    """The state in ``path`` if it is a checkpoint of this pretraining (its settings, its parameter
+    shapes), else None: checked before anything is restored, so a bad one leaves the fresh start intact."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # truncated or not a checkpoint at all: torch raises many kinds
+        return None
+    settings = {k: v for k, v in asdict(pt.cfg).items() if k not in _NOT_KEYED}
+    if not isinstance(state, dict) or state.get("settings") != settings or not isinstance(state.get("step"), int) \
+            or not isinstance(state.get("params"), list) or len(state["params"]) != len(pt.params) \
+            or any(not torch.is_tensor(v) or v.shape != p.shape for v, p in zip(state["params"], pt.params)) \
+            or not {"opt", "sched", "gen", "torch_rng", "log"} <= state.keys():
+        return None
+    return state
+
+
 def pretrain(cfg: VLPretrainConfig, status: Callable[[str], None] = print,
              on_step: Callable[[int, int, float], None] | None = None, force: bool = False) -> tuple[Path, dict]:
     """Pretrain (or resume) and write ``<cache_dir>/vl/<key>.safetensors`` + ``.json`` + ``.png``."""
@@ -327,10 +343,9 @@ def pretrain(cfg: VLPretrainConfig, status: Callable[[str], None] = print,
     log: dict[str, list] = {"itm_loss": [], "mlm_loss": [], "eval": []}
     start, elapsed_before = 0, 0.0
     if ckpt.is_file() and not force:
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        except Exception as e:  # a damaged checkpoint: start over rather than fail
-            status(f"ignoring the damaged checkpoint {ckpt} ({type(e).__name__}); starting over")
+        state = _read_checkpoint(ckpt, pt)
+        if state is None:  # a damaged checkpoint: start over rather than fail
+            status(f"ignoring the damaged checkpoint {ckpt}; starting over")
         else:
             with torch.no_grad():
                 for p, v in zip(pt.params, state["params"]):
@@ -393,6 +408,31 @@ def pretrain(cfg: VLPretrainConfig, status: Callable[[str], None] = print,
     }
     save_base(pt, out, meta)
     ckpt.unlink(missing_ok=True)
+    return out, meta
+
+
+def cached_base(cfg: VLPretrainConfig, status: Callable[[str], None] = print) -> tuple[Path, dict] | None:
+    """The cached result of these settings, ``(weights, report)``, or None when there is none or it is
+    damaged (said through ``status``): the key fixes the result, so a damaged entry is pretrained again."""
+    from safetensors import SafetensorError, safe_open
+
+    key = pretrain_key(cfg)
+    out = Path(cfg.cache_dir) / "vl" / f"{key}.safetensors"
+    if not out.is_file():
+        return None
+    try:
+        with safe_open(str(out), "pt") as f:
+            f.keys()
+        meta = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+        # what `fedvl pretrain vl` prints and draws from the report
+        if not isinstance(meta, dict) or meta.get("key") != key or not \
+                {"held_out_itm_acc", "held_out_mlm_acc", "itm_loss", "mlm_loss", "eval"} <= meta.keys():
+            raise ValueError("not this pretraining's report")
+    except (SafetensorError, OSError, ValueError) as e:
+        status(f"ignoring the damaged cached base {out} ({type(e).__name__}); pretraining again")
+        return None
+    if not out.with_suffix(".png").is_file():  # only the picture of the report: drawn again from it
+        plot_curves(meta, out.with_suffix(".png"))
     return out, meta
 
 

@@ -23,8 +23,35 @@ def load_runs(method_dirs: dict[str, list[Path]]) -> dict[str, list[dict[str, An
         for d in dirs:
             summary = json.loads((d / "summary.json").read_text())
             summary["history"] = History.read(d)
+            summary["run_dir"] = str(d)
             out[method].append(summary)
     return out
+
+
+def _clients(seeds: list[dict[str, Any]]) -> list[str]:
+    """Every client any seed's final round reported, in the order first seen: a client absent
+    from one run's final round is still a column."""
+    return list(dict.fromkeys(cid for s in seeds for cid in s["final"].get("eval", {})))
+
+
+def _over_seeds(seeds: list[dict[str, Any]], cid: str, key: str) -> tuple[float, float, int]:
+    """Mean, std and count over the seeds whose final round has ``cid``'s ``key``."""
+    values = [s["final"]["eval"][cid][key] for s in seeds if key in s["final"].get("eval", {}).get(cid, {})]
+    return (*_mean_std(values), len(values)) if values else (float("nan"), 0.0, 0)
+
+
+def absence_notes(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """One line per run in which a client missed an evaluated round (final or earlier)."""
+    from fedvl.report.history import missed_rounds, spans
+
+    lines = []
+    for method, seeds in runs.items():
+        for s in seeds:
+            missed = missed_rounds(s["history"])
+            if missed:
+                where = s.get("run_dir", method)
+                lines.append(f"{where}: " + "; ".join(f"{cid} missed {spans(m)}" for cid, m in missed.items()))
+    return lines
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -36,11 +63,14 @@ def comparison_rows(runs: dict[str, list[dict[str, Any]]], metric: str = "acc") 
     """Per method: mean and std over seeds of each client's final score and of the average."""
     rows = []
     for method, seeds in runs.items():
-        clients = list(seeds[0]["final"]["eval"])
-        row: dict[str, Any] = {"method": method, "seeds": len(seeds), "clients": {}}
+        clients = _clients(seeds)
+        row: dict[str, Any] = {"method": method, "seeds": len(seeds), "clients": {}, "client_seeds": {}}
         for cid in clients:
-            row["clients"][cid] = _mean_std([s["final"]["eval"][cid][metric] for s in seeds])
+            mean, std, n = _over_seeds(seeds, cid, metric)
+            row["clients"][cid], row["client_seeds"][cid] = (mean, std), n
         row["average"] = _mean_std([s["final"]["avg"][metric] for s in seeds])
+        # a seed whose final round missed a client averages over the clients present
+        row["partial"] = any(len(s["final"].get("eval", {})) < len(clients) for s in seeds)
         p = seeds[0]["params"]
         row.update(trainable=p["trainable_params"], travel=p["travel_params"],
                    bytes_up=p["bytes_up_per_client_round"],
@@ -50,8 +80,10 @@ def comparison_rows(runs: dict[str, list[dict[str, Any]]], metric: str = "acc") 
         for suffix, label in (("_local", "A_C alone"), ("_shared", "A_S alone")):
             key = f"{metric}{suffix}"
             if key in seeds[0]["final"]["avg"]:
-                sub = dict(row, method=f"{method} ({label})", sub=True, clients={
-                    cid: _mean_std([s["final"]["eval"][cid][key] for s in seeds]) for cid in clients})
+                stats = {cid: _over_seeds(seeds, cid, key) for cid in clients}
+                sub = dict(row, method=f"{method} ({label})", sub=True,
+                           clients={cid: st[:2] for cid, st in stats.items()},
+                           client_seeds={cid: st[2] for cid, st in stats.items()})
                 sub["average"] = _mean_std([s["final"]["avg"][key] for s in seeds])
                 rows.append(sub)
     return rows
@@ -62,12 +94,15 @@ POOLED = {"centralized", "kt-centralized"}
 LOCAL_ONLY = {"local", "kt-local"}
 
 
-def _cell(ms: tuple[float, float]) -> str:
-    return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
+def _cell(ms: tuple[float, float], seeds: int | None = None, of: int | None = None) -> str:
+    """mean ± std; over fewer seeds than the row's (a client absent from some final rounds): "(k/n)"."""
+    if seeds == 0:
+        return "-"
+    return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}" + (f" ({seeds}/{of})" if seeds is not None and seeds != of else "")
 
 
 def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
-    clients = list(rows[0]["clients"])
+    clients = list(dict.fromkeys(c for r in rows for c in r["clients"]))
     head = ["method", *clients, "average", "trainable", "sent/client/round", "s/round"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     # bold marks the best federated headline row: not a pooled-data reference, not a sub-score
@@ -80,13 +115,20 @@ def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
             avg = f"**{avg}**"
         if local is not None and r["method"] not in LOCAL_ONLY and r["average"][0] < local:
             avg += " †"
+        if r.get("partial"):
+            avg += " ‡"
+        cells = [_cell(r["clients"][c], r.get("client_seeds", {}).get(c), r["seeds"]) if c in r["clients"] else "-"
+                 for c in clients]
         lines.append("| " + " | ".join([
-            r["method"], *(_cell(r["clients"][c]) for c in clients), avg, f"{r['trainable']:,}",
+            r["method"], *cells, avg, f"{r['trainable']:,}",
             f"{r['travel']:,} ({r['bytes_up'] / 1e6:.2f} MB)", f"{r['round_s']:.1f}"]) + " |")
+    partial = any(r.get("partial") for r in rows)
     return "\n".join(lines) + f"\n\n{metric} in % on each client's own test split (final round), " \
         f"mean ± std over {rows[0]['seeds']} seed(s); average = unweighted mean over clients; " \
         "bold = best federated method (centralized is the pooled-data upper bound)." \
-        + (" † = average below local-only (no communication at all)." if local is not None else "") + "\n"
+        + (" † = average below local-only (no communication at all)." if local is not None else "") \
+        + (" ‡ = a client was missing from a seed's final round: that seed's average is over the clients "
+           "present; (k/n) = a client's score over the k of n seeds it reported in." if partial else "") + "\n"
 
 
 def plot_average(runs: dict[str, list[dict[str, Any]]], path: Path, title: str, metric: str = "acc") -> None:
@@ -98,14 +140,16 @@ def plot_average(runs: dict[str, list[dict[str, Any]]], path: Path, title: str, 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     colors = plt.get_cmap("tab20").colors  # 11+ methods: the default 10-colour cycle would repeat
     for i, (method, seeds) in enumerate(runs.items()):
-        curves = [[(r["round"], r["avg"][metric]) for r in s["history"] if "avg" in r] for s in seeds]
-        xs = [x for x, _ in curves[0]]
-        ys = np.array([[y for _, y in c] for c in curves]) * 100
+        curves = [{r["round"]: r["avg"][metric] for r in s["history"] if "avg" in r} for s in seeds]
+        # seeds need not have evaluated the same rounds (every client missing one): NaN where one has none
+        xs = sorted(set().union(*curves))
+        ys = np.array([[c.get(x, np.nan) for x in xs] for c in curves]) * 100
+        mean, std = np.nanmean(ys, 0), np.nanstd(ys, 0)
         # the first ten methods get tab20's dark shades, the next ten its light shades, dashed
         color = colors[(2 * i) % 20 + (i // 10) % 2]
-        ax.plot(xs, ys.mean(0), marker="o", ms=3, label=method, color=color, linestyle="-" if i < 10 else "--")
+        ax.plot(xs, mean, marker="o", ms=3, label=method, color=color, linestyle="-" if i < 10 else "--")
         if len(seeds) > 1:
-            ax.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), alpha=0.15, color=color)
+            ax.fill_between(xs, mean - std, mean + std, alpha=0.15, color=color)
     ax.set_xlabel("round")
     ax.set_ylabel(f"average test {metric} (%)")
     ax.set_title(title)

@@ -51,5 +51,38 @@ class History:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def client_rounds(rounds: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Per client (in the order first seen), the evaluated rounds it reported scores in. Any client
+    may be absent from any round (a deployed node that froze, restarted or timed out, then came
+    back), so no round's client set stands for the run's."""
+    out: dict[str, list[int]] = {}
+    for r in rounds:
+        for cid in r.get("eval", {}):
+            out.setdefault(cid, []).append(r["round"])
+        for cid in r.get("eval_dropped", {}):
+            out.setdefault(cid, [])
+    return out
+
+
+def missed_rounds(rounds: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """The clients absent from some evaluated round, each with those rounds (rounds that evaluated
+    nobody by design, ``run.eval_every``, are no one's absence)."""
+    evaluated = [r["round"] for r in rounds if "eval" in r or "eval_dropped" in r]
+    missed = {cid: [x for x in evaluated if x not in got] for cid, got in client_rounds(rounds).items()}
+    return {cid: m for cid, m in missed.items() if m}
+
+
+def spans(rounds: list[int]) -> str:
+    """``[2, 3, 5]`` -> ``"rounds 2-3, 5"``."""
+    runs: list[list[int]] = []
+    for x in rounds:
+        if runs and x == runs[-1][1] + 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    return ("round " if len(rounds) == 1 else "rounds ") + text
+
+
 def set_status(run_dir: Path, state: str, **extra: Any) -> None:
     write_json_atomic(run_dir / "status.json", {"state": state, **extra})

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedvl.algorithms.aggregate import Params
-from fedvl.io import file_sha256
+from fedvl.io import atomic_write, file_sha256
 from fedvl.runtime.state import ClientStateStore
 
 FORMAT = 1
@@ -79,8 +79,10 @@ def commit_round(run_dir: Path, rnd: int, global_params: Params, store: ClientSt
     if tmp.exists():  # left by a run killed while writing
         shutil.rmtree(tmp)
     (tmp / "clients").mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in global_params.items()}, tmp / "global.safetensors")
-    save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+    glob = {k: v.contiguous() for k, v in global_params.items()}
+    # through atomic_write for the file mode: safetensors alone creates 0600 files
+    atomic_write(tmp / "global.safetensors", lambda f: save_file(glob, f))
+    atomic_write(tmp / "rng.safetensors", lambda f: save_file({"torch": torch.get_rng_state()}, f))
     store.export(tmp / "clients")
     files = {}
     for p in sorted(tmp.rglob("*.safetensors")):

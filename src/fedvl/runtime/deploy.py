@@ -18,11 +18,13 @@ private key; a node whose key was not registered is refused.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -282,7 +284,8 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
     state = record.get("state")
     if state != "complete":
         why = f": {record['error']}" if record.get("error") else ""
-        log(f"the deployed run did not complete (status: {state}{why}); SuperLink log: {scratch / 'superlink.log'}")
+        print(f"fedvl serve: error: the deployed run did not complete (status: {state}{why}); SuperLink log: "
+              f"{scratch / 'superlink.log'}", file=sys.stderr)
         return 1
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
@@ -377,6 +380,14 @@ SUPERNODE_CONNECTION_ERROR = "Exit Code: 305"
 # What the fedvl ClientApp raises for a partition the run does not have (flower._client_federation):
 # the node can never serve this run, so it stops instead of answering every message with a traceback.
 BAD_PARTITION = "ConfigError: this node holds partition"
+# What a SuperNode logs once it has handed a reply to its SuperLink (or failed to): after a bad
+# partition the node stops only then, so the server always gets the error reply that names this node.
+REPLY_HANDED_ON = ("Sent successfully", "Failed to send message", "is not in `RUNNING` status")
+REPLY_WAIT_S = 30.0  # a SuperNode that never says so is stopped after this long
+# Once a node has left, Flower's SuperLink answers the server's pull of a reply from it with "node
+# unavailable", not the reply it holds: the node stays this long after sending, while the server
+# (which looks every 0.5 s) pulls it.
+REPLY_PULL_S = 10.0
 
 
 REFUSED, ENDED, WORKER_GONE = "refused", "ended", "worker gone"
@@ -393,7 +404,7 @@ def _watch_superlink(proc: subprocess.Popen, host: str, port: int, gone_s: float
             worker_gone.set()
             stop(proc, grace=3)
             return
-        if _unreachable(host, port, time.monotonic()) is None:
+        if _listening(host, port):
             seen = time.monotonic()
         elif time.monotonic() - seen >= gone_s:
             ended.set()
@@ -422,6 +433,7 @@ def _run_node(cmd: list[str], host: str, port: int, gone_s: float, worker: subpr
     threading.Thread(target=_watch_superlink, args=(proc, host, port, gone_s, ended, worker, worker_gone),
                      daemon=True).start()
     why: str | None = None
+    give_up = threading.Timer(REPLY_WAIT_S, stop, (proc, 3))
     try:
         for line in proc.stdout:
             sys.stdout.write(line)
@@ -429,11 +441,14 @@ def _run_node(cmd: list[str], host: str, port: int, gone_s: float, worker: subpr
             if SUPERNODE_CONNECTION_ERROR in line:
                 why = REFUSED
                 break
-            if BAD_PARTITION in line:
+            if why is None and BAD_PARTITION in line:
                 why = line[line.index(BAD_PARTITION) + len("ConfigError: "):].strip()
-                time.sleep(3)  # let the SuperNode deliver the error reply, so the server can name this node
+                give_up.start()  # the ClientApp logs its error before it hands the reply to the SuperNode
+            elif why is not None and any(m in line for m in REPLY_HANDED_ON):
+                time.sleep(REPLY_PULL_S)
                 break
     finally:
+        give_up.cancel()
         # the SuperNode and its children; short grace: whoever stops `fedvl join` may not wait long
         stop(proc, grace=3)
     if worker_gone.is_set():
@@ -450,15 +465,87 @@ def parse_server(server: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _unreachable(host: str, port: int, deadline: float) -> str | None:
-    """Wait until something accepts connections on host:port; the last reason it did not, if the
-    deadline passed first. A SuperNode pointed at a closed port retries forever in silence."""
-    while True:
+class SecurityMismatch(RuntimeError):
+    """The SuperLink answers, but over the other security (TLS vs ``--insecure``) or with a
+    certificate the node's CA does not verify: waiting cannot help."""
+
+
+# What Flower's Fleet API (an HTTP API in flwr 1.42, the SuperNode's first call goes to it) answers
+# to a request that carries no node signature. Nothing else answers so: a port that merely accepts
+# connections (another program, a half-started server) is not taken for a SuperLink.
+FLEET_PROBE_PATH = "/v1/fleet/get-run"
+FLEET_UNSIGNED_ANSWER = (401, "Invalid SuperNode authentication")
+
+
+def _fleet_answer(host: str, port: int, tls_ca: Path | bool | None, timeout: float) -> str | None:
+    """One unsigned Fleet API call: None if a Flower SuperLink answered it, else what happened.
+    ``tls_ca``: None for plain HTTP, a CA file to verify the server with, False for TLS unverified."""
+    import httpx
+
+    url = f"{'http' if tls_ca is None else 'https'}://{host}:{port}{FLEET_PROBE_PATH}"
+    verify: ssl.SSLContext | bool = False
+    if tls_ca not in (None, False):
         try:
-            with socket.create_connection((host, port), timeout=max(1.0, min(5.0, deadline - time.monotonic()))):
-                return None
-        except OSError as e:  # refused, unroutable, or a name that does not resolve (gaierror)
-            reason = e.strerror or str(e) or type(e).__name__
+            verify = ssl.create_default_context(cafile=str(tls_ca))
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise ConfigError(f"--root-certificates {tls_ca} is not a PEM CA certificate ({e})") from None
+    try:
+        r = httpx.post(url, content=b"", headers={"content-type": "application/protobuf"}, verify=verify,
+                       timeout=timeout)
+    except httpx.TimeoutException:
+        return f"no answer within {timeout:.0f}s"
+    except httpx.HTTPError as e:
+        return " ".join(str(e).split()) or type(e).__name__
+    try:
+        detail = r.json().get("detail") if r.status_code == FLEET_UNSIGNED_ANSWER[0] else None
+    except (ValueError, AttributeError):  # not JSON, or JSON that is not an object
+        detail = None
+    return None if detail == FLEET_UNSIGNED_ANSWER[1] else f"HTTP {r.status_code}"
+
+
+def _listening(host: str, port: int) -> bool:
+    """Whether anything accepts connections on host:port: whether a SuperLink this node has joined is
+    still there (a plain connect, which a SuperLink busy with a round still accepts at once)."""
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+def _probe(host: str, port: int, tls_ca: Path | None, timeout: float) -> str | None:
+    """None when a Flower SuperLink answers on host:port as this node would talk to it (TLS with
+    ``tls_ca``, or plain); else why not. Raises :class:`SecurityMismatch` when one answers only
+    the other way."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:  # refused, unroutable, or a name that does not resolve (gaierror)
+        return e.strerror or str(e) or type(e).__name__
+    why = _fleet_answer(host, port, tls_ca, timeout)
+    if why is None:
+        return None
+    where = f"the SuperLink at {host}:{port}"
+    if tls_ca is None and _fleet_answer(host, port, False, timeout) is None:
+        raise SecurityMismatch(f"{where} uses TLS, but this node was started with --insecure: join with "
+                               "--root-certificates CA.pem (the CA that signed the server's certificate)")
+    if tls_ca is not None and _fleet_answer(host, port, None, timeout) is None:
+        raise SecurityMismatch(f"{where} does not use TLS (its server was started with --insecure), but this "
+                               "node was given --root-certificates: join with --insecure")
+    if tls_ca is not None and "CERTIFICATE_VERIFY_FAILED" in why and _fleet_answer(host, port, False, timeout) is None:
+        raise SecurityMismatch(f"{where} uses TLS, but --root-certificates {tls_ca} does not verify its "
+                               f"certificate ({why})")
+    return f"{host}:{port} accepts connections but does not answer as a Flower SuperLink ({why})"
+
+
+def _unreachable(host: str, port: int, deadline: float, tls_ca: Path | None = None) -> str | None:
+    """Wait until a Flower SuperLink answers on host:port (:func:`_probe`); the last reason it did
+    not, if the deadline passed first. A SuperNode pointed at a closed port, or at a program that is
+    not a SuperLink, retries forever in silence."""
+    while True:
+        reason = _probe(host, port, tls_ca, max(1.0, min(5.0, deadline - time.monotonic())))
+        if reason is None:
+            return None
         if time.monotonic() >= deadline:
             return reason
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -475,6 +562,8 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
     host, server_port = parse_server(server)
     if not 0.01 <= poll_s <= 60:
         raise ConfigError(f"--poll-s must be between 0.01 and 60 seconds, got {poll_s}")
+    if not math.isfinite(wait_s) or wait_s < 0:  # nan would compare false with every deadline: wait forever
+        raise ConfigError(f"--wait-s must be a finite number of seconds >= 0, got {wait_s}")
     folder = make_folder()
     worker = None
     quick_exits = 0
@@ -485,11 +574,11 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
         signal.signal(signal.SIGTERM, _interrupt)
         worker = start_worker(folder)
         while True:
-            reason = _unreachable(host, server_port, time.monotonic())  # one quick look first
+            reason = _unreachable(host, server_port, time.monotonic(), tls_ca)  # one quick look first
             if reason is not None:
                 print(f"fedvl join: the SuperLink at {server} is not reachable ({reason}); waiting up to "
                       f"{max(0.0, deadline - time.monotonic()):.0f}s more", file=sys.stderr, flush=True)
-                reason = _unreachable(host, server_port, deadline)
+                reason = _unreachable(host, server_port, deadline, tls_ca)
             if reason is not None:
                 print(f"fedvl join: error: cannot reach the SuperLink at {server} after {wait_s:.0f}s ({reason}); "
                       "giving up", file=sys.stderr)
@@ -509,7 +598,7 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
                 quick_exits = quick_exits + 1 if time.monotonic() - started < 15 else 0
                 if quick_exits >= 3:
                     return code
-                if _unreachable(host, server_port, time.monotonic() + wait_s) is None:
+                if _unreachable(host, server_port, time.monotonic() + wait_s, tls_ca) is None:
                     print(f"fedvl join: the SuperNode left the SuperLink at {server} (exit {code}); joining it "
                           "again", file=sys.stderr, flush=True)
                     time.sleep(1)
@@ -523,14 +612,18 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
             if why != REFUSED:
                 print(f"fedvl join: error: {why}; stopping this node", file=sys.stderr)
                 return 2
+            # the hint is in the last line too: a first refusal may come only after the deadline
+            hint = " (is its public key in the server's --auth-keys?)" if auth_key else ""
             if time.monotonic() > deadline:
-                print(f"fedvl join: the SuperLink at {server} still refuses this node after {wait_s:.0f}s; giving up",
-                      file=sys.stderr)
+                print(f"fedvl join: error: the SuperLink at {server} still refuses this node after {wait_s:.0f}s"
+                      f"{hint}; giving up", file=sys.stderr)
                 return 1
-            print(f"fedvl join: the SuperLink at {server} is not reachable or refused this node"
-                  + (" (is its public key in the server's --auth-keys?)" if auth_key else "")
-                  + "; retrying in 5s", file=sys.stderr, flush=True)
+            print(f"fedvl join: the SuperLink at {server} is not reachable or refused this node{hint}; retrying in 5s",
+                  file=sys.stderr, flush=True)
             time.sleep(5)
+    except SecurityMismatch as e:
+        print(f"fedvl join: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     finally:

@@ -248,18 +248,26 @@ def _send(grid: Grid, nodes: dict[str, int], cids: list[str], kind: str, rnd: in
     return ok, failed
 
 
-def discover(grid: Grid, client_ids: list[str], wait_s: float, sizes: dict[str, int] | None = None) -> dict[str, int]:
+def discover(grid: Grid, client_ids: list[str], wait_s: float, sizes: dict[str, int] | None = None,
+             answer_s: float | None = None) -> dict[str, int]:
     """Map each client id to the node holding its partition (every node answers a ``query``);
-    ``sizes`` receives each client's training-set size when the nodes report it (SecAgg+)."""
+    ``sizes`` receives each client's training-set size when the nodes report it (SecAgg+).
+    ``wait_s`` bounds how long nodes may take to join; a node that joined in time has ``answer_s``
+    (None: as long as it takes; Flower answers for a node that goes away) for its answer, which
+    waits for its worker to warm up: a reply cut off at the join deadline would be lost, and with
+    it the reason a node cannot serve the run."""
     deadline = time.monotonic() + wait_s
     nodes: dict[str, int] = {}
     refused: dict[int, str] = {}  # node -> its error (e.g. a partition the run does not have): asked once only
+    joined: set[int] = set()
     while True:
         node_ids = [n for n in grid.get_node_ids() if n not in nodes.values() and n not in refused]
+        joined.update(node_ids)
         if node_ids:
             msgs = [Message(RecordDict({"config": ConfigRecord({"cid": "?"})}), dst_node_id=n, message_type="query")
                     for n in node_ids]
-            replies = exchange(grid, msgs, max(1.0, deadline - time.monotonic()))
+            left = max(1.0, deadline - time.monotonic())
+            replies = exchange(grid, msgs, None if answer_s is None else max(left, answer_s))
             node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
             for r in replies:
                 node = node_of.get(r.metadata.reply_to_message_id)
@@ -278,6 +286,9 @@ def discover(grid: Grid, client_ids: list[str], wait_s: float, sizes: dict[str, 
         if not missing:
             return nodes
         if time.monotonic() > deadline:
+            if not joined:
+                raise FlowerRunError(f"no node joined within {wait_s:.0f}s (run.flower_wait_s): start one `fedvl join "
+                                     f"--partition i` per client, i = 0..{len(client_ids) - 1}")
             bad = "".join(f"; node {n} refused: {why}" for n, why in refused.items())
             raise FlowerRunError(f"after {wait_s:.0f}s no node holds client(s) {', '.join(missing)}; "
                                  f"start one `fedvl join --partition i` per client{bad}")
@@ -354,7 +365,7 @@ def run_rounds(grid: Grid, fed, history: History, progress=None, server=None, st
     server can see); by default a :class:`ParameterServer` that does not (a deployment)."""
     cfg = fed.cfg
     sizes: dict[str, int] = {}
-    nodes = discover(grid, fed.client_ids, cfg.run.flower_wait_s, sizes)
+    nodes = discover(grid, fed.client_ids, cfg.run.flower_wait_s, sizes, cfg.run.round_timeout_s or None)
     transport = FlowerTransport(grid, cfg, codec_for(get_algorithm(cfg.algorithm.name).exchange), nodes, sizes)
     return loop_rounds(server or ParameterServer(fed), transport, history, progress, start)
 

@@ -6,6 +6,7 @@ process writes the whole results folder through :func:`fedvl.experiment.run_expe
 so this module sits above both the experiment and the Flower runtime.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from fedvl.runtime.flower import (
     RESULTS_KEY,
     RESUME_KEY,
     RUN_TOKEN_KEY,
+    ConfigError,
     Context,
+    FlowerRunError,
     Grid,
     ServerApp,
     cfg_from_text,
@@ -47,9 +50,24 @@ def main(grid: Grid, context: Context) -> None:
         write_json_atomic(run_dir / DEPLOYMENT_FILE, {RUN_TOKEN_KEY: token})
         return run_rounds(grid, fed, history, progress, server, start)
 
-    run_experiment(cfg, Path(str(context.run_config[RESULTS_KEY])), progress_enabled=False, runner=rounds,
-                   server_only=True, resume=bool(context.run_config.get(RESUME_KEY, False)),
-                   overwrite=True)  # `fedvl serve` checked the folder before starting
+    run_dir = Path(str(context.run_config[RESULTS_KEY]))
+    try:
+        run_experiment(cfg, run_dir, progress_enabled=False, runner=rounds, server_only=True,
+                       resume=bool(context.run_config.get(RESUME_KEY, False)),
+                       overwrite=True)  # `fedvl serve` checked the folder before starting
+    except (FlowerRunError, ConfigError) as e:
+        # an explained end (no node joined, too few clients answered, a bad node) that the run's status.json
+        # records: `fedvl serve` says it in one line, where Flower would print a traceback
+        if not _recorded(run_dir, e):
+            raise
+
+
+def _recorded(run_dir: Path, e: BaseException) -> bool:
+    try:
+        record = json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("state") == "failed" and str(e) in str(record.get("error"))
 
 
 client_app = make_client_app()

@@ -55,13 +55,25 @@ def _note_repeats(pairs: list[tuple[str, Any]]) -> dict:
     return repeated
 
 
+def read_text(path: Path, what: str) -> str:
+    """The text of a dataset file, which must be UTF-8 (a byte-order mark is dropped), or one line naming it.
+    Every reader reads its question and annotation files through here."""
+    require(path, what)
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{what}: {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                           f"{e.start}); convert it, e.g. with iconv -t UTF-8") from None
+    except OSError as e:
+        raise DatasetError(f"{what}: {path} cannot be read ({e.strerror or e})") from None
+
+
 def read_json(path: Path, what: str, key: str | None = None) -> Any:
     """The parsed file; ``key``: the top-level object maps ids (named ``key``) to records, and an id
     that repeats is an error (a duplicate would silently replace the question before it)."""
-    require(path, what)
+    text = read_text(path, what)
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f, object_pairs_hook=_note_repeats if key else None)
+        doc = json.loads(text, object_pairs_hook=_note_repeats if key else None)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{what}: {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
     if isinstance(doc, _Repeated):

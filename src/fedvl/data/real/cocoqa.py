@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedvl.data.real.base import DatasetError, Question, answered, first_existing, require
+from fedvl.data.real.base import DatasetError, Question, answered, first_existing, read_text, require
 
 
 def _lines(path: Path) -> list[str]:
-    require(path, "COCO-QA file")
-    return path.read_text(encoding="utf-8").splitlines()
+    return read_text(path, "COCO-QA file").splitlines()
 
 
 def read(folder: Path, split: str) -> list[Question]:

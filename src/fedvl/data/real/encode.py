@@ -62,9 +62,18 @@ def load_image(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path, formats=FORMATS) as img:
             img.draft("RGB", (2 * size, 2 * size))
-            return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+            return np.asarray(to_rgb(img).resize((size, size), Image.BILINEAR), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DatasetError(f"cannot read image {path}: {one_line(e)}") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB. Pillow's own conversion of 16-bit grey (modes I;16* and I, e.g. 16-bit PNG or TIFF)
+    clips every value above 255 to white: scale 0..65535 down to 0..255 instead."""
+    if img.mode.startswith("I"):
+        grey = np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257.0
+        img = Image.fromarray(np.rint(grey).astype(np.uint8), "L")
+    return img.convert("RGB")
 
 
 def images_digest(paths: list[Path]) -> str:
