@@ -24,8 +24,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("algorithms", ("fedvl.algorithms", "fedvl.kt.validate")),
     ("a whole config, checked against every subsystem", ("fedvl.config",)),
     ("runtimes, results", ("fedvl.runtime", "fedvl.report", "fedvl.runfolder", "fedvl.kt.experiment")),
-    ("entry points", ("fedvl.experiment", "fedvl.estimate", "fedvl.runtime.flower_app", "fedvl.cli",
-                      "fedvl.__main__")),
+    ("entry points", ("fedvl.experiment", "fedvl.estimate", "fedvl.runtime.flower_app", "fedvl.commands",
+                      "fedvl.cli", "fedvl.__main__")),
 ]
 
 # (importer, imported): imports allowed to run up a layer because they register a plugin.
