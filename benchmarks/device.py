@@ -120,8 +120,8 @@ def throughput(overrides: list[str], algo: str, precision: str, device: torch.de
 
 
 def fedmmkt_round(config: Path | None, overrides: list[str], device: torch.device, work: Path) -> dict:
-    from fedvl.runtime.knowledge import run_round
-    from fedvl.runtime.kt import ServerState, build
+    from fedvl.fedmmkt.exchange import run_round
+    from fedvl.fedmmkt.federation import ServerState, build
 
     cfg = load_config(config, ["algorithm.name=fedmmkt", f"run.device={device}", f"run.cache_dir={work / 'cache'}",
                              "algorithm.rounds=1"] + overrides)

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from fedvl.algorithms.fedmmkt import KTClient
+from fedvl.fedmmkt.algorithms import KTClient
 from fedvl.config import load_config
-from fedvl.generation.judge import judge_outputs
-from fedvl.kt.models import build_task_model
-from fedvl.runtime.kt import ServerState, build, run_round, task_model
+from fedvl.fedmmkt.generator.judge import judge_outputs
+from fedvl.fedmmkt.task_models import build_task_model
+from fedvl.fedmmkt.federation import ServerState, build, run_round, task_model
 from fedvl.seeding import derived_seed
 
 VARIANTS: dict[str, list[str]] = {
@@ -168,7 +168,7 @@ def main() -> None:
         fed.cfg_path = ns.config
         state0 = ServerState()
         # the fixed synthetic set of kt-distill, generated once
-        from fedvl.runtime.kt import generate
+        from fedvl.fedmmkt.federation import generate
         syn = generate(fed, cfg.fedmmkt.synthetic_per_class, derived_seed(cfg.run.seed, "synthetic", 1))
         state0.synthetic = syn
         _, jpred = judge_outputs(fed.judge, syn.images)

@@ -137,8 +137,8 @@ def test_garbage_t2i_weights_are_named_before_a_results_folder(tmp_path, command
 @pytest.mark.slow
 def test_damaged_report_beside_t2i_weights_is_named(tmp_path):
     from fedvl.config import load_config
-    from fedvl.generation.pretrain import save_generator
-    from fedvl.generation.t2i import build_generator
+    from fedvl.fedmmkt.generator.pretrain import save_generator
+    from fedvl.fedmmkt.generator.t2i import build_generator
 
     cfg = load_config(str(CONFIGS / "fedmmkt.yaml"), KT_TINY)
     save_generator(build_generator(cfg.t2i), tmp_path / "g.safetensors", {})

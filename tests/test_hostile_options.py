@@ -190,8 +190,8 @@ def test_peft_refusal_names_the_option():
 
 
 def test_generator_lora_refusal_names_the_option():
-    from fedvl.generation.t2i import build_generator
-    from fedvl.kt.config import T2IConfig
+    from fedvl.fedmmkt.generator.t2i import build_generator
+    from fedvl.fedmmkt.options import T2IConfig
 
     gen = build_generator(T2IConfig(text="tiny", channels=[8, 16], image_size=16))
     with pytest.raises(ConfigError, match=r"^t2i\.lora_targets: peft refused nowhere: "):

@@ -17,13 +17,15 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fedvl"
 # own layer and the layers below.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation: options, files, seeds, devices",
-     ("fedvl", "fedvl.io", "fedvl.seeding", "fedvl.schema", "fedvl.kt", "fedvl.kt.config", "fedvl.engine",
-      "fedvl.engine.device")),
-    ("data and models", ("fedvl.data", "fedvl.kt.data", "fedvl.models", "fedvl.kt.models", "fedvl.generation")),
+     ("fedvl", "fedvl.io", "fedvl.seeding", "fedvl.schema", "fedvl.fedmmkt", "fedvl.fedmmkt.options",
+      "fedvl.engine", "fedvl.engine.device")),
+    ("data and models", ("fedvl.data", "fedvl.fedmmkt.data", "fedvl.models", "fedvl.fedmmkt.task_models",
+                         "fedvl.fedmmkt.generator")),
     ("the training loop", ("fedvl.engine.loops",)),
-    ("algorithms", ("fedvl.algorithms", "fedvl.kt.validate")),
+    ("algorithms", ("fedvl.algorithms", "fedvl.fedmmkt.validate", "fedvl.fedmmkt.algorithms")),
     ("a whole config, checked against every subsystem", ("fedvl.config",)),
-    ("runtimes, results", ("fedvl.runtime", "fedvl.report", "fedvl.runfolder", "fedvl.kt.experiment")),
+    ("runtimes, results", ("fedvl.runtime", "fedvl.report", "fedvl.runfolder", "fedvl.fedmmkt.experiment",
+                           "fedvl.fedmmkt.exchange", "fedvl.fedmmkt.federation")),
     ("entry points", ("fedvl.experiment", "fedvl.estimate", "fedvl.runtime.flower_app", "fedvl.commands",
                       "fedvl.cli", "fedvl.__main__")),
 ]
@@ -135,5 +137,5 @@ def test_the_checks_see_a_circle_and_an_upward_import():
     edges = [("fedvl.a", "fedvl.b", True, 1), ("fedvl.b", "fedvl.a", True, 1), ("fedvl.c", "fedvl.a", False, 1)]
     assert circles(edges) == [["fedvl.a", "fedvl.b"]]
     assert circles([e for e in edges if e[0] != "fedvl.b"] + [("fedvl.b", "fedvl.a", False, 1)]) == []
-    assert layer_of("fedvl.models.backbones") < layer_of("fedvl.algorithms.base") < layer_of("fedvl.runtime.kt")
+    assert layer_of("fedvl.models.backbones") < layer_of("fedvl.algorithms.base") < layer_of("fedvl.fedmmkt.federation")
     assert layer_of("fedvl.engine.loops") > layer_of("fedvl.engine.device")

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from fedvl.kt.config import FedMMKTConfig, T2IConfig  # noqa: F401  (re-exported)
+from fedvl.fedmmkt.options import FedMMKTConfig, T2IConfig  # noqa: F401  (re-exported)
 from fedvl.schema import (  # noqa: F401  (re-exported: the options are read as fedvl.config.X)
     AlgorithmConfig,
     AttackConfig,

@@ -218,8 +218,8 @@ def _write_results(run_dir: Path, console, title: str, notes: list[str], summary
 
 def _finish_kt(cfg: ExperimentConfig, run_dir: Path, console, progress, t0: float, trackers=None,
                resume: bool = False, runner=None, server_only: bool = False) -> dict[str, Any]:
-    """A FedMMKT-family run (:mod:`fedvl.kt.experiment`), with the same summary files as any run."""
-    from fedvl.kt.experiment import run_kt
+    """A FedMMKT-family run (:mod:`fedvl.fedmmkt.experiment`), with the same summary files as any run."""
+    from fedvl.fedmmkt.experiment import run_kt
 
     final, params, notes, rejected = run_kt(cfg, run_dir, progress, trackers, resume, config_digest(cfg), runner,
                                             server_only)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
 
-from fedvl.kt.config import FedMMKTConfig, T2IConfig
+from fedvl.fedmmkt.options import FedMMKTConfig, T2IConfig
 
 
 class ConfigError(ValueError):

@@ -174,7 +174,7 @@ class Algorithm:
     exchange: Literal["parameters", "knowledge"] = "parameters"
     """What travels, and so which server and client sides run it: ``parameters`` (the global
     travelling parameters down, trained ones up: :mod:`fedvl.runtime.parameters`) or ``knowledge``
-    (a synthetic set down, logits and prototypes up: :mod:`fedvl.runtime.knowledge`)."""
+    (a synthetic set down, logits and prototypes up: :mod:`fedvl.fedmmkt.exchange`)."""
     check: Callable[[ExperimentConfig], None] | None = None
     """The algorithm's own option checks (raise ConfigError), run when a config loads."""
 

@@ -165,7 +165,7 @@ def _pretrain_t2i(ns) -> int:
     from rich.console import Console
 
     from fedvl.config import load_config
-    from fedvl.generation.pretrain import load_or_pretrain, save_generator
+    from fedvl.fedmmkt.generator.pretrain import load_or_pretrain, save_generator
     from fedvl.runtime.progress import Progress
 
     path, overrides = split_args(ns.args)

@@ -42,9 +42,9 @@ from fedvl.config import ConfigError, ExperimentConfig, dump_config, load_config
 from fedvl.report.history import History
 from fedvl.runtime import secagg
 from fedvl.runtime.federation import Federation, build_federation
-from fedvl.runtime.knowledge import KnowledgeNode
-from fedvl.runtime.kt import KTFederation
-from fedvl.runtime.kt import build as build_kt
+from fedvl.fedmmkt.exchange import KnowledgeNode
+from fedvl.fedmmkt.federation import KTFederation
+from fedvl.fedmmkt.federation import build as build_kt
 from fedvl.runtime.loop import run_rounds as loop_rounds
 from fedvl.runtime.parameters import ParameterNode, ParameterServer, SecureSum, client_fit
 from fedvl.runtime.state import ClientStateStore, RoundedStateStore

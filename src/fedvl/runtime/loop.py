@@ -5,7 +5,7 @@ A round: sample -> configure (what goes down) -> fit (the transport reaches the 
 
 * a :class:`RoundServer`, the server side of an exchange: :class:`fedvl.runtime.parameters.ParameterServer`
   (global travelling parameters down, trained parameters up: the fine-tuning family) or
-  :class:`fedvl.runtime.knowledge.KnowledgeServer` (a synthetic set down, logits and prototypes up:
+  :class:`fedvl.fedmmkt.exchange.KnowledgeServer` (a synthetic set down, logits and prototypes up:
   the FedMMKT family). Which one an algorithm uses is its ``Algorithm.exchange``, never its name;
 * a :class:`Transport`, which only carries messages to the clients and their replies back:
   :class:`InProcess` here, or Flower's grid (:mod:`fedvl.runtime.flower`).

@@ -17,9 +17,9 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedvl.algorithms.aggregate import Params
 from fedvl.algorithms.base import FitResult
-from fedvl.algorithms.fedmmkt import DistillSet
-from fedvl.kt.data import ImageTextSet
-from fedvl.runtime.knowledge import KTDown
+from fedvl.fedmmkt.algorithms import DistillSet
+from fedvl.fedmmkt.data import ImageTextSet
+from fedvl.fedmmkt.exchange import KTDown
 
 
 def to_record(params: Params) -> ArrayRecord:

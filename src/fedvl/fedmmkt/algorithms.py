@@ -6,7 +6,7 @@ our reconstruction (DESIGN.md 1.2, close to the same group's FedKTL, CVPR 2024);
 choice below that the paper does not state is marked *ours*.
 
 One round (the loop is :func:`fedvl.runtime.loop.run_rounds`, this family's server side
-:class:`fedvl.runtime.knowledge.KnowledgeServer`):
+:class:`fedvl.fedmmkt.exchange.KnowledgeServer`):
 
 1. the server generates a synthetic set from the class prompts with its text-to-image model;
 2. each client trains its own task model (any architecture) on its private data plus
@@ -39,8 +39,8 @@ from torch import nn
 
 from fedvl.algorithms.base import Algorithm, register
 from fedvl.engine.device import FP32_CPU, Amp, model_device
-from fedvl.kt.config import FedMMKTConfig
-from fedvl.kt.validate import validate_kt
+from fedvl.fedmmkt.options import FedMMKTConfig
+from fedvl.fedmmkt.validate import validate_kt
 
 # ------------------------------------------------------------------ pure server functions
 
@@ -175,7 +175,7 @@ def training_pool(cfg: FedMMKTConfig, pool: DistillSet | None, synthetic_images:
 def pool_by_arch(data: dict, archs: dict[str, str]) -> dict:
     """``kt-centralized``: every client's training set becomes the pooled real data of all clients of its
     architecture (an upper reference: raw data moves, which no federated method may do)."""
-    from fedvl.kt.data import ImageTextSet
+    from fedvl.fedmmkt.data import ImageTextSet
 
     out = {}
     for cid in data:
@@ -404,7 +404,7 @@ class KTClient:
 
 
 class KTServerRule:
-    """What the server does each round; the loop (:class:`fedvl.runtime.knowledge.KnowledgeServer`)
+    """What the server does each round; the loop (:class:`fedvl.fedmmkt.exchange.KnowledgeServer`)
     reads these flags, nothing else. The default is FedMMKT; each baseline turns parts off."""
 
     synthetic = True

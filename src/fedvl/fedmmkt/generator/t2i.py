@@ -216,7 +216,7 @@ def _tiny_text():
 
 
 def build_generator(t2i, seed: int = 0) -> T2IGenerator:
-    """The generator ``t2i`` (a :class:`fedvl.kt.config.T2IConfig`) describes, base weights
+    """The generator ``t2i`` (a :class:`fedvl.fedmmkt.options.T2IConfig`) describes, base weights
     freshly initialised from ``seed`` (``fedvl``) or read from a pipeline folder."""
     from diffusers import UNet2DConditionModel
     from transformers import AutoTokenizer

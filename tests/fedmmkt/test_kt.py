@@ -10,8 +10,8 @@ from kt_fixtures import KT_TINY  # tests/kt_fixtures.py
 from fedvl.algorithms import registry
 from fedvl.algorithms.aggregate import UpdateRejected
 from fedvl.config import ConfigError, load_config
-from fedvl.runtime.knowledge import run_round
-from fedvl.runtime.kt import ServerState, build, check_report, task_model
+from fedvl.fedmmkt.exchange import run_round
+from fedvl.fedmmkt.federation import ServerState, build, check_report, task_model
 
 # what each knowledge-transfer algorithm sends up (the fine-tuning family's matrix is tests/algorithms/test_matrix.py)
 KT_TRAVEL = {"fedmmkt": "report", "kt-distill": "report", "kt-local": "none", "kt-fedavg": "weights",
@@ -292,7 +292,7 @@ def test_feedback_top_narrows_what_the_generator_learns_from(kt_cfg, tmp_path):
 def test_kt_fedavg_private_bn_keeps_batch_norm_on_each_client(kt_cfg, tmp_path, monkeypatch):
     """FedBN: the two cnn clients share every averaged weight but keep their own BN weights and running statistics,
     which never leave them; without the switch the BN entries travel and are averaged too."""
-    from fedvl.runtime.knowledge import KnowledgeNode
+    from fedvl.fedmmkt.exchange import KnowledgeNode
 
     sent = {}
     fit = KnowledgeNode.fit
@@ -366,7 +366,7 @@ def _metrics(run_dir):
 
 @pytest.mark.parametrize("name", RECORDED)
 def test_kt_metrics_are_the_ones_recorded_before_the_one_loop(name, kt_cfg, tmp_path):
-    """tests/runtime/data/kt_metrics_main.json holds the per-round records of these tiny runs made
+    """tests/fedmmkt/data/kt_metrics_main.json holds the per-round records of these tiny runs made
     with the family's own round loop on one machine: the shared loop gives the same numbers (within
     rel 1e-4, since another CPU's kernels round differently)."""
     from fedvl.experiment import run_experiment
@@ -406,7 +406,7 @@ def test_kt_on_rays_path_server_without_client_data_and_workers_building_their_o
 
     from fedvl.experiment import run_experiment
     from fedvl.runtime import flower
-    from fedvl.runtime import kt as kt_runtime
+    from fedvl.fedmmkt import federation as kt_runtime
 
     real_find, real_sim, real_build = importlib.util.find_spec, flwr.simulation.run_simulation, kt_runtime.build
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "ray" else real_find(n, *a))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedvl.kt.models import TaskModel, build_task_model
+from fedvl.fedmmkt.task_models import TaskModel, build_task_model
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -4,7 +4,7 @@ Clients here hold task models of their own architectures, so nothing like a shar
 global model exists: what travels up is logits and prototypes on the synthetic set
 (or, for ``kt-fedavg`` only, weights within an architecture group). This module builds
 such a federation and holds the server's pieces of a round; the round itself is
-:func:`fedvl.runtime.loop.run_rounds` with :mod:`fedvl.runtime.knowledge`'s two sides.
+:func:`fedvl.runtime.loop.run_rounds` with :mod:`fedvl.fedmmkt.exchange`'s two sides.
 Client task models live on disk between rounds (:class:`ClientStateStore`); randomness
 is derived from (seed, purpose, round, client).
 """
@@ -20,7 +20,7 @@ import torch
 
 from fedvl.algorithms import get_algorithm
 from fedvl.algorithms.aggregate import UpdateRejected
-from fedvl.algorithms.fedmmkt import (
+from fedvl.fedmmkt.algorithms import (
     DistillSet,
     KTClient,
     KTServerRule,
@@ -29,10 +29,10 @@ from fedvl.algorithms.fedmmkt import (
     pool_by_arch,
 )
 from fedvl.engine.device import FP32_CPU, Amp, DeviceError, amp_for
-from fedvl.generation.judge import fidelity, judge_outputs, train_judge
-from fedvl.generation.t2i import Sampling, T2IGenerator
-from fedvl.kt.data import ImageTextSet, class_names, make_set, prompt
-from fedvl.kt.models import build_task_model
+from fedvl.fedmmkt.generator.judge import fidelity, judge_outputs, train_judge
+from fedvl.fedmmkt.generator.t2i import Sampling, T2IGenerator
+from fedvl.fedmmkt.data import ImageTextSet, class_names, make_set, prompt
+from fedvl.fedmmkt.task_models import build_task_model
 from fedvl.runtime.state import ClientStateStore
 from fedvl.schema import ConfigError, ExperimentConfig
 from fedvl.seeding import derived_seed
@@ -110,12 +110,12 @@ def build(cfg: ExperimentConfig, run_dir: Path | None, status=print, on_pretrain
              for cid, d in held}
     test = {cid: make_set(classes, d, kt.test_per_class, size, derived_seed(seed, "kt-test", cid))
             for cid, d in held}
-    if strategy.pool_data:  # every client's data is here (kt/validate.py keeps this off a deployment)
+    if strategy.pool_data:  # every client's data is here (fedmmkt/validate.py keeps this off a deployment)
         train = pool_by_arch(train, dict(zip(ids, kt.archs)))
     fed = KTFederation(cfg, strategy, algo.client(kt, amp), classes, train, test, dict(zip(ids, kt.archs)),
                        ClientStateStore(run_dir / "client_states") if run_dir is not None else None, amp=amp)
     if strategy.synthetic and server:
-        from fedvl.generation.pretrain import load_or_pretrain
+        from fedvl.fedmmkt.generator.pretrain import load_or_pretrain
 
         fed.generator, fed.pretrain_meta = load_or_pretrain(cfg.t2i, kt, Path(cfg.run.cache_dir), status,
                                                             on_pretrain_step, device=amp.device)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedvl.algorithms.fedmmkt import alignment_loss, ensemble, global_prototypes, kd_loss, quality_filter
+from fedvl.fedmmkt.algorithms import alignment_loss, ensemble, global_prototypes, kd_loss, quality_filter
 
 
 def _logits_from_probs(p):
@@ -82,7 +82,7 @@ def test_alignment_loss_prefers_matching_prompts_and_skips_unseen():
 
 # ---------------------------------------------------------------- issue 17: the client-side levers
 
-from fedvl.algorithms.fedmmkt import (
+from fedvl.fedmmkt.algorithms import (
     DistillSet,
     KTClient,
     curriculum_order,
@@ -93,8 +93,8 @@ from fedvl.algorithms.fedmmkt import (
     synthetic_bn,
     training_pool,
 )
-from fedvl.kt.config import FedMMKTConfig
-from fedvl.kt.models import build_task_model
+from fedvl.fedmmkt.options import FedMMKTConfig
+from fedvl.fedmmkt.task_models import build_task_model
 
 
 def _cnn(classes=3):
@@ -257,7 +257,7 @@ def test_next_pool_keeps_the_newest_sets_and_round_one_uses_prompt_labels():
 
 
 def test_pool_by_arch_pools_real_data_within_an_architecture():
-    from fedvl.kt.data import ImageTextSet
+    from fedvl.fedmmkt.data import ImageTextSet
 
     def s(v, n):
         return ImageTextSet(torch.full((n, 1), float(v)), torch.full((n,), v), [str(v)] * n)
@@ -268,7 +268,7 @@ def test_pool_by_arch_pools_real_data_within_an_architecture():
 
 
 def test_feedback_select_keeps_the_surest_share_of_every_class():
-    from fedvl.algorithms.fedmmkt import feedback_select
+    from fedvl.fedmmkt.algorithms import feedback_select
 
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     p_prompt = torch.tensor([0.9, 0.5, 0.7, 0.95, 0.6, 0.8, 0.3, 0.99])
@@ -282,7 +282,7 @@ def test_feedback_select_keeps_the_surest_share_of_every_class():
 
 
 def test_restyle_moves_pool_statistics_to_the_private_ones_and_keeps_colour_order():
-    from fedvl.algorithms.fedmmkt import restyle
+    from fedvl.fedmmkt.algorithms import restyle
 
     g = torch.Generator().manual_seed(0)
     syn = torch.rand(10, 3, 4, 4, generator=g) * 0.4 + 0.3     # bright-ish, mean ~0.5
@@ -295,7 +295,7 @@ def test_restyle_moves_pool_statistics_to_the_private_ones_and_keeps_colour_orde
 
 
 def test_synthetic_factor_schedule_by_hand():
-    from fedvl.algorithms.fedmmkt import synthetic_factor
+    from fedvl.fedmmkt.algorithms import synthetic_factor
 
     assert synthetic_factor(1, 8, 0, 1.0) == 1.0
     assert synthetic_factor(1, 8, 4, 1.0) == 0.25 and synthetic_factor(5, 8, 4, 1.0) == 1.0

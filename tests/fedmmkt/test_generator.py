@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from fedvl.config import load_config
-from fedvl.generation.pretrain import load_or_pretrain, pretrain_key
-from fedvl.generation.t2i import Sampling, T2IGenerator, load_pipeline_folder
-from fedvl.kt.data import class_names, make_set
+from fedvl.fedmmkt.generator.pretrain import load_or_pretrain, pretrain_key
+from fedvl.fedmmkt.generator.t2i import Sampling, T2IGenerator, load_pipeline_folder
+from fedvl.fedmmkt.data import class_names, make_set
 
 TINY_T2I = ["t2i.text=tiny", "t2i.channels=8,16", "t2i.image_size=16", "t2i.pretrain_steps=3",
             "t2i.pretrain_per_class=2", "t2i.sample_steps=2", "fedmmkt.colors=red,blue",
@@ -112,8 +112,8 @@ def test_a_folder_without_a_unet_gives_one_clear_error(tmp_path):
 def test_the_shipped_generator_matches_the_default_settings_and_passed_its_gate():
     """The artifact `fedvl pretrain t2i` reproduces is in the package, found by key, and was
     recorded above 80% source-domain judge accuracy when it was made."""
-    from fedvl.generation.pretrain import SHIPPED, load_weights
-    from fedvl.generation.t2i import build_generator
+    from fedvl.fedmmkt.generator.pretrain import SHIPPED, load_weights
+    from fedvl.fedmmkt.generator.t2i import build_generator
 
     cfg = load_config(None, ["algorithm.name=fedmmkt"])
     key = pretrain_key(cfg.t2i, class_names(cfg.fedmmkt.colors, cfg.fedmmkt.shapes))

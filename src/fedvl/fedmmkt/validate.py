@@ -11,7 +11,7 @@ def validate_kt(cfg: ExperimentConfig, pools_data: bool = False) -> None:
     """``pools_data``: the algorithm trains each client on every client's real data (kt-centralized),
     which needs all of them in one process: never a deployment."""
     from fedvl.data.world import COLORS, DOMAINS, SHAPES
-    from fedvl.kt.models import ARCHITECTURES
+    from fedvl.fedmmkt.task_models import ARCHITECTURES
 
     t, k = cfg.t2i, cfg.fedmmkt
     checks = [

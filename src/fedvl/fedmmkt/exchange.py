@@ -4,7 +4,7 @@ logits and prototypes on the synthetic set come back (or, for kt-fedavg, task-mo
 averaged within each architecture and sent back down before evaluation).
 
 :class:`KnowledgeServer` is the server side of :func:`fedvl.runtime.loop.run_rounds`; it reads
-only the flags of the algorithm's :class:`fedvl.algorithms.fedmmkt.KTServerRule`.
+only the flags of the algorithm's :class:`fedvl.fedmmkt.algorithms.KTServerRule`.
 :class:`KnowledgeNode` is the client side of the clients one process holds.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from fedvl.algorithms.aggregate import UpdateRejected
-from fedvl.algorithms.fedmmkt import (
+from fedvl.fedmmkt.algorithms import (
     DistillSet,
     averaged_keys,
     ensemble,
@@ -28,9 +28,9 @@ from fedvl.algorithms.fedmmkt import (
     quality_filter,
     training_pool,
 )
-from fedvl.kt.data import ImageTextSet, prompt
+from fedvl.fedmmkt.data import ImageTextSet, prompt
 from fedvl.runtime.checkpoint import commit_round, latest_checkpoint
-from fedvl.runtime.kt import (
+from fedvl.fedmmkt.federation import (
     KTFederation,
     ServerState,
     average_by_arch,

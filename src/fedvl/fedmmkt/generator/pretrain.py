@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from fedvl.generation.judge import fidelity, judge_outputs, train_judge
-from fedvl.generation.t2i import Sampling, T2IGenerator, build_generator
+from fedvl.fedmmkt.generator.judge import fidelity, judge_outputs, train_judge
+from fedvl.fedmmkt.generator.t2i import Sampling, T2IGenerator, build_generator
 from fedvl.io import atomic_write
-from fedvl.kt.config import FedMMKTConfig, T2IConfig
-from fedvl.kt.data import class_names, make_set, prompt
+from fedvl.fedmmkt.options import FedMMKTConfig, T2IConfig
+from fedvl.fedmmkt.data import class_names, make_set, prompt
 from fedvl.schema import ConfigError
 
 SHIPPED = Path(__file__).parent / "weights"

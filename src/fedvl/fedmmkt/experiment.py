@@ -69,8 +69,8 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None, resume
     import sys
 
     from fedvl.report.plots import plot_accuracy
-    from fedvl.runtime.knowledge import KnowledgeNode, KnowledgeServer
-    from fedvl.runtime.kt import ServerState, build, task_model
+    from fedvl.fedmmkt.exchange import KnowledgeNode, KnowledgeServer
+    from fedvl.fedmmkt.federation import ServerState, build, task_model
     from fedvl.runtime.loop import InProcess, run_rounds
 
     def pretrain_step(done: int, total: int, loss: float) -> None:
@@ -105,7 +105,7 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None, resume
     if fed.server.average_weights:
         travel = mean_size
     elif fed.server.pool_data:  # kt-centralized: the raw private images move (an upper reference only)
-        # (its data are all built in the server's process: kt/validate.py keeps it off a deployment)
+        # (its data are all built in the server's process: fedmmkt/validate.py keeps it off a deployment)
         travel = round(sum(fed.train[c].images.numel() for c in fed.client_ids) / len(fed.client_ids))
     elif fed.server.synthetic:
         travel = n_syn * len(fed.classes) + len(fed.classes) * (cfg.fedmmkt.proto_dim + 1)
