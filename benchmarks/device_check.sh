@@ -16,5 +16,5 @@ if not torch.cuda.is_available():
 print("gpu:", torch.cuda.get_device_name(0))
 PY
 timeout 420 "$PYTHON" benchmarks/device.py
-timeout 180 "$PYTHON" -m pytest -q -x -p no:cacheprovider -m cuda tests/engine/test_device.py tests/runtime/test_kt.py \
+timeout 180 "$PYTHON" -m pytest -q -x -p no:cacheprovider -m cuda tests/engine/test_device.py tests/fedmmkt/test_kt.py \
     tests/models/test_vlpretrain.py

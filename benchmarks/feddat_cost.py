@@ -29,7 +29,7 @@ import fedvl  # noqa: F401  (thread wait policy before torch)
 from fedvl.algorithms.base import ClientContext
 from fedvl.config import load_config
 from fedvl.models.params import get_params, set_params
-from fedvl.runtime.simulator import build_federation
+from fedvl.transport.inprocess import build_federation
 
 OUT = Path(os.environ.get("FEDVL_BENCH_OUT", Path(__file__).resolve().parent / "results" / "feddat_cost.json"))
 

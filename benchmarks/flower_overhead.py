@@ -35,7 +35,7 @@ def _timed(cmd: list[str], cwd: Path) -> float:
 
 
 def _deployment(args: list[str], tmp: Path) -> float:
-    from fedvl.runtime.deploy import free_port, stop
+    from fedvl.deploy.launch import free_port, stop
 
     port = free_port()
     nodes = [subprocess.Popen([FEDVL, "join", "--server", f"127.0.0.1:{port}", "--partition", str(i), "--insecure",
@@ -51,7 +51,7 @@ def _deployment(args: list[str], tmp: Path) -> float:
 
 def _import_seconds() -> float:
     """A fresh interpreter importing the Flower runtime (what every ClientApp process pays)."""
-    return _timed([sys.executable, "-c", "import fedvl.runtime.flower"], Path.cwd())
+    return _timed([sys.executable, "-c", "import fedvl.transport.flower"], Path.cwd())
 
 
 def main(overrides: list[str]) -> dict:

@@ -80,7 +80,7 @@ def worker(mode: str, data_root: Path, cache: Path, overrides: list[str]) -> dic
     import fedvl  # noqa: F401
     from fedvl.algorithms.base import ClientContext
     from fedvl.config import load_config
-    from fedvl.runtime.simulator import build_federation
+    from fedvl.transport.inprocess import build_federation
 
     imports = time.perf_counter() - t0
 

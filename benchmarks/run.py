@@ -55,7 +55,7 @@ QUICK = ["model.name=tiny", "data.num_clients=4", "data.train_images=8", "data.t
 
 
 def _fed(base: list[str], extra: list[str]):
-    from fedvl.runtime.simulator import build_federation
+    from fedvl.transport.inprocess import build_federation
 
     return build_federation(load_config(None, base + extra), status=lambda s: None)
 
@@ -64,7 +64,7 @@ def fig_overhead(base: list[str], tmp: Path) -> dict[str, Any]:
     """Everything the simulator does besides the clients' forward/backward/optimiser work: state
     load/save, aggregation, validation, checkpoints, history. Data is built before timing (setup)."""
     from fedvl.report.history import History
-    from fedvl.runtime.simulator import simulate
+    from fedvl.transport.inprocess import simulate
 
     fed = _fed(base, ["algorithm.name=fedavg", "model.peft=adapter", "run.eval_every=1"])
     for cid in fed.client_ids:  # setup, not overhead: make every client's data now
@@ -179,8 +179,8 @@ def fig_communication(base: list[str]) -> dict[str, Any]:
 def _scale_worker(n: int, base: list[str], cache: str) -> dict[str, Any]:
     """One process, one federation of ``n`` clients, 10 sampled per round; its own peak memory."""
     from fedvl.report.history import History
-    from fedvl.runtime.simulator import build_federation, run_round
-    from fedvl.runtime.state import ClientStateStore
+    from fedvl.transport.inprocess import build_federation, run_round
+    from fedvl.rounds.state import ClientStateStore
     from fedvl.models.params import get_params
 
     cfg = load_config(None, base + [f"data.num_clients={n}", "data.cycle_variants=true", "algorithm.name=feddat",
@@ -244,7 +244,7 @@ def fig_startup(base: list[str], tmp: Path) -> dict[str, Any]:
         s = json.loads((tmp / name / "summary.json").read_text())
         out[which] = {"to_first_step_s": s["first_step_unix"] - t0, "setup_s": s["setup_s"],
                       "imports_and_cli_s": s["started_unix"] - t0}
-    imp = subprocess.run([sys.executable, "-X", "importtime", "-c", "import fedvl.cli, fedvl.runtime.simulator"], capture_output=True,
+    imp = subprocess.run([sys.executable, "-X", "importtime", "-c", "import fedvl.cli, fedvl.transport.inprocess"], capture_output=True,
                          text=True)
     top = sorted(((int(p[1]), p[2].strip()) for p in (ln.split("|") for ln in imp.stderr.splitlines()[1:])
                   if len(p) == 3 and p[1].strip().isdigit()), reverse=True)[:5]

@@ -18,7 +18,7 @@ from fedvl.algorithms.base import FitResult, ServerRule
 from fedvl.cli import main
 from fedvl.config import ConfigError, ExperimentConfig, load_config
 from fedvl.models.params import get_params
-from fedvl.runtime.simulator import build_federation, server_aggregate
+from fedvl.transport.inprocess import build_federation, server_aggregate
 
 
 def _known_keys() -> list[str]:

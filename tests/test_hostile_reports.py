@@ -148,7 +148,7 @@ def test_a_client_that_leaves_and_rejoins_finishes_the_run(tiny_cfg, tmp_path, m
     """End to end through Flower's simulation (the deployed server's code path): c1 answers nothing
     in rounds 2-3 and comes back, c2 is gone in the final round. The run completes and says so."""
     from fedvl.experiment import run_experiment
-    from fedvl.runtime import parameters
+    from fedvl.finetune import exchange as parameters
 
     real_fit, real_eval = parameters.client_fit, parameters.client_evaluate
     now = {"round": 0}

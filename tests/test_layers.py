@@ -24,9 +24,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("the training loop", ("fedvl.engine.loops",)),
     ("algorithms", ("fedvl.algorithms", "fedvl.fedmmkt.validate", "fedvl.fedmmkt.algorithms")),
     ("a whole config, checked against every subsystem", ("fedvl.config",)),
-    ("runtimes, results", ("fedvl.runtime", "fedvl.report", "fedvl.runfolder", "fedvl.fedmmkt.experiment",
-                           "fedvl.fedmmkt.exchange", "fedvl.fedmmkt.federation")),
-    ("entry points", ("fedvl.experiment", "fedvl.estimate", "fedvl.runtime.flower_app", "fedvl.commands",
+    ("the round, the families' halves, transports, results",
+     ("fedvl.rounds", "fedvl.finetune", "fedvl.fedmmkt.exchange", "fedvl.fedmmkt.federation", "fedvl.transport",
+      "fedvl.deploy", "fedvl.report", "fedvl.runfolder", "fedvl.fedmmkt.experiment")),
+    ("entry points", ("fedvl.experiment", "fedvl.estimate", "fedvl.deploy.server_app", "fedvl.commands",
                       "fedvl.cli", "fedvl.__main__")),
 ]
 
@@ -63,7 +64,7 @@ def imports(mods: dict[str, Path]) -> list[tuple[str, str, bool, int]]:
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                # `from fedvl.runtime import secagg` imports the submodule secagg
+                # `from fedvl.transport import secagg` imports the submodule secagg
                 targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
                            for a in node.names]
             for t in targets:

@@ -74,7 +74,7 @@ def test_interrupted_comparison_resumes_a_half_done_run_from_its_checkpoint(tmp_
 
     from fedvl.experiment import run_comparison
     from fedvl.report.history import History, set_status
-    from fedvl.runtime.checkpoint import checkpoint_dirs
+    from fedvl.rounds.checkpoint import checkpoint_dirs
 
     monkeypatch.chdir(tmp_path)
     args = dict(config_path=None, overrides=TINY + ["algorithm.rounds=3"], methods=["fedavg", "local"], seeds=[0],

@@ -18,7 +18,7 @@ from typing import Any
 
 from fedvl.config import ConfigError, ExperimentConfig, dump_config, run_config_text
 from fedvl.report.history import History, set_status, write_json_atomic
-from fedvl.runtime.checkpoint import resume_round
+from fedvl.rounds.checkpoint import resume_round
 
 
 def run_dir_for(cfg: ExperimentConfig, overwrite: bool = False) -> Path:
@@ -44,7 +44,7 @@ def config_digest(cfg: ExperimentConfig) -> str:
 
 
 def _check_config_unchanged(run_dir: Path, cfg: ExperimentConfig, accept: bool) -> None:
-    from fedvl.runtime.checkpoint import checkpoint_config_digest
+    from fedvl.rounds.checkpoint import checkpoint_config_digest
 
     saved = checkpoint_config_digest(run_dir)
     if saved is not None and saved[1] != config_digest(cfg) and not accept:
@@ -74,8 +74,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     from fedvl.algorithms import exchange_of
     from fedvl.report.trackers import open_trackers
     from fedvl.runfolder import RunFolder
-    from fedvl.runtime.progress import Progress
-    from fedvl.runtime.simulator import build_federation, simulate
+    from fedvl.report.progress import Progress
+    from fedvl.transport.inprocess import build_federation, simulate
 
     if runner is None and cfg.run.runtime == "flower-deploy":
         raise ConfigError("run.runtime=flower-deploy is a real Flower deployment: start it with `fedvl serve` and "
@@ -109,8 +109,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
         setup_s = time.perf_counter() - t0
         history = History(run_dir, trackers)
         if runner is not None or cfg.run.runtime == "flower-sim":  # checkpointed and resumed as in process
-            from fedvl.runtime.parameters import ParameterServer
-            from fedvl.runtime.state import ClientStateStore
+            from fedvl.finetune.exchange import ParameterServer
+            from fedvl.rounds.state import ClientStateStore
 
             # a deployment's server sees no client state (its nodes keep their own, per round), so its
             # checkpoints hold the global side only
@@ -118,7 +118,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
                                      config_digest=config_digest(cfg))
             start = server.resume(history) if resume else 1
             if runner is None:
-                from fedvl.runtime.flower import flower_simulate
+                from fedvl.transport.flower import flower_simulate
 
                 runner = flower_simulate
             final = runner(fed, run_dir, history, progress, server, start)

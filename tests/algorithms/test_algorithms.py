@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedvl.report.history import History
-from fedvl.runtime.simulator import build_federation, simulate
+from fedvl.transport.inprocess import build_federation, simulate
 
 
 def _final(cfg, run_dir):
@@ -21,8 +21,8 @@ def test_fedprox_with_mu_zero_is_fedavg(tiny_cfg, tmp_path):
 
 def test_fedprox_keeps_clients_near_the_global_model(tiny_cfg, tmp_path):
     """With a huge mu a client's update barely moves away from the global parameters."""
-    from fedvl.runtime.simulator import load_client
-    from fedvl.runtime.state import ClientStateStore
+    from fedvl.transport.inprocess import load_client
+    from fedvl.rounds.state import ClientStateStore
     from fedvl.algorithms.base import ClientContext
 
     drift = {}
@@ -104,8 +104,8 @@ def test_keep_local_makes_fedavg_send_only_its_adapters(tiny_cfg, tmp_path):
 
     from fedvl.config import ConfigError, load_config
     from fedvl.models.params import get_params, param_group
-    from fedvl.runtime.simulator import run_round
-    from fedvl.runtime.state import ClientStateStore
+    from fedvl.transport.inprocess import run_round
+    from fedvl.rounds.state import ClientStateStore
 
     fed = build_federation(tiny_cfg("algorithm.name=fedavg", "algorithm.keep_local=connector,head"),
                            status=lambda s: None)

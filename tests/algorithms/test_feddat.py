@@ -12,8 +12,8 @@ from fedvl.algorithms.losses import kd_loss, task_kd_loss
 from fedvl.config import ConfigError, load_config
 from fedvl.models.params import get_params, param_group
 from fedvl.report.history import History
-from fedvl.runtime.simulator import build_federation, load_client, run_round, simulate
-from fedvl.runtime.state import ClientStateStore
+from fedvl.transport.inprocess import build_federation, load_client, run_round, simulate
+from fedvl.rounds.state import ClientStateStore
 
 
 def test_kd_loss_by_hand():
@@ -105,7 +105,7 @@ def test_evaluation_does_not_change_what_trains(tiny_cfg, tmp_path):
     flags = {n: p.requires_grad for n, p in fed.model.named_parameters()}
     fed.model.train()
     g = get_params(fed.model, fed.travel)
-    from fedvl.runtime.simulator import evaluate_all
+    from fedvl.transport.inprocess import evaluate_all
 
     evaluate_all(fed, ClientStateStore(tmp_path / "s"), g)
     assert flags == {n: p.requires_grad for n, p in fed.model.named_parameters()}
@@ -160,7 +160,7 @@ def test_round_reports_its_distillation(tiny_cfg, tmp_path):
 
 
 def test_also_travel_shares_the_connector_but_never_a_c(tiny_cfg):
-    from fedvl.runtime.simulator import build_federation
+    from fedvl.transport.inprocess import build_federation
 
     fed = build_federation(tiny_cfg("algorithm.name=feddat", "algorithm.also_travel=connector"), status=lambda s: None)
     groups = {param_group(n) for n in fed.travel}

@@ -6,7 +6,7 @@ import torch
 from fedvl.algorithms import available_algorithms, get_algorithm
 from fedvl.models.params import param_group
 from fedvl.report.history import History
-from fedvl.runtime.simulator import build_federation, simulate
+from fedvl.transport.inprocess import build_federation, simulate
 
 # what each algorithm must send: "all" trainable, or nothing
 EXPECTED_TRAVEL = {"fedavg": "all", "fedprox": "all", "centralized": "all", "local": "none", "feddat": "shared"}

@@ -7,7 +7,7 @@ import torch
 from fedvl.cli import main
 from fedvl.data.real.encode import lazy_image_features
 from fedvl.report.history import History
-from fedvl.runtime.simulator import build_federation, simulate
+from fedvl.transport.inprocess import build_federation, simulate
 
 from real_fixtures import write_image  # tests/real_fixtures.py
 

@@ -13,8 +13,8 @@ from fedvl.data.world import ANSWERS, COLORS, SHAPES, TASKS, caption, random_sce
 from fedvl.models.backbones import build_model
 from fedvl.models.params import param_group
 from fedvl.report.history import History
-from fedvl.runtime.simulator import build_federation, simulate
-from fedvl.runtime.state import ClientStateStore
+from fedvl.transport.inprocess import build_federation, simulate
+from fedvl.rounds.state import ClientStateStore
 
 # Written out by hand so the test checks the rule, not the generator's tables.
 OBJ = re.compile(r"(small|large) (\w+) (\w+)")

@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from fedvl.config import ConfigError
 from fedvl.engine.device import Amp, DeviceError, resolve_device
 from fedvl.experiment import run_experiment
-from fedvl.runtime.simulator import build_federation, client_fit, client_evaluate
-from fedvl.runtime.state import ClientStateStore
+from fedvl.transport.inprocess import build_federation, client_fit, client_evaluate
+from fedvl.rounds.state import ClientStateStore
 from fedvl.models.params import get_params
 from fedvl.report.history import History
 
@@ -144,7 +144,7 @@ def test_cli_refuses_cuda_in_one_line_before_any_results_folder(tmp_path):
 
 
 def test_ray_resources_come_from_the_config(tiny_cfg, monkeypatch):
-    from fedvl.runtime.flower import ray_backend_config
+    from fedvl.transport.flower import ray_backend_config
 
     cfg = tiny_cfg("run.runtime=flower-sim", "run.flower_backend=ray", "run.flower_workers=3",
                    "run.flower_cpus_per_client=2", "run.device=cpu")
@@ -171,8 +171,8 @@ def test_ray_resources_come_from_the_config(tiny_cfg, monkeypatch):
 
 def test_join_device_reaches_the_node_config_and_its_federation(tiny_cfg, tmp_path):
     from fedvl.config import dump_config
-    from fedvl.runtime import flower
-    from fedvl.runtime.deploy import join_command
+    from fedvl.transport import flower
+    from fedvl.deploy.launch import join_command
 
     cmd = join_command("h:9092", 1, tmp_path / "s", None, 1234, device="cpu")
     node_config = cmd[cmd.index("--node-config") + 1]

@@ -405,7 +405,7 @@ def test_kt_on_rays_path_server_without_client_data_and_workers_building_their_o
     import flwr.simulation
 
     from fedvl.experiment import run_experiment
-    from fedvl.runtime import flower
+    from fedvl.transport import flower
     from fedvl.fedmmkt import federation as kt_runtime
 
     real_find, real_sim, real_build = importlib.util.find_spec, flwr.simulation.run_simulation, kt_runtime.build
@@ -437,7 +437,7 @@ def test_kt_on_rays_path_server_without_client_data_and_workers_building_their_o
 
 def _mid_round(run, rounds):
     """A round is half done: a client replaced its task model since the newest checkpoint."""
-    from fedvl.runtime.checkpoint import checkpoint_dirs
+    from fedvl.rounds.checkpoint import checkpoint_dirs
 
     ckpts = checkpoint_dirs(run)
     if not ckpts or ckpts[0][0] >= rounds:
@@ -461,7 +461,7 @@ def test_sigkill_mid_round_then_resume_ends_like_an_uninterrupted_run(name, runt
     import sys
     import time
 
-    from fedvl.runtime.checkpoint import checkpoint_dirs
+    from fedvl.rounds.checkpoint import checkpoint_dirs
 
     args = [*KT_TINY, "algorithm.rounds=4", f"algorithm.name={name}", f"run.runtime={runtime}",
             f"run.cache_dir={tmp_path / 'cache'}"]
@@ -497,7 +497,7 @@ def test_kt_fedavg_reply_carries_its_weight_and_a_bad_one_is_a_malformed_reply()
     zero or non-integer size makes the reply malformed (the transport drops that client)."""
     from flwr.app import ConfigRecord, RecordDict
 
-    from fedvl.runtime.wire import KnowledgeCodec
+    from fedvl.transport.wire import KnowledgeCodec
 
     codec = KnowledgeCodec()
     reply = {"train": {"train_loss": 0.5}, "weights": {"w": torch.ones(3)}, "num_examples": 8}

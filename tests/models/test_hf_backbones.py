@@ -144,7 +144,7 @@ def test_cli_missing_checkpoint_one_line_exit_2(tmp_path, capsys):
 @pytest.mark.parametrize("algo", ["fedavg", "feddat"])
 def test_one_round_on_real_fixture_data(checkpoints, kind, algo, tiny_cfg, real_root, tmp_path):
     from fedvl.report.history import History
-    from fedvl.runtime.simulator import build_federation, simulate
+    from fedvl.transport.inprocess import build_federation, simulate
 
     cfg = tiny_cfg(f"model.name={kind}", f"model.checkpoint={checkpoints / kind}", "data.benchmark=real",
                    f"data.root={real_root}", "data.clients=vqav2,gqa", "data.image_size=32", "algorithm.rounds=1",

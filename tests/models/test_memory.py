@@ -82,8 +82,8 @@ def test_feddat_shared_encoder_pass_with_checkpointing_matches_without(tiny_cfg,
     forward taken before the A_S step; with checkpointing that forward is recomputed in the backward
     pass, under the adapter mix of that moment. Same parameters after a round as without checkpointing."""
     from fedvl.models.params import get_params
-    from fedvl.runtime.simulator import build_federation, run_round
-    from fedvl.runtime.state import ClientStateStore
+    from fedvl.transport.inprocess import build_federation, run_round
+    from fedvl.rounds.state import ClientStateStore
 
     after = {}
     for ckpt in (False, True):

@@ -2,7 +2,7 @@
 
 import re
 
-from fedvl.runtime.simulator import build_federation
+from fedvl.transport.inprocess import build_federation
 
 
 CONNECTOR_HEAD = (

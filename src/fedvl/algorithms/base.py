@@ -2,7 +2,7 @@
 :class:`ClientUpdate`, kept together in one module and registered together
 as one :class:`Algorithm`.
 
-The round loop lives in the runtimes (:mod:`fedvl.runtime`) and is written
+The round loop lives in :mod:`fedvl.rounds.loop` and is written
 once; an algorithm only overrides hooks (cf. Flower's ``Strategy.start`` with
 ``FedMedian`` overriding ``aggregate_train`` only).
 """
@@ -173,7 +173,7 @@ class Algorithm:
     pooled: bool = False
     exchange: Literal["parameters", "knowledge"] = "parameters"
     """What travels, and so which server and client sides run it: ``parameters`` (the global
-    travelling parameters down, trained ones up: :mod:`fedvl.runtime.parameters`) or ``knowledge``
+    travelling parameters down, trained ones up: :mod:`fedvl.finetune.exchange`) or ``knowledge``
     (a synthetic set down, logits and prototypes up: :mod:`fedvl.fedmmkt.exchange`)."""
     check: Callable[[ExperimentConfig], None] | None = None
     """The algorithm's own option checks (raise ConfigError), run when a config loads."""

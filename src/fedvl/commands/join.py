@@ -45,7 +45,7 @@ def main(ns) -> int:
     from pathlib import Path
 
     from fedvl.config import ConfigError
-    from fedvl.runtime.deploy import join
+    from fedvl.deploy.launch import join
 
     if not ns.root_certificates and not ns.insecure:
         raise ConfigError("give --root-certificates CA.pem (TLS) or --insecure")

@@ -72,7 +72,7 @@ def _pretrain_vl(ns) -> int:
     from fedvl.io import atomic_write
     from fedvl.models.vlbase import VLPretrainConfig, pretrain_key, shipped_path
     from fedvl.models.vlpretrain import cached_base, pretrain
-    from fedvl.runtime.progress import Progress
+    from fedvl.report.progress import Progress
 
     path, overrides = split_args(ns.args)
     cfg = load_section(VLPretrainConfig, path, overrides)
@@ -166,7 +166,7 @@ def _pretrain_t2i(ns) -> int:
 
     from fedvl.config import load_config
     from fedvl.fedmmkt.generator.pretrain import load_or_pretrain, save_generator
-    from fedvl.runtime.progress import Progress
+    from fedvl.report.progress import Progress
 
     path, overrides = split_args(ns.args)
     cfg = load_config(path, overrides)

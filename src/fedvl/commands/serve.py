@@ -57,7 +57,7 @@ def main(ns) -> int:
 
     from fedvl.config import ConfigError, load_config
     from fedvl.experiment import run_dir_for
-    from fedvl.runtime.deploy import TLS, serve
+    from fedvl.deploy.launch import TLS, serve
 
     path, overrides = split_args(ns.args)
     if ns.resume:

@@ -5,7 +5,7 @@ No public code exists and only the abstract and introduction are public, so the 
 our reconstruction (DESIGN.md 1.2, close to the same group's FedKTL, CVPR 2024); every
 choice below that the paper does not state is marked *ours*.
 
-One round (the loop is :func:`fedvl.runtime.loop.run_rounds`, this family's server side
+One round (the loop is :func:`fedvl.rounds.loop.run_rounds`, this family's server side
 :class:`fedvl.fedmmkt.exchange.KnowledgeServer`):
 
 1. the server generates a synthetic set from the class prompts with its text-to-image model;

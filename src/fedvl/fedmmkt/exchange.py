@@ -3,7 +3,7 @@ synthetic set goes down with the previous round's distillation set and global pr
 logits and prototypes on the synthetic set come back (or, for kt-fedavg, task-model weights,
 averaged within each architecture and sent back down before evaluation).
 
-:class:`KnowledgeServer` is the server side of :func:`fedvl.runtime.loop.run_rounds`; it reads
+:class:`KnowledgeServer` is the server side of :func:`fedvl.rounds.loop.run_rounds`; it reads
 only the flags of the algorithm's :class:`fedvl.fedmmkt.algorithms.KTServerRule`.
 :class:`KnowledgeNode` is the client side of the clients one process holds.
 """
@@ -29,7 +29,7 @@ from fedvl.fedmmkt.algorithms import (
     training_pool,
 )
 from fedvl.fedmmkt.data import ImageTextSet, prompt
-from fedvl.runtime.checkpoint import commit_round, latest_checkpoint
+from fedvl.rounds.checkpoint import commit_round, latest_checkpoint
 from fedvl.fedmmkt.federation import (
     KTFederation,
     ServerState,
@@ -41,8 +41,8 @@ from fedvl.fedmmkt.federation import (
     task_model,
     update_generator,
 )
-from fedvl.runtime.loop import InProcess, play_round
-from fedvl.runtime.state import ClientStateStore
+from fedvl.rounds.loop import InProcess, play_round
+from fedvl.rounds.state import ClientStateStore
 from fedvl.seeding import derived_seed
 
 
@@ -194,7 +194,7 @@ class KnowledgeServer:
 
     def resume(self, history, warn: Callable[[str], None]) -> int:
         """Continue from the newest good checkpoint of ``run_dir`` (as
-        :meth:`fedvl.runtime.parameters.ParameterServer.resume`); returns the round to start at."""
+        :meth:`fedvl.finetune.exchange.ParameterServer.resume`); returns the round to start at."""
         fed, st = self.fed, self.state
         ckpt = latest_checkpoint(self.run_dir, None, warn)
         fed.store.restore(ckpt.path / "clients" if ckpt else None)
@@ -234,7 +234,7 @@ class KnowledgeNode:
     """Trains a client's own task model (from its state in ``store``) and answers with what the
     round asks for: its logits and prototypes on the synthetic set, or its weights. ``store``: the
     run folder's client states in process and in a simulation, a deployed node's own per-round
-    store (:class:`fedvl.runtime.state.RoundedStateStore`) in a deployment."""
+    store (:class:`fedvl.rounds.state.RoundedStateStore`) in a deployment."""
 
     def __init__(self, fed: KTFederation, store: ClientStateStore):
         self.fed, self.store = fed, store
@@ -269,5 +269,5 @@ class KnowledgeNode:
 
 
 def run_round(fed: KTFederation, rnd: int, state: ServerState, progress=None) -> dict[str, Any]:
-    """One round in process (:func:`fedvl.runtime.loop.play_round`); returns its record."""
+    """One round in process (:func:`fedvl.rounds.loop.play_round`); returns its record."""
     return play_round(KnowledgeServer(fed, state), InProcess(KnowledgeNode(fed, fed.store)), rnd, progress)

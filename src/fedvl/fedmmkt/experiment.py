@@ -71,7 +71,7 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None, resume
     from fedvl.report.plots import plot_accuracy
     from fedvl.fedmmkt.exchange import KnowledgeNode, KnowledgeServer
     from fedvl.fedmmkt.federation import ServerState, build, task_model
-    from fedvl.runtime.loop import InProcess, run_rounds
+    from fedvl.rounds.loop import InProcess, run_rounds
 
     def pretrain_step(done: int, total: int, loss: float) -> None:
         progress.client_start(0, "generator pretraining", 1, 1)
@@ -85,7 +85,7 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None, resume
     server = KnowledgeServer(fed, state, run_dir, config_digest)
     start = server.resume(history, lambda m: print(m, file=sys.stderr)) if resume else 1
     if runner is None and cfg.run.runtime == "flower-sim":  # the same server side; Flower's grid reaches the clients
-        from fedvl.runtime.flower import flower_simulate
+        from fedvl.transport.flower import flower_simulate
 
         runner = flower_simulate
     if runner is not None:

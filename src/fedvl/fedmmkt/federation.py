@@ -4,7 +4,7 @@ Clients here hold task models of their own architectures, so nothing like a shar
 global model exists: what travels up is logits and prototypes on the synthetic set
 (or, for ``kt-fedavg`` only, weights within an architecture group). This module builds
 such a federation and holds the server's pieces of a round; the round itself is
-:func:`fedvl.runtime.loop.run_rounds` with :mod:`fedvl.fedmmkt.exchange`'s two sides.
+:func:`fedvl.rounds.loop.run_rounds` with :mod:`fedvl.fedmmkt.exchange`'s two sides.
 Client task models live on disk between rounds (:class:`ClientStateStore`); randomness
 is derived from (seed, purpose, round, client).
 """
@@ -33,7 +33,7 @@ from fedvl.fedmmkt.generator.judge import fidelity, judge_outputs, train_judge
 from fedvl.fedmmkt.generator.t2i import Sampling, T2IGenerator
 from fedvl.fedmmkt.data import ImageTextSet, class_names, make_set, prompt
 from fedvl.fedmmkt.task_models import build_task_model
-from fedvl.runtime.state import ClientStateStore
+from fedvl.rounds.state import ClientStateStore
 from fedvl.schema import ConfigError, ExperimentConfig
 from fedvl.seeding import derived_seed
 

@@ -10,8 +10,8 @@ from fedvl.algorithms.privacy import epsilon_spent
 from fedvl.config import ConfigError
 from fedvl.models.params import get_params
 from fedvl.report.history import History
-from fedvl.runtime.simulator import build_federation, client_fit, derived_seed, run_round, server_aggregate, simulate
-from fedvl.runtime.state import ClientStateStore
+from fedvl.transport.inprocess import build_federation, client_fit, derived_seed, run_round, server_aggregate, simulate
+from fedvl.rounds.state import ClientStateStore
 
 
 def _fed(tiny_cfg, *extra):

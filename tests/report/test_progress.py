@@ -7,8 +7,8 @@ from rich.console import Console
 
 from fedvl.experiment import run_experiment
 from fedvl.report.history import History
-from fedvl.runtime.progress import Progress
-from fedvl.runtime.simulator import build_federation, simulate
+from fedvl.report.progress import Progress
+from fedvl.transport.inprocess import build_federation, simulate
 
 
 class Recorder:

@@ -1,7 +1,7 @@
 """The parameter exchange (the fine-tuning family: FedAvg, FedProx, FedDAT, local, centralized):
 the global travelling parameters go down, each client's trained travelling parameters come back.
 
-:class:`ParameterServer` is the server side of :func:`fedvl.runtime.loop.run_rounds` and
+:class:`ParameterServer` is the server side of :func:`fedvl.rounds.loop.run_rounds` and
 :class:`ParameterNode` the client side of the clients one process holds. The work itself is
 :func:`client_fit` / :func:`server_aggregate` / :func:`client_evaluate` below, which every
 transport shares.
@@ -23,9 +23,9 @@ from fedvl.algorithms.aggregate import Params, UpdateRejected, global_norm, vali
 from fedvl.algorithms.attacks import attack_update
 from fedvl.algorithms.base import ClientContext, FitResult
 from fedvl.models.params import get_params, set_params
-from fedvl.runtime.checkpoint import commit_round, latest_checkpoint
-from fedvl.runtime.federation import Federation, to_wire, transport_dtype
-from fedvl.runtime.state import ClientStateStore
+from fedvl.rounds.checkpoint import commit_round, latest_checkpoint
+from fedvl.finetune.federation import Federation, to_wire, transport_dtype
+from fedvl.rounds.state import ClientStateStore
 from fedvl.schema import ExperimentConfig
 from fedvl.seeding import derived_seed
 
@@ -166,7 +166,7 @@ def evaluate_all(fed: Federation, store: ClientStateStore, global_params: Params
 @dataclass
 class SecureSum:
     """What a transport under SecAgg+ hands the server instead of the updates: their aggregate only,
-    already checked, and the round's record (:mod:`fedvl.runtime.secagg`)."""
+    already checked, and the round's record (:mod:`fedvl.transport.secagg`)."""
 
     params: Params
     record: dict[str, Any]

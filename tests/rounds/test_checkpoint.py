@@ -15,9 +15,9 @@ from conftest import TINY
 from safetensors.torch import save_file
 
 from fedvl.report.history import History
-from fedvl.runtime.checkpoint import checkpoint_dirs, commit_round, latest_checkpoint
-from fedvl.runtime.simulator import build_federation, simulate
-from fedvl.runtime.state import ClientStateStore
+from fedvl.rounds.checkpoint import checkpoint_dirs, commit_round, latest_checkpoint
+from fedvl.transport.inprocess import build_federation, simulate
+from fedvl.rounds.state import ClientStateStore
 
 # FedDAT keeps per-client state (A_C, head, connector); 3 of 4 clients per round, so
 # checkpoints must also carry the states of clients that sat a round out

@@ -7,11 +7,11 @@ still aggregating), and sleeps 3 s before it sees the evaluate message. Flower h
 either wait, so this entry point caps the sleeps of the SuperNode's message loop
 (``flwr.supernode.start_client_internal``, whose only sleeps are those three) at
 ``FEDVL_NODE_POLL_S`` seconds (``fedvl join --poll-s``) and then runs Flower's SuperNode
-unchanged. flwr is pinned to 1.42 in pyproject.toml; ``tests/runtime/test_deploy.py`` checks
+unchanged. flwr is pinned to 1.42 in pyproject.toml; ``tests/deploy/test_deploy.py`` checks
 that the loop still sleeps where this expects, so a Flower upgrade that moves them fails a test
 instead of silently going back to 3 s.
 
-    python -m fedvl.runtime.supernode [flower-supernode options]
+    python -m fedvl.deploy.supernode [flower-supernode options]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from fedvl.runtime import flower_env  # noqa: F401  (first: before flwr is imported)
+from fedvl.transport import flower_env  # noqa: F401  (first: before flwr is imported)
 
 POLL_ENV = "FEDVL_NODE_POLL_S"
 DEFAULT_POLL_S = 0.2  # 5 requests a second from an idle node: nothing on a LAN, fine for tens of nodes

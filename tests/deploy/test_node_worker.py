@@ -1,6 +1,6 @@
-"""A deployed node's warm worker (fedvl.runtime.node_worker), the thin ClientApp that hands it
-every message (fedvl.runtime.node_app), the SuperNode's capped polling (fedvl.runtime.supernode)
-and the server's reply polling (fedvl.runtime.flower.exchange)."""
+"""A deployed node's warm worker (fedvl.deploy.node_worker), the thin ClientApp that hands it
+every message (fedvl.deploy.node_app), the SuperNode's capped polling (fedvl.deploy.supernode)
+and the server's reply polling (fedvl.transport.flower.exchange)."""
 
 import inspect
 import subprocess
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from fedvl.config import ConfigError, dump_config
-from fedvl.runtime import flower
-from fedvl.runtime.deploy import flower_env, stop
-from fedvl.runtime.flower import CONFIG_KEY, STATE_KEY, ConfigRecord, Context, Message, RecordDict
-from fedvl.runtime.node_worker import KEY, WORKER_KEY, NodeWorkerError, ask, make_folder
+from fedvl.transport import flower
+from fedvl.deploy.launch import flower_env, stop
+from fedvl.transport.flower import CONFIG_KEY, STATE_KEY, ConfigRecord, Context, Message, RecordDict
+from fedvl.deploy.node_worker import KEY, WORKER_KEY, NodeWorkerError, ask, make_folder
 
 
 def _context(cfg_text: str, partition: int, tmp_path, folder=None) -> Context:
@@ -42,7 +42,7 @@ def _query() -> Message:
 @pytest.fixture
 def worker(tmp_path):
     folder = make_folder()
-    proc = subprocess.Popen([sys.executable, "-m", "fedvl.runtime.node_worker", str(folder)], env=flower_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "fedvl.deploy.node_worker", str(folder)], env=flower_env(),
                             start_new_session=True, stderr=subprocess.PIPE, text=True)
     yield folder, proc
     stop(proc, grace=3)
@@ -89,18 +89,18 @@ def test_no_worker_answers_in_one_line(tmp_path):
 
 
 def test_the_thin_client_app_imports_no_torch():
-    code = ("import sys, fedvl.runtime.node_app; "
-            "print(sorted(m for m in ('torch', 'transformers', 'fedvl.runtime.flower') if m in sys.modules))")
+    code = ("import sys, fedvl.deploy.node_app; "
+            "print(sorted(m for m in ('torch', 'transformers', 'fedvl.transport.flower') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=flower_env(), check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_the_supernode_loop_sleeps_where_the_cap_expects(monkeypatch):
-    """fedvl.runtime.supernode caps the sleeps of Flower's SuperNode loop: they must still be the
+    """fedvl.deploy.supernode caps the sleeps of Flower's SuperNode loop: they must still be the
     module-level ``time.sleep`` calls it replaces (a Flower upgrade that moves them fails here)."""
     import flwr.supernode.start_client_internal as loop
 
-    from fedvl.runtime.supernode import CappedSleep
+    from fedvl.deploy.supernode import CappedSleep
 
     source = inspect.getsource(loop)
     assert loop.time is time or isinstance(loop.time, CappedSleep)
@@ -166,7 +166,7 @@ def test_a_nodes_rounded_store_trains_from_the_state_before_the_round(tmp_path):
     (not one a lost round r already wrote), evaluation reads round r's, and 3 rounds are kept."""
     import torch
 
-    from fedvl.runtime.state import RoundedStateStore
+    from fedvl.rounds.state import RoundedStateStore
 
     store = RoundedStateStore(tmp_path)
     for rnd in (1, 2, 3, 4):

@@ -51,7 +51,7 @@ def test_cli_refusal_is_one_line_exit_2(tiny_overrides, capsys):
 def test_flower_size_arguments_are_exact():
     """Flower reads ints as counts and floats as shares, and refuses some counts: the mapping
     must give the workflow exactly the configured graph."""
-    from fedvl.runtime.secagg import _workflow_sizes
+    from fedvl.transport.secagg import _workflow_sizes
 
     assert _workflow_sizes(4, 3, 4) == (1.0, 3)  # every client: share 1.0 of 4 -> 4
     assert _workflow_sizes(2, 2, 2) == (1.0, 1.0)  # Flower refuses the count 2
@@ -63,7 +63,8 @@ def test_flower_size_arguments_are_exact():
 def test_secagg_gives_the_plain_runs_numbers_and_the_server_only_the_sum(tiny_cfg, tmp_path, monkeypatch):
     """Quantity-skewed clients (different sample counts), so the weighted mean is what is checked."""
     from fedvl.algorithms.base import ServerRule
-    from fedvl.runtime import parameters, secagg
+    from fedvl.finetune import exchange as parameters
+    from fedvl.transport import secagg
 
     common = [*SIM, "data.partition=quantity", "data.num_clients=3"]
     plain_globals, secure_globals, deltas, replies, handed, start = [], [], [], [], [], {}
@@ -151,8 +152,8 @@ def test_secagg_gives_the_plain_runs_numbers_and_the_server_only_the_sum(tiny_cf
 def test_a_client_failing_mid_protocol_is_dropped_and_its_masks_removed(tiny_cfg, tmp_path, monkeypatch):
     """A client that fails after the key exchange leaves pairwise masks in the others' vectors;
     its neighbours' shares rebuild them, and the round completes with the others."""
-    from fedvl.runtime import flower
-    from fedvl.runtime.simulator import client_fit
+    from fedvl.transport import flower
+    from fedvl.transport.inprocess import client_fit
 
     def flaky(fed, store, cid, rnd, params, on_step=None):
         if cid.startswith("c1"):

@@ -13,7 +13,7 @@ work, so there is no second copy of any algorithm:
   state (FedDAT's A_C, heads, local-only models) lives in a per-node store on
   disk between rounds and is never sent.
 - ``run.secagg=true``: the train round runs through Flower's SecAgg+ instead
-  (:mod:`fedvl.runtime.secagg`); the server then sees only the aggregate.
+  (:mod:`fedvl.transport.secagg`); the server then sees only the aggregate.
 
 Randomness is derived from (seed, round, client) in every runtime, so the same
 config gives the same per-round metrics here as in the simulator.
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedvl.runtime.flower_env import FLOWER_ENV  # noqa: F401  (first: before flwr is imported)
+from fedvl.transport.flower_env import FLOWER_ENV  # noqa: F401  (first: before flwr is imported)
 
 # isort: split
 import torch
@@ -40,15 +40,15 @@ from fedvl.algorithms import get_algorithm
 from fedvl.algorithms.aggregate import Params
 from fedvl.config import ConfigError, ExperimentConfig, dump_config, load_config_dict
 from fedvl.report.history import History
-from fedvl.runtime import secagg
-from fedvl.runtime.federation import Federation, build_federation
+from fedvl.transport import secagg
+from fedvl.finetune.federation import Federation, build_federation
 from fedvl.fedmmkt.exchange import KnowledgeNode
 from fedvl.fedmmkt.federation import KTFederation
 from fedvl.fedmmkt.federation import build as build_kt
-from fedvl.runtime.loop import run_rounds as loop_rounds
-from fedvl.runtime.parameters import ParameterNode, ParameterServer, SecureSum, client_fit
-from fedvl.runtime.state import ClientStateStore, RoundedStateStore
-from fedvl.runtime.wire import (  # noqa: F401  (from_record, to_record: read from here too)
+from fedvl.rounds.loop import run_rounds as loop_rounds
+from fedvl.finetune.exchange import ParameterNode, ParameterServer, SecureSum, client_fit
+from fedvl.rounds.state import ClientStateStore, RoundedStateStore
+from fedvl.transport.wire import (  # noqa: F401  (from_record, to_record: read from here too)
     codec_for,
     from_record,
     read_scores,
@@ -360,7 +360,7 @@ class FlowerTransport:
 
 
 def run_rounds(grid: Grid, fed, history: History, progress=None, server=None, start: int = 1) -> dict[str, Any]:
-    """Every round through Flower's grid (:func:`fedvl.runtime.loop.run_rounds`). ``server``: the
+    """Every round through Flower's grid (:func:`fedvl.rounds.loop.run_rounds`). ``server``: the
     round's server side (one that checkpoints, in a simulation, whose clients' state folder the
     server can see); by default a :class:`ParameterServer` that does not (a deployment)."""
     cfg = fed.cfg
@@ -373,7 +373,7 @@ def run_rounds(grid: Grid, fed, history: History, progress=None, server=None, st
 def make_server_app(fed, history: History, progress=None, outcome: dict | None = None, server=None,
                     start: int = 1) -> ServerApp:
     """A ServerApp running fedvl's server side (``server``, see :func:`run_rounds`) on an already built
-    federation and results folder (the Flower simulation). A deployment's is :mod:`fedvl.runtime.flower_app`."""
+    federation and results folder (the Flower simulation). A deployment's is :mod:`fedvl.deploy.server_app`."""
     app = ServerApp()
 
     @app.main()

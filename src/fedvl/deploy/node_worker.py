@@ -4,9 +4,9 @@ Flower (1.42) starts a fresh ``flwr-clientapp`` process for every message a Supe
 and offers no long-running ClientApp. Importing torch and fedvl and building the model and the
 partition's data cost several seconds in each of those processes (docs/performance.md, figure 6:
 a localhost deployment took about 12x the in-process run). So the ClientApp a deployment loads
-(:mod:`fedvl.runtime.node_app`) is thin: it imports only Flower and hands each message, with its
+(:mod:`fedvl.deploy.node_app`) is thin: it imports only Flower and hands each message, with its
 Context, to this worker over a Unix socket and returns the worker's reply. The worker runs the
-same ClientApp as the Flower simulation (:func:`fedvl.runtime.flower.make_client_app`), so the
+same ClientApp as the Flower simulation (:func:`fedvl.transport.flower.make_client_app`), so the
 model, the partition's data and the encoded features stay in memory from one round to the next;
 client-local state still goes to the node's state folder after every message, as before.
 
@@ -15,7 +15,7 @@ The socket and its key live in a private folder (mode 0700) that only the node's
 another local user cannot hand the worker a message. The folder reaches the ClientApp through
 the node config (``WORKER_KEY``), which never leaves the node.
 
-    python -m fedvl.runtime.node_worker FOLDER   (started and stopped by ``fedvl join``)
+    python -m fedvl.deploy.node_worker FOLDER   (started and stopped by ``fedvl join``)
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _answer(conn, app) -> None:
 
 def serve_forever(folder: Path) -> None:
     """Answer one message at a time (a SuperNode runs one ClientApp at a time) until stopped."""
-    from fedvl.runtime.flower import make_client_app  # first: it sets Flower's environment
+    from fedvl.transport.flower import make_client_app  # first: it sets Flower's environment
 
     app = make_client_app()
     with Listener(str(folder / SOCKET), family="AF_UNIX", authkey=(folder / KEY).read_bytes()) as listener:

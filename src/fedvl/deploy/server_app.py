@@ -12,10 +12,10 @@ from pathlib import Path
 
 from fedvl.experiment import run_experiment
 from fedvl.report.history import write_json_atomic
-from fedvl.runtime.deploy import die_with_parent
+from fedvl.deploy.launch import die_with_parent
 
-# Flower's names come through fedvl.runtime.flower, which sets Flower's environment before importing it
-from fedvl.runtime.flower import (
+# Flower's names come through fedvl.transport.flower, which sets Flower's environment before importing it
+from fedvl.transport.flower import (
     CONFIG_KEY,
     DEPLOYMENT_FILE,
     RESULTS_KEY,

@@ -1,6 +1,6 @@
 """What each exchange puts in a Flower message and reads back out of one.
 
-A codec turns what :mod:`fedvl.runtime.loop` hands a transport (what goes down) and what a node
+A codec turns what :mod:`fedvl.rounds.loop` hands a transport (what goes down) and what a node
 returns (what comes back) into Flower records and back, exactly: tensors travel as arrays of
 their own dtype, so a Flower run gives the in-process numbers bit for bit. A malformed reply
 raises KeyError, TypeError or ValueError, which the transport records as the client's failure.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedvl.runtime.flower_env import FLOWER_ENV  # noqa: F401  (first: before flwr is imported)
+from fedvl.transport.flower_env import FLOWER_ENV  # noqa: F401  (first: before flwr is imported)
 
 # isort: split
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict

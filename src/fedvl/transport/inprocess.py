@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from fedvl.algorithms.aggregate import Params
-from fedvl.runtime.federation import Federation, build_federation, to_wire, transport_dtype  # noqa: F401  (read from here too)
-from fedvl.runtime.loop import InProcess, play_round, run_rounds
-from fedvl.runtime.parameters import (  # noqa: F401  (the parameter exchange's halves, read from here too)
+from fedvl.finetune.federation import Federation, build_federation, to_wire, transport_dtype  # noqa: F401  (read from here too)
+from fedvl.rounds.loop import InProcess, play_round, run_rounds
+from fedvl.finetune.exchange import (  # noqa: F401  (the parameter exchange's halves, read from here too)
     ParameterNode,
     ParameterServer,
     add_eval,
@@ -30,13 +30,13 @@ from fedvl.runtime.parameters import (  # noqa: F401  (the parameter exchange's 
     server_aggregate,
     wants_eval,
 )
-from fedvl.runtime.state import ClientStateStore
+from fedvl.rounds.state import ClientStateStore
 from fedvl.seeding import derived_seed  # noqa: F401
 
 
 def run_round(fed: Federation, store: ClientStateStore, rnd: int, global_params: Params,
               progress=None) -> tuple[Params, dict[str, Any]]:
-    """One round in process (:func:`fedvl.runtime.loop.play_round`), without checkpointing:
+    """One round in process (:func:`fedvl.rounds.loop.play_round`), without checkpointing:
     returns the new global parameters and the round's record."""
     server = ParameterServer(fed, global_params=global_params)
     record = play_round(server, InProcess(ParameterNode(fed, store)), rnd, progress)

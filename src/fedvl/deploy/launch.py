@@ -2,7 +2,7 @@
 ``fedvl join`` (a SuperNode running the fedvl ClientApp for one partition).
 
 ``serve`` writes a Flower App folder by hand (no ``flwr new``, no hub), whose
-components are :mod:`fedvl.runtime.flower_app` and whose run config carries the
+components are :mod:`fedvl.deploy.server_app` and whose run config carries the
 experiment config; points a private ``FLWR_HOME`` at the SuperLink; starts
 ``flower-superlink``; submits the run with ``flwr run``; and stops everything it
 started when the run ends, fails or is interrupted. The ServerApp writes the
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedvl.runfolder import wait_until_free
-from fedvl.runtime.flower import (
+from fedvl.transport.flower import (
     CONFIG_KEY,
     DEPLOYMENT_FILE,
     DEVICE_KEY,
@@ -44,8 +44,8 @@ from fedvl.runtime.flower import (
     RUN_TOKEN_KEY,
     STATE_KEY,
 )
-from fedvl.runtime.node_worker import WORKER_KEY, make_folder
-from fedvl.runtime.supernode import DEFAULT_POLL_S, POLL_ENV
+from fedvl.deploy.node_worker import WORKER_KEY, make_folder
+from fedvl.deploy.supernode import DEFAULT_POLL_S, POLL_ENV
 from fedvl.schema import ConfigError, ExperimentConfig, dump_config
 
 RELEASE_WAIT_S = 60.0  # serve --resume: how long the previous ServerApp may take to let go of the results folder
@@ -170,8 +170,8 @@ dependencies = []
 publisher = "fedvl"
 
 [tool.flwr.app.components]
-serverapp = "fedvl.runtime.flower_app:server_app"
-clientapp = "fedvl.runtime.node_app:client_app"
+serverapp = "fedvl.deploy.server_app:server_app"
+clientapp = "fedvl.deploy.node_app:client_app"
 
 [tool.flwr.app.config]
 {CONFIG_KEY} = {json.dumps(dump_config(cfg))}
@@ -297,7 +297,7 @@ def _settle_status(run_dir: Path, wait_s: float = 20.0) -> None:
     say ``interrupted`` and why."""
     from fedvl.report.history import set_status
     from fedvl.runfolder import RunFolder, RunFolderError
-    from fedvl.runtime.checkpoint import resume_round
+    from fedvl.rounds.checkpoint import resume_round
 
     status = run_dir / "status.json"
 
@@ -343,7 +343,7 @@ def join_command(server: str, partition: int, state_dir: Path, tls_ca: Path | No
                  auth_key: Path | None = None, device: str = "", worker: Path | None = None) -> list[str]:
     """The ``flower-supernode`` command of one client node; ``auth_key``: the node's private key
     (OpenSSH format) when the SuperLink authenticates nodes; ``worker``: the folder of the node's
-    warm worker (:mod:`fedvl.runtime.node_worker`), which then answers every message."""
+    warm worker (:mod:`fedvl.deploy.node_worker`), which then answers every message."""
     if partition < 0:
         raise ConfigError(f"--partition must be >= 0, got {partition}")
     if tls_ca is not None and not Path(tls_ca).is_file():
@@ -363,8 +363,8 @@ def join_command(server: str, partition: int, state_dir: Path, tls_ca: Path | No
         node_config += f" {DEVICE_KEY}={json.dumps(device)}"
     if worker is not None:
         node_config += f" {WORKER_KEY}={json.dumps(str(worker))}"
-    # Flower's SuperNode, polling faster (fedvl.runtime.supernode)
-    cmd = [sys.executable, "-m", "fedvl.runtime.supernode", "--superlink", server, "--node-config", node_config,
+    # Flower's SuperNode, polling faster (fedvl.deploy.supernode)
+    cmd = [sys.executable, "-m", "fedvl.deploy.supernode", "--superlink", server, "--node-config", node_config,
            "--port", str(port)]
     cmd += ["--auth-supernode-private-key", str(Path(auth_key).resolve())] if auth_key else []
     return cmd + (["--root-certificates", str(tls_ca)] if tls_ca else ["--insecure"])
@@ -414,9 +414,9 @@ def _watch_superlink(proc: subprocess.Popen, host: str, port: int, gone_s: float
 
 
 def start_worker(folder: Path) -> subprocess.Popen:
-    """The node's warm worker (:mod:`fedvl.runtime.node_worker`): its output goes to this terminal; it
+    """The node's warm worker (:mod:`fedvl.deploy.node_worker`): its output goes to this terminal; it
     imports torch and fedvl now, while the node connects, not when the first message arrives."""
-    return subprocess.Popen([sys.executable, "-m", "fedvl.runtime.node_worker", str(folder)], env=flower_env(),
+    return subprocess.Popen([sys.executable, "-m", "fedvl.deploy.node_worker", str(folder)], env=flower_env(),
                             start_new_session=True, preexec_fn=die_with_parent)
 
 

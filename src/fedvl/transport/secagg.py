@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedvl.runtime.flower_env import FLOWER_ENV  # noqa: F401  (first: before flwr is imported)
+from fedvl.transport.flower_env import FLOWER_ENV  # noqa: F401  (first: before flwr is imported)
 
 # isort: split
 import numpy as np

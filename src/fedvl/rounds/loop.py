@@ -3,12 +3,12 @@
 A round: sample -> configure (what goes down) -> fit (the transport reaches the clients)
 -> validate and aggregate -> evaluate -> record -> checkpoint -> report. Two parties fill it in:
 
-* a :class:`RoundServer`, the server side of an exchange: :class:`fedvl.runtime.parameters.ParameterServer`
+* a :class:`RoundServer`, the server side of an exchange: :class:`fedvl.finetune.exchange.ParameterServer`
   (global travelling parameters down, trained parameters up: the fine-tuning family) or
   :class:`fedvl.fedmmkt.exchange.KnowledgeServer` (a synthetic set down, logits and prototypes up:
   the FedMMKT family). Which one an algorithm uses is its ``Algorithm.exchange``, never its name;
 * a :class:`Transport`, which only carries messages to the clients and their replies back:
-  :class:`InProcess` here, or Flower's grid (:mod:`fedvl.runtime.flower`).
+  :class:`InProcess` here, or Flower's grid (:mod:`fedvl.transport.flower`).
 
 Randomness is derived from (seed, purpose, round, client) on both sides, so a transport does
 not change a number.

@@ -87,7 +87,7 @@ def _running_with(text: str) -> list[int]:
 def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_path):
     from fedvl.config import load_config
     from fedvl.experiment import run_experiment
-    from fedvl.runtime.deploy import free_port, stop
+    from fedvl.deploy.launch import free_port, stop
 
     args = tiny_overrides + ["algorithm.name=feddat", "data.num_clients=2", "data.domains=photo,sketch",
                              "run.name=dep", "run.round_timeout_s=600"] + (["run.secagg=true"] if secure else [])
@@ -179,7 +179,7 @@ def test_serve_resume_after_sigkill_mid_round_ends_as_an_uninterrupted_run(name,
     the run ends with the in-process simulator's numbers."""
     from fedvl.config import load_config
     from fedvl.experiment import run_experiment
-    from fedvl.runtime.deploy import free_port, stop
+    from fedvl.deploy.launch import free_port, stop
 
     args = tiny_overrides + DEPLOYED[name] + ["algorithm.rounds=4", "run.round_timeout_s=600"]
     port, run = free_port(), tmp_path / "results" / "dep"
@@ -231,7 +231,7 @@ def test_node_authentication_options_map_to_flowers(tmp_path):
     """`join --auth-key` becomes the SuperNode's private key; `serve --auth-keys` needs TLS and
     at least one public key; both refuse in one line before starting anything."""
     from fedvl.config import ConfigError, load_config
-    from fedvl.runtime.deploy import auth_public_keys, join_command, serve
+    from fedvl.deploy.launch import auth_public_keys, join_command, serve
 
     key = _node_key(tmp_path / "keys", "node0")
     ca = tmp_path / "ca.pem"

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from fedvl.algorithms.aggregate import Params
 from fedvl.io import atomic_write, file_sha256
-from fedvl.runtime.state import ClientStateStore
+from fedvl.rounds.state import ClientStateStore
 
 FORMAT = 1
 _NAME = re.compile(r"^round-(\d{5,})$")

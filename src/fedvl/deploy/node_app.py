@@ -1,7 +1,7 @@
 """The ClientApp a deployment's nodes load (``fedvl serve`` names it in the Flower App).
 
 Flower starts one ``flwr-clientapp`` process per message, so this module imports Flower and
-nothing heavy: each message goes to the node's warm worker (:mod:`fedvl.runtime.node_worker`),
+nothing heavy: each message goes to the node's warm worker (:mod:`fedvl.deploy.node_worker`),
 started by ``fedvl join``, which keeps the model and the partition's data in memory. A node
 started without one (a bare ``flower-supernode``) runs fedvl's ClientApp in this process, as
 before: correct, only slower.
@@ -9,13 +9,13 @@ before: correct, only slower.
 
 from pathlib import Path
 
-from fedvl.runtime import flower_env  # noqa: F401  (first: before flwr is imported)
+from fedvl.transport import flower_env  # noqa: F401  (first: before flwr is imported)
 
 # isort: split
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedvl.runtime.node_worker import WORKER_KEY, ask
+from fedvl.deploy.node_worker import WORKER_KEY, ask
 
 client_app = ClientApp()
 _LOCAL: list[ClientApp] = []  # fedvl's full ClientApp, built on first use when there is no worker
@@ -26,7 +26,7 @@ def _handle(msg: Message, context: Context) -> Message:
     if folder:
         return ask(Path(str(folder)), msg, context)
     if not _LOCAL:
-        from fedvl.runtime.flower import make_client_app
+        from fedvl.transport.flower import make_client_app
 
         _LOCAL.append(make_client_app())
     return _LOCAL[0](message=msg, context=context)

@@ -7,7 +7,7 @@ from fedvl.config import ConfigError
 from fedvl.data.benchmarks import benchmark_client_ids, build_benchmark
 from fedvl.data.lazy import LazyClientData
 from fedvl.report.history import History
-from fedvl.runtime.simulator import build_federation, eval_client_ids, simulate
+from fedvl.transport.inprocess import build_federation, eval_client_ids, simulate
 
 
 def test_lazy_map_builds_on_first_use_and_evicts_the_least_recent():

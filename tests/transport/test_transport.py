@@ -6,8 +6,8 @@ import torch
 from fedvl.algorithms.base import FitResult
 from fedvl.models.params import get_params
 from fedvl.report.history import History
-from fedvl.runtime.simulator import build_federation, client_fit, server_aggregate, simulate
-from fedvl.runtime.state import ClientStateStore
+from fedvl.transport.inprocess import build_federation, client_fit, server_aggregate, simulate
+from fedvl.rounds.state import ClientStateStore
 
 
 def _run(cfg, run_dir):

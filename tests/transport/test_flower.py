@@ -14,7 +14,7 @@ def _evals(run_dir):
 
 
 def test_flower_never_phones_home():
-    import fedvl.runtime.flower  # noqa: F401
+    import fedvl.transport.flower  # noqa: F401
 
     assert os.environ["FLWR_TELEMETRY_ENABLED"] == "0"
     assert os.environ["FLWR_DISABLE_UPDATE_CHECK"] == "1"
@@ -22,7 +22,7 @@ def test_flower_never_phones_home():
 
 
 def test_codec_round_trip_keeps_values_dtypes_and_keys():
-    from fedvl.runtime.flower import from_record, to_record
+    from fedvl.transport.flower import from_record, to_record
 
     params = {"a.weight": torch.randn(3, 4), "b.bias": torch.arange(5, dtype=torch.float64), "c": torch.ones(2).half()}
     back = from_record(to_record(params))
@@ -51,9 +51,9 @@ def test_flower_simulation_gives_the_simulators_metrics(algo, tiny_cfg, tmp_path
 
 @pytest.mark.slow
 def test_a_failing_client_is_dropped_and_too_few_stop_the_run(tiny_cfg, tmp_path, monkeypatch):
-    import fedvl.runtime.flower as flower
-    from fedvl.runtime import parameters
-    from fedvl.runtime.simulator import client_fit
+    import fedvl.transport.flower as flower
+    from fedvl.finetune import exchange as parameters
+    from fedvl.transport.inprocess import client_fit
 
     def flaky(fed, store, cid, rnd, params, on_step=None):
         if cid.startswith("c1"):
@@ -94,7 +94,7 @@ def test_ray_backend_without_ray_is_one_clear_line_and_inprocess_needs_no_ray(ti
     out = run_experiment(tiny_cfg("run.runtime=flower-sim", "algorithm.rounds=1"), tmp_path / "inproc",
                          progress_enabled=False)
     assert 0.0 <= out["final"]["avg"]["acc"] <= 100.0
-    from fedvl.runtime.flower import InProcessBackend
+    from fedvl.transport.flower import InProcessBackend
 
     # the stand-in backend module is gone again after the run
     left = sys.modules.get("flwr.server.superlink.fleet.vce.backend.raybackend")

@@ -7,8 +7,8 @@ from fedvl.data.features import image_features
 from fedvl.data.world import FUNCTIONS, make_split
 from fedvl.engine.loops import batch_order, classification_metrics
 from fedvl.report.history import History
-from fedvl.runtime.simulator import build_federation, run_round, simulate
-from fedvl.runtime.state import ClientStateStore
+from fedvl.transport.inprocess import build_federation, run_round, simulate
+from fedvl.rounds.state import ClientStateStore
 
 
 def test_feature_cache_hit_and_invalidation(tiny_cfg, tmp_path):

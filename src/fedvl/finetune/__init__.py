@@ -1,0 +1,1 @@
+"""The fine-tuning family (FedAvg, FedProx, FedDAT, local, centralized): parameters travel."""

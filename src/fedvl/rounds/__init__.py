@@ -1,0 +1,1 @@
+"""The round core: the loop written once, its state and checkpoints."""

@@ -1,0 +1,1 @@
+"""Transports that reach the clients: in-process, and Flower (simulation and deployment)."""
