@@ -35,7 +35,7 @@ def _timed(cmd: list[str], cwd: Path) -> float:
 
 
 def _deployment(args: list[str], tmp: Path) -> float:
-    from fedvl.deploy.launch import free_port, stop
+    from fedvl.deploy.process import free_port, stop
 
     port = free_port()
     nodes = [subprocess.Popen([FEDVL, "join", "--server", f"127.0.0.1:{port}", "--partition", str(i), "--insecure",

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedvl.config import ConfigError, ExperimentConfig, dump_config, load_config
+from fedvl.config import load_config
+from fedvl.schema import ConfigError, ExperimentConfig, dump_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))

@@ -16,8 +16,9 @@ import yaml
 from fedvl.algorithms.aggregate import global_norm
 from fedvl.algorithms.base import FitResult, ServerRule
 from fedvl.cli import main
-from fedvl.config import ConfigError, ExperimentConfig, load_config
+from fedvl.config import load_config
 from fedvl.models.params import get_params
+from fedvl.schema import ConfigError, ExperimentConfig
 from fedvl.transport.inprocess import build_federation, server_aggregate
 
 

@@ -1,6 +1,6 @@
 """Hostile and careless input, through the real CLI: every refusal is one line with its exit
 code, and nothing outside the run's own folder changes (every other file is hashed before
-and after). Issue 16: run folders, concurrent runs, hostile data, file-system failures,
+and after). Covered here: run folders, concurrent runs, hostile data, file-system failures,
 plausibility."""
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def test_overwrite_of_a_live_run_is_refused_before_anything_is_built(world, comm
     """The lock of a run still going is looked at first: its data (bad here, so a later check would
     name them instead) are never built and nothing is started or written."""
     from fedvl.runfolder import RunFolder
-    from fedvl.deploy.launch import free_port
+    from fedvl.deploy.process import free_port
 
     write_folder_dataset(world / "data" / "mine", "duplicate")
     live = RunFolder(world / "results" / "keep").acquire(fresh=False)  # this process: the run still going
@@ -428,7 +428,7 @@ def _processes_mentioning(text: str) -> list[str]:
 
 
 def test_join_gives_up_on_an_unreachable_server_after_wait_s(tmp_path):
-    from fedvl.deploy.launch import free_port
+    from fedvl.deploy.process import free_port
 
     port = free_port()  # nothing listens there
     t0 = time.monotonic()
@@ -451,7 +451,7 @@ def test_join_refuses_a_malformed_server_address(tmp_path, server):
 
 @pytest.mark.slow
 def test_serve_with_garbage_tls_files_prints_the_superlinks_own_error(world):
-    from fedvl.deploy.launch import free_port
+    from fedvl.deploy.process import free_port
 
     (world / "bad.pem").write_text("garbage\n")
     port = free_port()
@@ -496,7 +496,7 @@ def _alive(pids: set[int]) -> set[int]:
 
 @pytest.mark.slow
 def test_sigkill_of_serve_leaves_no_flower_process_behind(world):
-    from fedvl.deploy.launch import free_port
+    from fedvl.deploy.process import free_port
 
     port = free_port()
     proc = fedvl("serve", *TINY, "run.name=orphans", "--port", str(port), "--insecure", cwd=world, wait=False)
@@ -522,7 +522,7 @@ def test_sigkill_of_serve_leaves_no_flower_process_behind(world):
 
 @pytest.mark.slow
 def test_node_with_a_partition_the_run_lacks_stops_and_serve_names_it(world):
-    from fedvl.deploy.launch import free_port
+    from fedvl.deploy.process import free_port
 
     port = free_port()
     srv = fedvl("serve", *TINY, "run.name=dep", "run.flower_wait_s=20", "--port", str(port), "--insecure",
@@ -547,7 +547,7 @@ def test_node_with_a_partition_the_run_lacks_stops_and_serve_names_it(world):
 
 @pytest.mark.slow
 def test_sigterm_on_serve_leaves_status_interrupted_not_running(world):
-    from fedvl.deploy.launch import free_port
+    from fedvl.deploy.process import free_port
 
     port = free_port()
     status = world / "results" / "stopped" / "status.json"
@@ -576,7 +576,7 @@ def test_sigterm_on_serve_leaves_status_interrupted_not_running(world):
 
 @pytest.mark.slow
 def test_join_exits_by_itself_once_the_run_has_ended(world):
-    from fedvl.deploy.launch import free_port, stop
+    from fedvl.deploy.process import free_port, stop
 
     port = free_port()
     srv = fedvl("serve", *TINY, "data.num_clients=2", "run.name=ends", "--port", str(port), "--insecure",

@@ -20,7 +20,7 @@ import pytest
 from conftest import TINY
 from test_hostile import _processes_mentioning, fedvl, one_line
 
-from fedvl.deploy.launch import flower_env, free_port, stop
+from fedvl.deploy.process import flower_env, free_port, stop
 
 sys.path.insert(0, str(Path(__file__).parent / "runtime"))
 from test_deploy import _make_certs  # noqa: E402  (tests/deploy/test_deploy.py)
@@ -120,7 +120,7 @@ def _none_left(text: str, wait_s: float = 30) -> bool:
 
 
 def _superlink(tmp_path: Path, name: str, *security: str) -> tuple[subprocess.Popen, int]:
-    from fedvl.deploy.launch import _bin
+    from fedvl.deploy.process import _bin
 
     port = free_port()
     with open(tmp_path / f"{name}.log", "w") as log:  # the child keeps its own handle
@@ -131,7 +131,7 @@ def _superlink(tmp_path: Path, name: str, *security: str) -> tuple[subprocess.Po
 
 
 def _until_answering(port: int, tls_ca: Path | None, proc: subprocess.Popen) -> None:
-    from fedvl.deploy.launch import _probe
+    from fedvl.deploy.join import _probe
 
     deadline = time.monotonic() + 60
     while _probe("127.0.0.1", port, tls_ca, 2) is not None:
@@ -207,7 +207,7 @@ time.sleep(60)
 def test_a_node_with_a_bad_partition_stops_only_once_its_error_reply_is_sent(tmp_path, monkeypatch):
     """The server names a node that cannot serve its run by that node's error reply: the node must
     not stop before its SuperNode has sent it, however long that takes."""
-    from fedvl.deploy import launch as deploy
+    from fedvl.deploy import join as deploy
 
     (tmp_path / "node.py").write_text(FAKE_SUPERNODE)
     monkeypatch.setattr(deploy, "REPLY_PULL_S", 0.5)
@@ -323,7 +323,7 @@ def test_the_server_names_a_node_whose_refusal_comes_after_the_join_deadline(mon
 def test_a_node_refused_first_after_wait_s_still_says_why(tmp_path, monkeypatch, capsys):
     """A SuperLink that answers late (a loaded server) and then refuses the node's key: the node's
     last line names the likely reason, not only that it gave up."""
-    from fedvl.deploy import launch as deploy
+    from fedvl.deploy import join as deploy
 
     key, ca = tmp_path / "node0", tmp_path / "ca.pem"
     key.write_text("a private key")

@@ -12,9 +12,9 @@ import pytest
 from conftest import TINY
 from test_hostile import fedvl, one_line, snapshot
 
-from fedvl.config import ConfigError, ExperimentConfig, load_config
+from fedvl.config import load_config
 from fedvl.models.vlbase import VLPretrainConfig
-from fedvl.schema import MAX_CONFIG_BYTES, _check_numbers, _within
+from fedvl.schema import MAX_CONFIG_BYTES, ConfigError, ExperimentConfig, _check_numbers, _within
 
 
 def refused(work: Path, *argv: str, text: str, command: str = "run") -> str:

@@ -1,4 +1,4 @@
-"""Issue 6 from the outside: --resume errors, and the robustness / privacy benchmarks end to end."""
+"""Reliability from the outside: --resume errors, and the robustness / privacy benchmarks end to end."""
 
 import json
 import os

@@ -108,7 +108,7 @@ def test_tracker_failing_mid_run_is_dropped_with_one_warning(tmp_path):
 
 
 def test_unknown_tracker_is_a_config_error(tiny_cfg):
-    from fedvl.config import ConfigError
+    from fedvl.schema import ConfigError
 
     with pytest.raises(ConfigError, match="unknown tracker 'wandb'"):
         tiny_cfg("run.trackers=wandb")

@@ -36,7 +36,7 @@ def _on_signal(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fedvl.config import ConfigError
+    from fedvl.schema import ConfigError
 
     parser = _parser()
     ns, extra = parser.parse_known_args(argv)

@@ -1,8 +1,8 @@
 """Load an experiment's configuration and check it across subsystems.
 
 The options themselves (typed sections, YAML and ``key=value`` parsing) are
-:mod:`fedvl.schema`, re-exported here; this module adds what needs the other
-layers: the algorithm registry, the devices, the benchmarks' vocabularies.
+:mod:`fedvl.schema`; this module adds what needs the other layers: the
+algorithm registry, the devices, the benchmarks' vocabularies.
 """
 
 from __future__ import annotations
@@ -12,25 +12,7 @@ from typing import Any
 
 import yaml
 
-from fedvl.fedmmkt.options import FedMMKTConfig, T2IConfig  # noqa: F401  (re-exported)
-from fedvl.schema import (  # noqa: F401  (re-exported: the options are read as fedvl.config.X)
-    AlgorithmConfig,
-    AttackConfig,
-    ConfigError,
-    DataConfig,
-    ExperimentConfig,
-    ModelConfig,
-    PeftMethod,
-    PrivacyConfig,
-    RunConfig,
-    _apply,
-    _check_numbers,
-    _load,
-    _short,
-    dump_config,
-    load_section,
-    parse_override,
-)
+from fedvl.schema import ConfigError, ExperimentConfig, _apply, _check_numbers, _load, _short
 
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -153,7 +135,7 @@ def _validate_real(cfg: ExperimentConfig) -> None:
 
 
 def _check_reliability(cfg: ExperimentConfig) -> None:
-    """Robust aggregation, attack and privacy options (issue 6): each component checks its own."""
+    """Robust aggregation, attack and privacy options: each component checks its own."""
     from fedvl.algorithms import aggregate, attacks, available_algorithms, get_algorithm, privacy
 
     aggregate.check_options(cfg, pooled=cfg.algorithm.name in available_algorithms()
@@ -167,7 +149,6 @@ def _check_reliability(cfg: ExperimentConfig) -> None:
 def _check_secagg(cfg: ExperimentConfig) -> None:
     """SecAgg+ computes one secure sum: only a (weighted) mean of what every client sends fits it."""
     from fedvl.algorithms import available_algorithms, get_algorithm
-    from fedvl.algorithms.base import ServerRule
 
     a, r = cfg.algorithm, cfg.run
     if r.runtime == "simulator":
@@ -179,7 +160,7 @@ def _check_secagg(cfg: ExperimentConfig) -> None:
                           "all need every client's update")
     if a.name in available_algorithms():
         algo = get_algorithm(a.name)
-        if algo.pooled or algo.server.aggregate is not ServerRule.aggregate:
+        if algo.pooled or algo.server.custom_aggregate:
             raise ConfigError(f"run.secagg needs an algorithm whose server step is a weighted mean (fedavg, fedprox, "
                               f"feddat); {a.name} aggregates differently")
     if r.transport_dtype != "float32":

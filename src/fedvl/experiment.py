@@ -16,9 +16,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fedvl.config import ConfigError, ExperimentConfig, dump_config, run_config_text
+from fedvl.config import run_config_text
 from fedvl.report.history import History, set_status, write_json_atomic
 from fedvl.rounds.checkpoint import resume_round
+from fedvl.schema import ConfigError, ExperimentConfig, dump_config
 
 
 def run_dir_for(cfg: ExperimentConfig, overwrite: bool = False) -> Path:
@@ -395,7 +396,7 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
             saved = run_dir / "config.yaml"
             resume = not overwrite and saved.is_file() \
                 and saved.read_text() in (run_config_text(cfg), dump_config(cfg)) \
-                and (run_dir / "checkpoints").is_dir()  # (dump_config: a run made before config.yaml was trimmed)
+                and (run_dir / "checkpoints").is_dir()  # (dump_config: a config.yaml holding every section)
             run_experiment(cfg, run_dir, console=console, progress_enabled=progress_enabled, resume=resume,
                            overwrite=True)  # a stale run of this comparison (a fedvl run) is replaced
     runs = load_runs({m: [d for _, d in items] for m, items in configs.items()})

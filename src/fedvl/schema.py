@@ -266,7 +266,7 @@ class RunConfig:
     reported. Smaller = finer steps (2 x secagg_clip / 2^22), larger = fewer clipped values."""
     keep_checkpoints: int = 2
     """Round checkpoints kept under checkpoints/ (for --resume); 2 keeps a good one if the newest is damaged."""
-    # --- devices, precision, tracking (issue 18; checked by _check_devices) ---
+    # --- devices, precision, tracking (checked by fedvl.config._check_devices) ---
     device: str = "auto"
     """auto (CUDA when present, else CPU), cpu, cuda or cuda:N: where models, batches and the frozen
     vision tower's feature extraction run. Aggregation and checkpoints stay float32 on the CPU."""

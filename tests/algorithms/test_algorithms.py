@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from fedvl.algorithms import registry
+from fedvl.algorithms.base import ServerRule
 from fedvl.report.history import History
 from fedvl.transport.inprocess import build_federation, simulate
 
@@ -11,6 +13,14 @@ def _final(cfg, run_dir):
     fed = build_federation(cfg, status=lambda s: None)
     run_dir.mkdir(parents=True)
     return fed, simulate(fed, run_dir, History(run_dir))
+
+
+def test_the_rules_that_aggregate_their_own_way_say_so():
+    """``custom_aggregate`` is what run.secagg's check reads: the flag is set exactly where a
+    server rule overrides ``aggregate``, and only local-only training does."""
+    rules = {name: algo.server for name, algo in registry().items() if algo.exchange == "parameters"}
+    assert {name for name, rule in rules.items() if rule.custom_aggregate} == {"local"}
+    assert {name for name, rule in rules.items() if rule.aggregate is not ServerRule.aggregate} == {"local"}
 
 
 def test_fedprox_with_mu_zero_is_fedavg(tiny_cfg, tmp_path):
@@ -102,8 +112,9 @@ def test_keep_local_makes_fedavg_send_only_its_adapters(tiny_cfg, tmp_path):
     client's head is its own after a round."""
     from safetensors.torch import load_file
 
-    from fedvl.config import ConfigError, load_config
+    from fedvl.config import load_config
     from fedvl.models.params import get_params, param_group
+    from fedvl.schema import ConfigError
     from fedvl.transport.inprocess import run_round
     from fedvl.rounds.state import ClientStateStore
 

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 
 from fedvl.algorithms.base import ClientContext
 from fedvl.algorithms.feddat import copy_shared_to_teacher
-from fedvl.algorithms.losses import kd_loss, task_kd_loss
-from fedvl.config import ConfigError, load_config
+from fedvl.algorithms.losses import kd_loss, task_kd_parts
+from fedvl.config import load_config
 from fedvl.models.params import get_params, param_group
 from fedvl.report.history import History
+from fedvl.schema import ConfigError
 from fedvl.transport.inprocess import build_federation, load_client, run_round, simulate
 from fedvl.rounds.state import ClientStateStore
 
@@ -39,9 +40,13 @@ def test_task_kd_mix_weights():
     t = torch.tensor([[0.0, 1.0, 0.0]])
     ce = F.cross_entropy(z, y).item()
     kd = kd_loss(z, t, 3.0).item()
-    assert task_kd_loss(z, y, t, 0.5, 3.0).item() == pytest.approx(0.5 * ce + 0.5 * kd, rel=1e-6)
-    assert task_kd_loss(z, y, t, 0.2, 3.0).item() == pytest.approx(0.8 * ce + 0.2 * kd, rel=1e-6)
-    assert task_kd_loss(z, y, None, 0.5, 3.0).item() == pytest.approx(ce, rel=1e-6)
+    loss, ce_part, kd_part = task_kd_parts(z, y, t, 0.5, 3.0)
+    assert loss.item() == pytest.approx(0.5 * ce + 0.5 * kd, rel=1e-6)
+    assert ce_part.item() == pytest.approx(ce, rel=1e-6) and kd_part.item() == pytest.approx(kd, rel=1e-6)
+    assert task_kd_parts(z, y, t, 0.2, 3.0)[0].item() == pytest.approx(0.8 * ce + 0.2 * kd, rel=1e-6)
+    loss, ce_part, kd_part = task_kd_parts(z, y, None, 0.5, 3.0)
+    assert loss.item() == pytest.approx(ce, rel=1e-6) and ce_part.item() == pytest.approx(ce, rel=1e-6)
+    assert kd_part is None
 
 
 def test_feddat_needs_adapters():

@@ -70,7 +70,7 @@ PEFT_METHODS = ["adapter", "lora", "bitfit", "layernorm", "prompt", "head", "ful
 def test_every_peft_option_has_a_row():
     from typing import get_args
 
-    from fedvl.config import PeftMethod
+    from fedvl.schema import PeftMethod
 
     assert set(get_args(PeftMethod)) == set(PEFT_METHODS)
 

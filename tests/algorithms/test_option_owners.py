@@ -1,10 +1,11 @@
-"""Each algorithm and each privacy / robustness component checks its own options (issue 15, item 5):
+"""Each algorithm and each privacy / robustness component checks its own options:
 the check lives next to the code, works on its own, and is what `load_config` runs."""
 
 import pytest
 
 from fedvl.algorithms import aggregate, attacks, get_algorithm, privacy
-from fedvl.config import ConfigError, load_config
+from fedvl.config import load_config
+from fedvl.schema import ConfigError
 
 
 @pytest.mark.parametrize("name, section, key, value, message", [

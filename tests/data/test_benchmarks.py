@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from fedvl.config import ConfigError, DataConfig, load_config
+from fedvl.config import load_config
 from fedvl.data.benchmarks import build_benchmark
 from fedvl.data.world import ANSWERS, COLORS, COUNTS, FUNCTIONS, SCENES, SHAPES, SIZES, Obj, make_split, random_scene
+from fedvl.schema import ConfigError, DataConfig
 
 
 def _small(**kw) -> DataConfig:

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from fedvl.config import ConfigError, DataConfig
 from fedvl.data.real import SOURCES, build_real_benchmark, check_sources, parse_source
 from fedvl.data.real.base import DatasetError
 from fedvl.data.real.splits import make_split
+from fedvl.schema import ConfigError, DataConfig
 
 
 def read(root, spec, split):

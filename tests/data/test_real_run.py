@@ -85,7 +85,7 @@ def test_cli_missing_dataset_is_one_line_exit_2(tmp_path, capsys):
     (["data.partition=dirichlet"], "data.partition=natural"),
 ])
 def test_config_checks(tiny_cfg, real_root, extra, msg):
-    from fedvl.config import ConfigError
+    from fedvl.schema import ConfigError
 
     with pytest.raises(ConfigError, match=msg):
         real(tiny_cfg, real_root, *extra)

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from fedvl.config import ConfigError, DataConfig, ModelConfig
 from fedvl.data.benchmarks import build_benchmark
 from fedvl.data.features import EncodedSplit
 from fedvl.data.world import ANSWERS, COLORS, SHAPES, TASKS, caption, random_scene, statement
 from fedvl.models.backbones import build_model
 from fedvl.models.params import param_group
 from fedvl.report.history import History
+from fedvl.schema import ConfigError, DataConfig, ModelConfig
 from fedvl.transport.inprocess import build_federation, simulate
 from fedvl.rounds.state import ClientStateStore
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from fedvl.config import DataConfig
 from fedvl.data.benchmarks import build_benchmark
 from fedvl.data.world import ANSWERS, COLORS, COLUMNS, COUNTS, DOMAINS, FUNCTIONS, SHAPES, SIZES, YESNO, ask, make_split, random_scene
+from fedvl.schema import DataConfig
 
 
 def test_same_seed_same_pixels_and_questions():

@@ -87,7 +87,7 @@ def _running_with(text: str) -> list[int]:
 def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_path):
     from fedvl.config import load_config
     from fedvl.experiment import run_experiment
-    from fedvl.deploy.launch import free_port, stop
+    from fedvl.deploy.process import free_port, stop
 
     args = tiny_overrides + ["algorithm.name=feddat", "data.num_clients=2", "data.domains=photo,sketch",
                              "run.name=dep", "run.round_timeout_s=600"] + (["run.secagg=true"] if secure else [])
@@ -179,7 +179,7 @@ def test_serve_resume_after_sigkill_mid_round_ends_as_an_uninterrupted_run(name,
     the run ends with the in-process simulator's numbers."""
     from fedvl.config import load_config
     from fedvl.experiment import run_experiment
-    from fedvl.deploy.launch import free_port, stop
+    from fedvl.deploy.process import free_port, stop
 
     args = tiny_overrides + DEPLOYED[name] + ["algorithm.rounds=4", "run.round_timeout_s=600"]
     port, run = free_port(), tmp_path / "results" / "dep"
@@ -230,8 +230,10 @@ def test_serve_resume_after_sigkill_mid_round_ends_as_an_uninterrupted_run(name,
 def test_node_authentication_options_map_to_flowers(tmp_path):
     """`join --auth-key` becomes the SuperNode's private key; `serve --auth-keys` needs TLS and
     at least one public key; both refuse in one line before starting anything."""
-    from fedvl.config import ConfigError, load_config
-    from fedvl.deploy.launch import auth_public_keys, join_command, serve
+    from fedvl.config import load_config
+    from fedvl.deploy.join import join_command
+    from fedvl.deploy.serve import auth_public_keys, serve
+    from fedvl.schema import ConfigError
 
     key = _node_key(tmp_path / "keys", "node0")
     ca = tmp_path / "ca.pem"
@@ -249,3 +251,15 @@ def test_node_authentication_options_map_to_flowers(tmp_path):
     cfg = load_config(None, ["model.name=tiny", "run.runtime=flower-deploy"])
     with pytest.raises(ConfigError, match="--auth-keys needs TLS"):
         serve(cfg, tmp_path / "run", "127.0.0.1", 1, None, auth_keys=tmp_path / "keys")
+
+
+def test_join_imports_neither_torch_nor_flower():
+    """`fedvl join` only starts, watches and stops the node's processes: torch and Flower load in
+    its worker and its SuperNode, never in the join process (a node that gives up does so at once)."""
+    from fedvl.deploy.process import flower_env, free_port
+
+    code = ("import sys; from fedvl.cli import main; "
+            f"code = main(['join', '--server', '127.0.0.1:{free_port()}', '--partition', '0', '--insecure', "
+            "'--wait-s', '0']); print(code, sorted(m for m in ('torch', 'flwr') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=flower_env(), timeout=60)
+    assert out.stdout.strip() == "1 []", out.stderr

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fedvl.config import ConfigError, dump_config
+from fedvl.schema import ConfigError, dump_config
 from fedvl.transport import flower
-from fedvl.deploy.launch import flower_env, stop
+from fedvl.deploy.process import flower_env, stop
 from fedvl.transport.flower import CONFIG_KEY, STATE_KEY, ConfigRecord, Context, Message, RecordDict
 from fedvl.deploy.node_worker import KEY, WORKER_KEY, NodeWorkerError, ask, make_folder
 
@@ -110,7 +110,31 @@ def test_the_supernode_loop_sleeps_where_the_cap_expects(monkeypatch):
     capped = CappedSleep(0.05)
     capped.sleep(3)
     capped.sleep(0.01)
-    assert slept == [0.05, 0.01] and capped.monotonic() > 0  # everything else is the time module's
+    assert slept == [0.05, 0.01]  # capped, and a shorter wait is left as it is
+    assert capped.monotonic is time.monotonic and capped.time is time.time  # everything else is the time module's
+
+
+def test_the_supernode_entry_point_caps_the_loop_at_the_poll_option(monkeypatch):
+    """``python -m fedvl.deploy.supernode`` puts the cap from FEDVL_NODE_POLL_S (default 0.2 s) on the
+    SuperNode loop's sleeps, then runs Flower's own SuperNode as ``flower-supernode``."""
+    import flwr.supernode.cli
+    import flwr.supernode.start_client_internal as loop
+
+    from fedvl.deploy import supernode
+
+    ran = []
+    monkeypatch.setattr(flwr.supernode.cli, "flower_supernode", lambda: ran.append((sys.argv[0], loop.time.cap)))
+    monkeypatch.setattr(loop, "time", time)
+    monkeypatch.setattr(sys, "argv", ["supernode.py", "--insecure"])
+    monkeypatch.delenv(supernode.POLL_ENV, raising=False)
+    supernode.main()
+    monkeypatch.setenv(supernode.POLL_ENV, "0.07")
+    supernode.main()
+    assert ran == [("flower-supernode", supernode.DEFAULT_POLL_S), ("flower-supernode", 0.07)]
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    loop.time.sleep(3)  # the loop's wait for the next message
+    assert slept == [0.07]
 
 
 class _Grid:

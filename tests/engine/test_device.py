@@ -1,13 +1,13 @@
-"""run.device and run.precision (issue 18): where the compute runs, in which precision, and
+"""run.device and run.precision: where the compute runs, in which precision, and
 that everything leaving a model (updates, client state, checkpoints) stays float32 on the CPU."""
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedvl.config import ConfigError
 from fedvl.engine.device import Amp, DeviceError, resolve_device
 from fedvl.experiment import run_experiment
+from fedvl.schema import ConfigError
 from fedvl.transport.inprocess import build_federation, client_fit, client_evaluate
 from fedvl.rounds.state import ClientStateStore
 from fedvl.models.params import get_params
@@ -170,9 +170,9 @@ def test_ray_resources_come_from_the_config(tiny_cfg, monkeypatch):
 
 
 def test_join_device_reaches_the_node_config_and_its_federation(tiny_cfg, tmp_path):
-    from fedvl.config import dump_config
+    from fedvl.schema import dump_config
     from fedvl.transport import flower
-    from fedvl.deploy.launch import join_command
+    from fedvl.deploy.join import join_command
 
     cmd = join_command("h:9092", 1, tmp_path / "s", None, 1234, device="cpu")
     node_config = cmd[cmd.index("--node-config") + 1]

@@ -80,7 +80,7 @@ def test_alignment_loss_prefers_matching_prompts_and_skips_unseen():
     assert float(two) == pytest.approx(math.log(1 + math.exp(-10)), rel=1e-3)  # float32 near 1
 
 
-# ---------------------------------------------------------------- issue 17: the client-side levers
+# ---------------------------------------------------------------- the client-side levers
 
 from fedvl.fedmmkt.algorithms import (
     DistillSet,

@@ -9,9 +9,10 @@ from kt_fixtures import KT_TINY  # tests/kt_fixtures.py
 
 from fedvl.algorithms import registry
 from fedvl.algorithms.aggregate import UpdateRejected
-from fedvl.config import ConfigError, load_config
+from fedvl.config import load_config
 from fedvl.fedmmkt.exchange import run_round
 from fedvl.fedmmkt.federation import ServerState, build, check_report, task_model
+from fedvl.schema import ConfigError
 
 # what each knowledge-transfer algorithm sends up (the fine-tuning family's matrix is tests/algorithms/test_matrix.py)
 KT_TRAVEL = {"fedmmkt": "report", "kt-distill": "report", "kt-local": "none", "kt-fedavg": "weights",
@@ -52,19 +53,19 @@ def test_kt_algorithm_runs_two_rounds(name, kt_cfg, tmp_path):
 def test_what_travels_is_logits_and_prototypes_only(kt_cfg, tmp_path):
     fed = build(kt_cfg(), tmp_path / "r", status=lambda s: None)
     state = ServerState()
-    sent = {}
+    sent = []  # a list, not keyed by id(model): a freed client's model id may be reused by the next one
     orig = fed.client.report
 
     def spy(model, synthetic, labels, num_classes):
         out = orig(model, synthetic, labels, num_classes)
-        sent[id(model)] = (out, {k: v.clone() for k, v in model.state_dict().items()})
+        sent.append((out, {k: v.clone() for k, v in model.state_dict().items()}))
         return out
 
     fed.client.report = spy
     run_round(fed, 1, state)
     assert len(sent) == 3
     n_syn, classes = len(state.synthetic), len(fed.classes)
-    for msg, weights in sent.values():
+    for msg, weights in sent:
         assert set(msg) == {"logits", "protos", "proto_counts"}
         assert msg["logits"].shape == (n_syn, classes)
         assert msg["protos"].shape == (classes, fed.cfg.fedmmkt.proto_dim)
@@ -320,14 +321,14 @@ def test_kt_fedavg_private_bn_keeps_batch_norm_on_each_client(kt_cfg, tmp_path, 
         assert all(torch.equal(a[k], b[k]) for k in bn_keys) != private
 
 
-# the runs recorded before the one loop ran with issue 4's client (issue 17 changed the defaults)
+# the recorded runs used the plain distillation client, not the defaults (fedmmkt.prompt_weight's docstring)
 RECORDED = ["fedmmkt", "kt-distill", "kt-fedavg", "kt-local"]
-ISSUE4 = ["fedmmkt.prompt_weight=0", "fedmmkt.synthetic_bn=eval", "fedmmkt.synthetic_restyle=false",
+RECORDED_CLIENT = ["fedmmkt.prompt_weight=0", "fedmmkt.synthetic_bn=eval", "fedmmkt.synthetic_restyle=false",
           "fedmmkt.proto_weight=0.5", "fedmmkt.feedback_top=1"]
 
 
 def _recorded_part(got, want):
-    """``got`` cut down to the keys the recorded run had (issue 17 added metrics such as ``synthetic_open``)."""
+    """``got`` cut down to the keys the recorded run had (a run records more, such as ``synthetic_open``)."""
     if isinstance(want, dict) and isinstance(got, dict):
         return {k: _recorded_part(got[k], want[k]) if k in got else "<missing>" for k in want}
     if isinstance(want, list) and isinstance(got, list) and len(want) == len(got):
@@ -371,7 +372,7 @@ def test_kt_metrics_are_the_ones_recorded_before_the_one_loop(name, kt_cfg, tmp_
     rel 1e-4, since another CPU's kernels round differently)."""
     from fedvl.experiment import run_experiment
 
-    cfg = kt_cfg(name, f"run.name={name}", *ISSUE4)
+    cfg = kt_cfg(name, f"run.name={name}", *RECORDED_CLIENT)
     run_experiment(cfg, tmp_path / "results" / name, progress_enabled=False)
     want = _recorded(name)
     assert _recorded_part(_metrics(tmp_path / "results" / name), want) == _close(want)
@@ -385,7 +386,7 @@ def test_kt_on_flower_simulation_gives_the_in_process_metrics(name, kt_cfg, tmp_
     as Flower records."""
     from fedvl.experiment import run_experiment
 
-    cfg = kt_cfg(name, f"run.name={name}", "run.runtime=flower-sim", *ISSUE4)
+    cfg = kt_cfg(name, f"run.name={name}", "run.runtime=flower-sim", *RECORDED_CLIENT)
     run_experiment(cfg, tmp_path / "results" / name, progress_enabled=False)
     want = _recorded(name)
     assert _recorded_part(_metrics(tmp_path / "results" / name), want) == _close(want)
@@ -425,7 +426,7 @@ def test_kt_on_rays_path_server_without_client_data_and_workers_building_their_o
 
     monkeypatch.setattr(kt_runtime, "build", recorded_build)
     monkeypatch.setattr(flower, "build_kt", recorded_build)
-    cfg = kt_cfg(name, f"run.name={name}", "run.runtime=flower-sim", "run.flower_backend=ray", *ISSUE4)
+    cfg = kt_cfg(name, f"run.name={name}", "run.runtime=flower-sim", "run.flower_backend=ray", *RECORDED_CLIENT)
     run_experiment(cfg, tmp_path / "results" / name, progress_enabled=False)
     synthetic = name == "fedmmkt"
     assert engine[0]["client_resources"] == {"num_cpus": 1.0, "num_gpus": 0.0}  # Ray's resources were asked for

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from fedvl.config import ModelConfig
 from fedvl.engine.loops import cross_entropy_step
 from fedvl.models.adapters import BottleneckAdapter
 from fedvl.models.backbones import build_model
 from fedvl.models.params import param_group, set_trainable, trainable_names
+from fedvl.schema import ModelConfig
 
 
 def tiny(peft="adapter", roles=("shared",)):

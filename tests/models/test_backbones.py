@@ -5,10 +5,10 @@ import importlib.util
 import pytest
 import torch
 
-from fedvl.config import ModelConfig
 from fedvl.models import backbones
 from fedvl.models.backbones import ModelUnavailableError, build_model
 from fedvl.models.mobilenet import MobileNetV2
+from fedvl.schema import ModelConfig
 
 
 def test_mobilenet_strict_load_of_real_weights():

@@ -4,10 +4,10 @@ what trains, a 1-round FedAvg and FedDAT run. Nothing is downloaded."""
 import pytest
 import torch
 
-from fedvl.config import ModelConfig
 from fedvl.models.adapters import BottleneckAdapter
 from fedvl.models.backbones import ModelUnavailableError, build_model, check_available, load_tokenizer
 from fedvl.models.params import param_group, set_trainable, trainable_names
+from fedvl.schema import ModelConfig
 
 KINDS = ("vilt", "clip", "blip")
 LAYERS = 2

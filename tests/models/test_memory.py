@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedvl.config import ModelConfig
 from fedvl.models.backbones import build_model
 from fedvl.models.params import set_trainable, trainable_names
+from fedvl.schema import ModelConfig
 
 
 def saved_bytes_and_grads(model, batch):

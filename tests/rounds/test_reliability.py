@@ -7,9 +7,9 @@ import torch
 from fedvl.algorithms.aggregate import coordinate_median, dp_mean
 from fedvl.algorithms.attacks import attack_update
 from fedvl.algorithms.privacy import epsilon_spent
-from fedvl.config import ConfigError
 from fedvl.models.params import get_params
 from fedvl.report.history import History
+from fedvl.schema import ConfigError
 from fedvl.transport.inprocess import build_federation, client_fit, derived_seed, run_round, server_aggregate, simulate
 from fedvl.rounds.state import ClientStateStore
 

@@ -3,11 +3,16 @@
 import pytest
 import torch
 
-from fedvl.config import ConfigError
 from fedvl.data.benchmarks import benchmark_client_ids, build_benchmark
 from fedvl.data.lazy import LazyClientData
 from fedvl.report.history import History
+from fedvl.schema import ConfigError
 from fedvl.transport.inprocess import build_federation, eval_client_ids, simulate
+
+
+def in_memory(data: LazyClientData) -> list[str]:
+    """The clients whose values ``data`` holds, least recently used first."""
+    return list(data._cache)
 
 
 def test_lazy_map_builds_on_first_use_and_evicts_the_least_recent():
@@ -15,7 +20,7 @@ def test_lazy_map_builds_on_first_use_and_evicts_the_least_recent():
     m = LazyClientData(["a", "b", "c"], lambda cid: made.append(cid) or cid.upper(), capacity=2)
     assert "c" in m and "z" not in m and made == []  # membership never builds
     assert [m["a"], m["b"], m["a"], m["c"]] == ["A", "B", "A", "C"]
-    assert made == ["a", "b", "c"] and m.in_memory() == ["a", "c"]  # b was least recently used
+    assert made == ["a", "b", "c"] and in_memory(m) == ["a", "c"]  # b was least recently used
     assert m["b"] == "B" and made[-1] == "b" and m.builds == 4
     assert list(m) == ["a", "b", "c"] and len(m) == 3 and m.get("z") is None
     with pytest.raises(KeyError):
@@ -50,6 +55,6 @@ def test_lazy_federation_matches_eager_data_and_bounds_memory(tiny_cfg, tmp_path
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     final = simulate(fed, run_dir, History(run_dir))
-    assert len(fed.train.in_memory()) <= 3 and len(fed.test.in_memory()) <= 3
+    assert len(in_memory(fed.train)) <= 3 and len(in_memory(fed.test)) <= 3
     assert sorted(final["eval"]) == sorted(eval_client_ids(fed)) and len(final["eval"]) == 2
     assert eval_client_ids(fed) == eval_client_ids(build_federation(cfg, status=lambda s: None))  # same set every time

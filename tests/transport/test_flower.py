@@ -71,7 +71,7 @@ def test_a_failing_client_is_dropped_and_too_few_stop_the_run(tiny_cfg, tmp_path
 
 
 def test_pooled_algorithms_cannot_be_federated(tiny_cfg):
-    from fedvl.config import ConfigError
+    from fedvl.schema import ConfigError
 
     with pytest.raises(ConfigError, match="pools every client's data"):
         tiny_cfg("algorithm.name=centralized", "run.runtime=flower-sim")
@@ -83,7 +83,7 @@ def test_ray_backend_without_ray_is_one_clear_line_and_inprocess_needs_no_ray(ti
     import importlib.util
     import sys
 
-    from fedvl.config import ConfigError
+    from fedvl.schema import ConfigError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ray" else real(n, *a))

@@ -3,9 +3,9 @@ step), the server never holds one client's update, and configurations it cannot 
 
 import pytest
 
-from fedvl.config import ConfigError
 from fedvl.experiment import run_experiment
 from fedvl.report.history import History
+from fedvl.schema import ConfigError
 
 SIM = ["run.runtime=flower-sim"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -105,6 +105,11 @@ class ServerRule:
     """Server half. The default samples ``fraction_fit`` of the clients and
     averages what travels (FedAvg). Not called ``Strategy``: Flower has one, and in the
     Flower runtime both are in play (Flower's carries messages, this one decides)."""
+
+    custom_aggregate: ClassVar[bool] = False
+    """True when the rule's :meth:`aggregate` is its own, not the configured mean below: options
+    that compute that mean another way (``run.secagg``'s secure sum) cannot stand in for it.
+    Every rule that overrides ``aggregate`` sets it."""
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg

@@ -9,6 +9,8 @@ from fedvl.algorithms.base import Algorithm, ClientUpdate, FitResult, ServerRule
 
 
 class NoAggregation(ServerRule):
+    custom_aggregate = True
+
     def aggregate(self, rnd: int, global_params: Params, results: list[FitResult]) -> Params:
         return global_params  # nothing travels, nothing to average
 

@@ -21,16 +21,10 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
 
 def task_kd_parts(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None,
                   kd_weight: float, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(loss, CE, KD) of :func:`task_kd_loss`: the parts as well, for an algorithm that reports them
-    (FedDAT's distillation curves). KD is None without a teacher."""
+    """(loss, CE, KD): loss = (1 - kd_weight)·CE(logits, y) + kd_weight·KD(logits <- teacher), with its
+    parts for an algorithm that reports them (FedDAT's distillation curves). No teacher: CE alone, KD None."""
     ce = F.cross_entropy(logits, labels)
     if teacher is None:
         return ce, ce, None
     kd = kd_loss(logits, teacher, temperature)
     return (1.0 - kd_weight) * ce + kd_weight * kd, ce, kd
-
-
-def task_kd_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None,
-                 kd_weight: float, temperature: float) -> torch.Tensor:
-    """(1 - kd_weight)·CE(logits, y) + kd_weight·KD(logits <- teacher); no teacher -> CE alone."""
-    return task_kd_parts(logits, labels, teacher, kd_weight, temperature)[0]

@@ -38,8 +38,9 @@ def add_parser(sub) -> None:
 
 
 def main(ns) -> int:
-    from fedvl.config import ConfigError, load_config
+    from fedvl.config import load_config
     from fedvl.experiment import run_comparison
+    from fedvl.schema import ConfigError
 
     path, overrides = split_args(ns.args)
     if ns.benchmark:

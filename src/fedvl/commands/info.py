@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
 
 
 def show_config(ns) -> int:
-    from fedvl.config import dump_config, load_config
+    from fedvl.config import load_config
+    from fedvl.schema import dump_config
 
     print(dump_config(load_config(*split_args(ns.args))), end="")
     return 0

@@ -44,8 +44,8 @@ def add_parser(sub) -> None:
 def main(ns) -> int:
     from pathlib import Path
 
-    from fedvl.config import ConfigError
-    from fedvl.deploy.launch import join
+    from fedvl.deploy.join import join
+    from fedvl.schema import ConfigError
 
     if not ns.root_certificates and not ns.insecure:
         raise ConfigError("give --root-certificates CA.pem (TLS) or --insecure")

@@ -68,17 +68,17 @@ def _pretrain_vl(ns) -> int:
     import torch
     from rich.console import Console
 
-    from fedvl.config import load_section
     from fedvl.io import atomic_write
     from fedvl.models.vlbase import VLPretrainConfig, pretrain_key, shipped_path
     from fedvl.models.vlpretrain import cached_base, pretrain
     from fedvl.report.progress import Progress
+    from fedvl.schema import load_section
 
     path, overrides = split_args(ns.args)
     cfg = load_section(VLPretrainConfig, path, overrides)
-    from fedvl.config import ConfigError
     from fedvl.engine.device import DeviceError, resolve_device
     from fedvl.runfolder import check_writable
+    from fedvl.schema import ConfigError
 
     outs = _out_files(ns, (".json", ".png"))
     check_writable(cfg.cache_dir, "cache_dir")
@@ -137,8 +137,8 @@ def _out_files(ns, reports: tuple[str, ...]) -> list | None:
     unasked."""
     from pathlib import Path
 
-    from fedvl.config import ConfigError
     from fedvl.runfolder import check_writable
+    from fedvl.schema import ConfigError
 
     if not ns.out:
         return None

@@ -41,7 +41,8 @@ def add_parser(sub) -> None:
 
 
 def main(ns) -> int:
-    from fedvl.config import ConfigError, load_config
+    from fedvl.config import load_config
+    from fedvl.schema import ConfigError
 
     if ns.resume:
         return _resume(ns)
@@ -122,7 +123,7 @@ def resumable(run_dir) -> bool:
     stop a resume."""
     import json
 
-    from fedvl.config import ConfigError
+    from fedvl.schema import ConfigError
 
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a fedvl results folder (no config.yaml)")
@@ -140,8 +141,9 @@ def _resume(ns) -> int:
     only where it runs may change (state is saved device-free, so a run moves between devices)."""
     from pathlib import Path
 
-    from fedvl.config import ConfigError, load_config
+    from fedvl.config import load_config
     from fedvl.models.backbones import ModelUnavailableError, check_available
+    from fedvl.schema import ConfigError
 
     moves = [a for a in ns.args if a.split("=", 1)[0] in ("run.device", "run.threads")]
     if len(moves) != len(ns.args) or ns.overwrite:

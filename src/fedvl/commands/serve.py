@@ -55,9 +55,10 @@ def add_parser(sub) -> None:
 def main(ns) -> int:
     from pathlib import Path
 
-    from fedvl.config import ConfigError, load_config
+    from fedvl.config import load_config
+    from fedvl.deploy.serve import TLS, serve
     from fedvl.experiment import run_dir_for
-    from fedvl.deploy.launch import TLS, serve
+    from fedvl.schema import ConfigError
 
     path, overrides = split_args(ns.args)
     if ns.resume:

@@ -1,7 +1,7 @@
 """Client data made on first use and kept in a bounded LRU.
 
 A federation of 1,000 clients of which 10 train per round should cost the
-memory of the few in use, not of all of them (issue 8, figure 5). The
+memory of the few in use, not of all of them (docs/performance.md, figure 5). The
 synthetic world makes any client's split from (config, seed, client) alone,
 and vision features are cached on disk, so an evicted client is rebuilt
 bit-for-bit when it is next sampled.
@@ -54,6 +54,3 @@ class LazyClientData(Mapping[str, V], Generic[V]):
 
     def __len__(self) -> int:
         return len(self._ids)
-
-    def in_memory(self) -> list[str]:
-        return list(self._cache)

@@ -8,7 +8,8 @@ a localhost deployment took about 12x the in-process run). So the ClientApp a de
 Context, to this worker over a Unix socket and returns the worker's reply. The worker runs the
 same ClientApp as the Flower simulation (:func:`fedvl.transport.flower.make_client_app`), so the
 model, the partition's data and the encoded features stay in memory from one round to the next;
-client-local state still goes to the node's state folder after every message, as before.
+client-local state still goes to the node's state folder after every message, so a worker that
+ends loses none of it.
 
 The socket and its key live in a private folder (mode 0700) that only the node's user can read;
 ``multiprocessing.connection`` authenticates every connection with that key (HMAC challenge), so

@@ -12,15 +12,11 @@ from pathlib import Path
 
 from fedvl.experiment import run_experiment
 from fedvl.report.history import write_json_atomic
-from fedvl.deploy.launch import die_with_parent
+from fedvl.deploy.names import CONFIG_KEY, DEPLOYMENT_FILE, RESULTS_KEY, RESUME_KEY, RUN_TOKEN_KEY
+from fedvl.deploy.process import die_with_parent
 
 # Flower's names come through fedvl.transport.flower, which sets Flower's environment before importing it
 from fedvl.transport.flower import (
-    CONFIG_KEY,
-    DEPLOYMENT_FILE,
-    RESULTS_KEY,
-    RESUME_KEY,
-    RUN_TOKEN_KEY,
     ConfigError,
     Context,
     FlowerRunError,
@@ -37,8 +33,8 @@ server_app = ServerApp()
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     # This process (Flower's flwr-serverapp) is its SuperExec's child in the SuperExec's own session, so
-    # stopping `fedvl serve`'s SuperLink does not reach it; one whose SuperExec died lived on, holding the
-    # results folder, and `serve --resume` could never take it. It now ends with its parent.
+    # stopping `fedvl serve`'s SuperLink does not reach it; one whose SuperExec died would live on, holding the
+    # results folder, and `serve --resume` could never take it. So it ends with its parent.
     die_with_parent()
     if os.getppid() == 1:  # the parent was gone before the line above
         raise SystemExit("fedvl: the SuperExec that started this ServerApp is gone")

@@ -7,7 +7,7 @@ still aggregating), and sleeps 3 s before it sees the evaluate message. Flower h
 either wait, so this entry point caps the sleeps of the SuperNode's message loop
 (``flwr.supernode.start_client_internal``, whose only sleeps are those three) at
 ``FEDVL_NODE_POLL_S`` seconds (``fedvl join --poll-s``) and then runs Flower's SuperNode
-unchanged. flwr is pinned to 1.42 in pyproject.toml; ``tests/deploy/test_deploy.py`` checks
+unchanged. flwr is pinned to 1.42 in pyproject.toml; ``tests/deploy/test_node_worker.py`` checks
 that the loop still sleeps where this expects, so a Flower upgrade that moves them fails a test
 instead of silently going back to 3 s.
 

@@ -294,7 +294,8 @@ class KTClient:
         candidates = None
         if use_kd or use_prompt:
             assert distill is not None
-            # soft labels alone: only the samples the quality filter kept (as before); prompt labels: all
+            # soft labels alone: only the samples the quality filter kept; prompt labels: all (the prompt's
+            # class is a label whatever the ensemble thinks of the sample)
             candidates = (distill.keep.nonzero().flatten() if not use_prompt and distill.keep is not None
                           else torch.arange(len(distill)))
             if not len(candidates):

@@ -1,5 +1,5 @@
 """Typed configuration of FedMMKT runs: the server generator (``t2i``) and the knowledge
-transfer federation (``fedmmkt``). Sections of :class:`fedvl.config.ExperimentConfig`;
+transfer federation (``fedmmkt``). Sections of :class:`fedvl.schema.ExperimentConfig`;
 the round count, seed, threads and output folder come from ``algorithm`` and ``run``."""
 
 from __future__ import annotations
@@ -78,12 +78,12 @@ class FedMMKTConfig:
     batch_size: int = 32
     local_epochs: int = 15
     """One step per epoch with 30 private images: at 5, local-only was still climbing up to 15 points per round at round 8
-    (issue 17), so comparisons measured how fast methods learn, not what they reach."""
+    so comparisons measured how fast methods learn, not what they reach."""
     kd_weight: float = 1.0
     kd_temperature: float = 3.0
     proto_weight: float = 0.0
     """Weight of the client's pull (mean squared error) of its features toward the global prototypes
-    (FedProto-style). 0 since issue 17, for simplicity: the evidence is mixed (with prompt labels at 5 epochs,
+    (FedProto-style). 0 for simplicity: the evidence is mixed (with prompt labels at 5 epochs,
     dropping the 0.5 pull gained at round 8 and lost over rounds 6-8; at 15 epochs a 0.1 pull gained on one
     development seed); docs/results.md "FedMMKT"."""
     filter_threshold: float = 0.0
@@ -93,12 +93,12 @@ class FedMMKTConfig:
     """Weight each client's vote by its confidence on the class it predicts (else a plain mean)."""
     align_weight: float = 0.1
     align_temperature: float = 0.1
-    # ---- how clients learn from the synthetic set (issue 17; each lever a switch, docs/results.md "FedMMKT")
+    # ---- how clients learn from the synthetic set (each lever a switch, docs/results.md "FedMMKT")
     prompt_weight: float = 1.0
     """Weight of cross-entropy on synthetic samples with their *prompt's* class as the label (the generator is
     class-conditioned, so the prompt is a label the server knows). 0 = the paper-style ensemble soft labels only
-    (``kd_weight``); both may be on. Issue-4 behaviour: prompt_weight=0, synthetic_bn=eval, synthetic_restyle=false,
-    proto_weight=0.5, feedback_top=1, local_epochs=5."""
+    (``kd_weight``); both may be on. The plain distillation client that docs/results.md "FedMMKT" starts from:
+    prompt_weight=0, synthetic_bn=eval, synthetic_restyle=false, proto_weight=0.5, feedback_top=1, local_epochs=5."""
     synthetic_batch: int = 32
     """Synthetic samples drawn per training step, beside each private batch (the synthetic share of a step)."""
     synthetic_ramp: int = 0

@@ -227,7 +227,8 @@ def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int =
 
     ``tasks``: one answer head per task (keys of ``world.TASKS``); the vqa head
     has ``num_answers`` classes, the others their task's label count. The vqa
-    head is created first, so a vqa-only model is initialised as before.
+    head is created first, so its initialisation does not depend on which other
+    heads the model has.
 
     New parameters (connector, head, adapters, LoRA, prompts) are initialised
     from ``seed``; pretrained ones are loaded strictly. ``roles`` are the adapter

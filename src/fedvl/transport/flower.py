@@ -38,8 +38,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedvl.algorithms import get_algorithm
 from fedvl.algorithms.aggregate import Params
-from fedvl.config import ConfigError, ExperimentConfig, dump_config, load_config_dict
+from fedvl.config import load_config_dict
 from fedvl.report.history import History
+from fedvl.schema import ConfigError, ExperimentConfig, dump_config
 from fedvl.transport import secagg
 from fedvl.finetune.federation import Federation, build_federation
 from fedvl.fedmmkt.exchange import KnowledgeNode
@@ -55,14 +56,7 @@ from fedvl.transport.wire import (  # noqa: F401  (from_record, to_record: read 
     scores_record,
     to_record,
 )
-
-CONFIG_KEY = "fedvl-config"  # run_config key: the experiment config as YAML text
-RESULTS_KEY = "results-dir"  # run_config key: where the ServerApp writes the results folder
-RESUME_KEY = "resume"  # run_config key: true when `fedvl serve --resume` continues the run in the results folder
-DEPLOYMENT_FILE = "deployment.json"  # in a deployed run's results folder: its run token
-RUN_TOKEN_KEY = "run-token"  # run_config key: names the run on every node, the same after `serve --resume`
-STATE_KEY = "state-dir"  # node_config key: where a node keeps its clients' local state
-DEVICE_KEY = "device"  # node_config key: the node's own run.device (`fedvl join --device cuda:1`)
+from fedvl.deploy.names import CONFIG_KEY, DEVICE_KEY, RUN_TOKEN_KEY, STATE_KEY
 
 
 class FlowerRunError(RuntimeError):

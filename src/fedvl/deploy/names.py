@@ -1,0 +1,14 @@
+"""The strings that tie ``fedvl serve`` and ``fedvl join`` to the Flower apps they start: the keys
+of the run config and of a node's config, and the file that holds a deployed run's token.
+
+They live apart from the apps (:mod:`fedvl.transport.flower`, :mod:`fedvl.deploy.server_app`),
+which import torch and Flower, so that ``fedvl join`` reads them without importing either.
+"""
+
+CONFIG_KEY = "fedvl-config"  # run_config key: the experiment config as YAML text
+RESULTS_KEY = "results-dir"  # run_config key: where the ServerApp writes the results folder
+RESUME_KEY = "resume"  # run_config key: true when `fedvl serve --resume` continues the run in the results folder
+DEPLOYMENT_FILE = "deployment.json"  # in a deployed run's results folder: its run token
+RUN_TOKEN_KEY = "run-token"  # run_config key: names the run on every node, the same after `serve --resume`
+STATE_KEY = "state-dir"  # node_config key: where a node keeps its clients' local state
+DEVICE_KEY = "device"  # node_config key: the node's own run.device (`fedvl join --device cuda:1`)

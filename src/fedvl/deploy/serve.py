@@ -1,0 +1,229 @@
+"""``fedvl serve`` on a real Flower deployment: a SuperLink and the fedvl ServerApp.
+
+``serve`` writes a Flower App folder by hand (no ``flwr new``, no hub), whose
+components are :mod:`fedvl.deploy.server_app` and whose run config carries the
+experiment config; points a private ``FLWR_HOME`` at the SuperLink; starts
+``flower-superlink``; submits the run with ``flwr run``; and stops everything it
+started when the run ends, fails or is interrupted. The ServerApp writes the
+same results folder as the in-process simulator.
+
+Node authentication (``serve --auth-keys DIR``, ``join --auth-key KEY``) is Flower's
+own: the SuperLink runs with ``--enable-supernode-auth`` (which Flower allows only
+with TLS), ``serve`` registers every public key in DIR with ``flwr supernode
+register`` before any node may join, and a SuperNode proves it holds the matching
+private key (:mod:`fedvl.deploy.join`); a node whose key was not registered is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedvl.runfolder import wait_until_free
+from fedvl.deploy.names import CONFIG_KEY, DEPLOYMENT_FILE, RESULTS_KEY, RESUME_KEY, RUN_TOKEN_KEY
+from fedvl.deploy.process import _bin, die_with_parent, flower_env, last_error, stop, wait_for_port
+from fedvl.schema import ConfigError, ExperimentConfig, dump_config
+
+RELEASE_WAIT_S = 60.0  # serve --resume: how long the previous ServerApp may take to let go of the results folder
+
+
+@dataclass
+class TLS:
+    """Certificates by path: the SuperLink's certificate and key, and the CA that signed it
+    (nodes and the ``flwr`` CLI verify the SuperLink against the CA)."""
+
+    certfile: Path
+    keyfile: Path
+    cafile: Path
+
+    def check(self) -> TLS:
+        for p in (self.certfile, self.keyfile, self.cafile):
+            if not Path(p).is_file():
+                raise ConfigError(f"TLS file not found: {p}")
+        return self
+
+
+def write_app(app_dir: Path, cfg: ExperimentConfig, run_dir: Path, token: str, resume: bool = False) -> None:
+    """A minimal Flower App: its components are fedvl's; nothing to install. ``token`` names the run on
+    every node (the same on ``--resume``, so the nodes find their clients' state again)."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    # json.dumps gives a valid TOML basic string for any YAML text
+    (app_dir / "pyproject.toml").write_text(f"""[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "fedvl-run"
+version = "1.0.0"
+description = "fedvl experiment on a Flower deployment"
+license = "MIT"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "fedvl"
+
+[tool.flwr.app.components]
+serverapp = "fedvl.deploy.server_app:server_app"
+clientapp = "fedvl.deploy.node_app:client_app"
+
+[tool.flwr.app.config]
+{CONFIG_KEY} = {json.dumps(dump_config(cfg))}
+{RESULTS_KEY} = {json.dumps(str(run_dir.resolve()))}
+{RUN_TOKEN_KEY} = {json.dumps(token)}
+{RESUME_KEY} = {json.dumps(resume)}
+""")
+
+
+def auth_public_keys(folder: Path) -> list[Path]:
+    """The node public keys of ``serve --auth-keys``: every ``*.pub`` file (OpenSSH format, an
+    elliptic-curve key on a NIST curve, e.g. ``ssh-keygen -t ecdsa -b 384``)."""
+    keys = sorted(Path(folder).glob("*.pub"))
+    if not keys:
+        raise ConfigError(f"--auth-keys {folder}: no *.pub public key files (make one per node with "
+                          "`ssh-keygen -t ecdsa -b 384 -N '' -f node0`)")
+    return keys
+
+
+def register_nodes(keys: list[Path], env: dict[str, str], cwd: Path, log=print) -> None:
+    """Register each allowed node's public key with the running SuperLink (Flower's control API)."""
+    for key in keys:
+        out = subprocess.run([_bin("flwr"), "supernode", "register", str(key.resolve()), "fedvl"], env=env, cwd=cwd,
+                             capture_output=True, text=True, timeout=120, check=False)
+        if out.returncode != 0:
+            detail = " ".join((out.stdout + out.stderr).split())[-300:]
+            raise ConfigError(f"the SuperLink refused the node key {key}: {detail}")
+    log(f"node authentication: {len(keys)} node key(s) registered; any other node is refused")
+
+
+def write_connection(home: Path, address: str, tls: TLS | None) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    security = f"root-certificates = {json.dumps(str(Path(tls.cafile).resolve()))}" if tls else "insecure = true"
+    (home / "config.toml").write_text(f"""[superlink]
+default = "fedvl"
+
+[superlink.fedvl]
+address = {json.dumps(address)}
+{security}
+""")
+
+
+def run_token(run_dir: Path) -> str:
+    """The token of the deployed run in ``run_dir`` (its ServerApp wrote it when the run began)."""
+    try:
+        return str(json.loads((run_dir / DEPLOYMENT_FILE).read_text())[RUN_TOKEN_KEY])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{run_dir} holds no deployed run to resume (no readable {DEPLOYMENT_FILE}; a run made "
+                          "by `fedvl run` resumes with `fedvl run --resume`)") from None
+
+
+def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS | None, log=print,
+          timeout: float | None = None, auth_keys: Path | None = None, resume: bool = False) -> int:
+    """Start a SuperLink, submit the experiment, wait for it, stop the SuperLink.
+    ``auth_keys``: a folder of node public keys; only those nodes may join (needs TLS).
+    ``resume``: continue the run in ``run_dir`` from its newest checkpoint (its nodes keep their
+    clients' state by the run's token). Returns 0 when the results folder says ``complete``."""
+    from fedvl.algorithms import get_algorithm
+
+    if get_algorithm(cfg.algorithm.name).pooled:
+        raise ConfigError(f"algorithm {cfg.algorithm.name} pools every client's data in one place; it has no "
+                          "federated deployment")
+    if tls:
+        tls.check()
+    if auth_keys is not None and tls is None:
+        raise ConfigError("--auth-keys needs TLS (Flower authenticates nodes only over TLS): give --ssl-certfile, "
+                          "--ssl-keyfile and --ssl-ca-certfile")
+    keys = auth_public_keys(auth_keys) if auth_keys is not None else []
+    token = run_token(run_dir) if resume else secrets.token_hex(8)
+    if resume:  # a server killed a moment ago: its SuperLink is still stopping the ServerApp that holds the folder
+        wait_until_free(run_dir, RELEASE_WAIT_S, log)
+    scratch = Path(tempfile.mkdtemp(prefix="fedvl-serve-"))
+    home, app = scratch / "flwr-home", scratch / "app"
+    write_app(app, cfg, run_dir, token, resume)
+    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    write_connection(home, f"{local}:{port}", tls)
+    env = flower_env(home)
+    link_cmd = [_bin("flower-superlink"), "--host", host, "--port", str(port)]
+    link_cmd += (["--ssl-certfile", str(tls.certfile), "--ssl-keyfile", str(tls.keyfile),
+                  "--ssl-ca-certfile", str(tls.cafile)] if tls else ["--insecure"])
+    link_cmd += ["--enable-supernode-auth"] if keys else []
+    link_log = open(scratch / "superlink.log", "w")
+    link = runner = None
+    try:
+        link = subprocess.Popen(link_cmd, env=env, stdout=link_log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent)
+        try:
+            wait_for_port(local, port, 60, link)
+        except (RuntimeError, TimeoutError) as e:  # e.g. a TLS file it cannot load: its own words, not just a code
+            link_log.flush()
+            raise RuntimeError(f"the SuperLink did not start ({e}): {last_error(scratch / 'superlink.log')} "
+                               f"(full log: {scratch / 'superlink.log'})") from None
+        if keys:
+            register_nodes(keys, env, scratch, log)
+        log(f"SuperLink listening on {host}:{port} ({'TLS' if tls else 'insecure: no TLS'}); "
+            f"on each client machine run: fedvl join --server {local}:{port} --partition i"
+            + (" --root-certificates CA.pem" if tls else " --insecure") + (" --auth-key NODE_KEY" if keys else ""))
+        runner = subprocess.Popen([_bin("flwr"), "run", str(app), "fedvl", "--stream"], env=env, cwd=scratch,
+                                  start_new_session=True, preexec_fn=die_with_parent)
+        runner.wait(timeout=timeout)
+    except BaseException:
+        stop(runner)
+        raise
+    finally:
+        stop(link)
+        link_log.close()
+        _settle_status(run_dir)
+    status = run_dir / "status.json"
+    record = json.loads(status.read_text()) if status.is_file() else {"state": "missing"}
+    state = record.get("state")
+    if state != "complete":
+        why = f": {record['error']}" if record.get("error") else ""
+        print(f"fedvl serve: error: the deployed run did not complete (status: {state}{why}); SuperLink log: "
+              f"{scratch / 'superlink.log'}", file=sys.stderr)
+        return 1
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+def _settle_status(run_dir: Path, wait_s: float = 20.0) -> None:
+    """A ServerApp stopped with its SuperLink (Ctrl-C or SIGTERM on ``serve``) may leave status
+    ``running``, or ``interrupted`` without a reason: once no process holds the run folder's lock,
+    say ``interrupted`` and why."""
+    from fedvl.report.history import set_status
+    from fedvl.runfolder import RunFolder, RunFolderError
+    from fedvl.rounds.checkpoint import resume_round
+
+    status = run_dir / "status.json"
+
+    def unexplained() -> bool:
+        # still `running`, or `interrupted` by the ServerApp itself (it ends with its SuperExec), which
+        # cannot know why: either way this process says why
+        rec = json.loads(status.read_text())
+        return rec.get("state") == "running" or (rec.get("state") == "interrupted" and "reason" not in rec)
+
+    try:
+        if not unexplained():
+            return
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            folder = RunFolder(run_dir).acquire(fresh=False)
+            break
+        except RunFolderError:  # the ServerApp still ends its run
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.5)
+    try:
+        if unexplained():
+            set_status(run_dir, "interrupted", reason="fedvl serve stopped before the run ended",
+                       resume_from_round=resume_round(run_dir))
+    finally:
+        folder.release()
