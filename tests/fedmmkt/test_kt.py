@@ -50,10 +50,10 @@ def test_kt_algorithm_runs_two_rounds(name, kt_cfg, tmp_path):
         assert not all(torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
 
 
-def test_what_travels_is_logits_and_prototypes_only(kt_cfg, tmp_path):
-    fed = build(kt_cfg(), tmp_path / "r", status=lambda s: None)
-    state = ServerState()
-    sent = []  # a list, not keyed by id(model): a freed client's model id may be reused by the next one
+def spy_reports(fed) -> list:
+    """Every report a client returns, with a copy of the weights of the model that made it (a list, not
+    keyed by ``id(model)``: a freed client's model id may be reused by the next client's)."""
+    sent = []
     orig = fed.client.report
 
     def spy(model, synthetic, labels, num_classes):
@@ -62,6 +62,13 @@ def test_what_travels_is_logits_and_prototypes_only(kt_cfg, tmp_path):
         return out
 
     fed.client.report = spy
+    return sent
+
+
+def test_what_travels_is_logits_and_prototypes_only(kt_cfg, tmp_path):
+    fed = build(kt_cfg(), tmp_path / "r", status=lambda s: None)
+    state = ServerState()
+    sent = spy_reports(fed)
     run_round(fed, 1, state)
     assert len(sent) == 3
     n_syn, classes = len(state.synthetic), len(fed.classes)
@@ -222,15 +229,7 @@ def test_under_fedmmkt_no_weight_and_no_private_image_leaves_a_client(kt_cfg, tm
     every private image, and the report's tensors are smaller than one image."""
     fed = build(kt_cfg("fedmmkt", *LEVERS), tmp_path / "r", status=lambda s: None)
     state = ServerState()
-    sent = []
-    orig = fed.client.report
-
-    def spy(model, synthetic, labels, num_classes):
-        out = orig(model, synthetic, labels, num_classes)
-        sent.append((out, {k: v.clone() for k, v in model.state_dict().items()}))
-        return out
-
-    fed.client.report = spy
+    sent = spy_reports(fed)
     for r in (1, 2):
         run_round(fed, r, state)
     assert len(sent) == 6
