@@ -73,7 +73,8 @@ def test_interrupted_comparison_resumes_a_half_done_run_from_its_checkpoint(tmp_
     import shutil
 
     from fedvl.experiment import run_comparison
-    from fedvl.report.history import History, set_status
+    from fedvl.report.history import History
+    from fedvl.runfolder import write_status
     from fedvl.rounds.checkpoint import checkpoint_dirs
 
     monkeypatch.chdir(tmp_path)
@@ -86,7 +87,7 @@ def test_interrupted_comparison_resumes_a_half_done_run_from_its_checkpoint(tmp_
     run = out / "local" / "seed0"
     final = History.read(run)[-1]["eval"]
     # as if killed during round 3: status running, newest checkpoint round 2
-    set_status(run, "running")
+    write_status(run, "running")
     shutil.rmtree(checkpoint_dirs(run)[0][1])
     capsys.readouterr()
     run_comparison(**args)

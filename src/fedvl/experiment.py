@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from fedvl.config import run_config_text
-from fedvl.report.history import History, set_status, write_json_atomic
+from fedvl.report.history import History, write_json_atomic
 from fedvl.rounds.checkpoint import resume_round
+from fedvl.runfolder import read_status, write_status
 from fedvl.schema import ConfigError, ExperimentConfig, dump_config
 
 
@@ -98,7 +99,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
         if not resume:  # config and data are valid: only now is the folder made (or an old run replaced)
             folder.acquire(fresh=True, overwrite=overwrite)
             (run_dir / "config.yaml").write_text(run_config_text(cfg))
-        set_status(run_dir, "running")
+        write_status(run_dir, "running")
     except BaseException:
         progress.close()
         folder.release(abandon=not resume)
@@ -130,7 +131,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
                               progress.first_step_unix, trackers)
     except KeyboardInterrupt:
         progress.close()
-        set_status(run_dir, "interrupted", resume_from_round=resume_round(run_dir))
+        write_status(run_dir, "interrupted", resume_from_round=resume_round(run_dir))
         if trackers is not None:
             trackers.finish(run_dir, ok=False)
         raise
@@ -147,7 +148,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
 def _mark_failed(run_dir: Path, e: BaseException) -> None:
     """Status ``failed`` with the reason; on a full or broken disk even that may not be written."""
     try:
-        set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}", resume_from_round=resume_round(run_dir))
+        write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}", resume_from_round=resume_round(run_dir))
     except OSError:
         pass
 
@@ -213,7 +214,7 @@ def _write_results(run_dir: Path, console, title: str, notes: list[str], summary
     console.print(f"results: {run_dir}")
     if trackers is not None:  # the summary and plots go to the trackers as artifacts
         trackers.finish(run_dir, ok=True)
-    set_status(run_dir, "complete", wall_s=summary["wall_s"])
+    write_status(run_dir, "complete", wall_s=summary["wall_s"])
     return summary
 
 
@@ -320,11 +321,11 @@ def _unfinished(run_dir: Path) -> str | None:
     """Why a comparison's run cannot be reused as it is (None: complete, with readable results)."""
     import json
 
-    try:
-        state = json.loads((run_dir / "status.json").read_text()).get("state")
-    except FileNotFoundError:
+    record = read_status(run_dir)
+    if record is None:
         return "not run yet"
-    except (OSError, ValueError, AttributeError):
+    state = record.get("state")
+    if state == "damaged":
         return "its status.json is damaged"
     if state != "complete":
         return f"status {state}"

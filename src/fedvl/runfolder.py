@@ -15,13 +15,43 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from fedvl.io import atomic_write
 from fedvl.schema import ConfigError
+
+STATUS = "status.json"
+"""A run folder's state (running, complete, failed, interrupted) and why; read and written by this
+module alone, so every command agrees on what a damaged or missing one means."""
+
+
+def write_status(run_dir: Path, state: str, **extra: Any) -> None:
+    text = json.dumps({"state": state, **extra}, indent=2, default=float)
+    atomic_write(Path(run_dir) / STATUS, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    """The run's status record; None when the folder has none; ``{"state": "damaged"}`` when it is not
+    a readable JSON object (a user's edit, a copy cut short): a state no run writes, so no caller
+    mistakes it for a finished or a live run."""
+    try:
+        record = json.loads((Path(run_dir) / STATUS).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"state": "damaged"}
+    return record if isinstance(record, dict) else {"state": "damaged"}
+
+
+def has_status(run_dir: Path) -> bool:
+    """Whether the folder is a fedvl run's (every run writes its status before anything else)."""
+    return (Path(run_dir) / STATUS).is_file()
 
 LOCK_NAME = ".lock"
 MIN_FREE_BYTES = 16 << 20
@@ -73,7 +103,7 @@ def check_free(path: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise RunFolderError(f"results folder {path} already exists; choose another run.name or pass --overwrite")
-    if not (path / "status.json").is_file():
+    if not has_status(path):
         raise RunFolderError(f"{path} is not a fedvl run folder (no status.json); --overwrite deletes only fedvl "
                              "runs: choose another run.name")
 

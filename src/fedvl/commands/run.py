@@ -79,6 +79,7 @@ def _run_and_report(cfg, run_dir, ns, resume: bool = False) -> int:
 
     from fedvl.experiment import resume_round, run_experiment
     from fedvl.models.backbones import ModelUnavailableError
+    from fedvl.runfolder import has_status
 
     try:
         run_experiment(cfg, run_dir, progress_enabled=not ns.quiet, resume=resume, overwrite=ns.overwrite,
@@ -88,7 +89,7 @@ def _run_and_report(cfg, run_dir, ns, resume: bool = False) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
-        if not (run_dir / "status.json").is_file():  # stopped before the run had a folder
+        if not has_status(run_dir):  # stopped before the run had a folder
             print(f"fedvl: interrupted by {signal.Signals(signum).name} before the run started", file=sys.stderr)
         else:
             print(f"fedvl: interrupted by {signal.Signals(signum).name}; status interrupted in {run_dir}; continue "
@@ -101,7 +102,7 @@ def _run_and_report(cfg, run_dir, ns, resume: bool = False) -> int:
     except Exception as e:
         if not _is_write_failure(e):
             raise
-        if not (run_dir / "status.json").is_file():  # before the run began (e.g. the feature cache): nothing to resume
+        if not has_status(run_dir):  # before the run began (e.g. the feature cache): nothing to resume
             print(f"fedvl: error: {one_line(str(e))}", file=sys.stderr)
             return EXIT_USAGE
         # the disk filled up or went read-only mid-run: the newest committed checkpoint is intact
@@ -121,16 +122,12 @@ def resumable(run_dir) -> bool:
     """``run --resume`` / ``serve --resume``: is there a run to continue in ``run_dir``? False (said
     here) when it is complete; a folder without a config is refused; a damaged status file does not
     stop a resume."""
-    import json
-
+    from fedvl.runfolder import read_status
     from fedvl.schema import ConfigError
 
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a fedvl results folder (no config.yaml)")
-    try:
-        state = json.loads((run_dir / "status.json").read_text()).get("state")
-    except (OSError, ValueError, AttributeError):
-        state = None
+    state = (read_status(run_dir) or {}).get("state")
     if state == "complete":
         print(f"fedvl: {run_dir} is already complete; nothing to resume")
     return state != "complete"

@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedvl.runfolder import wait_until_free
 from fedvl.deploy.names import CONFIG_KEY, DEPLOYMENT_FILE, RESULTS_KEY, RESUME_KEY, RUN_TOKEN_KEY
 from fedvl.deploy.process import _bin, die_with_parent, flower_env, last_error, stop, wait_for_port
+from fedvl.runfolder import read_status, wait_until_free
 from fedvl.schema import ConfigError, ExperimentConfig, dump_config
 
 RELEASE_WAIT_S = 60.0  # serve --resume: how long the previous ServerApp may take to let go of the results folder
@@ -179,8 +179,7 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
         stop(link)
         link_log.close()
         _settle_status(run_dir)
-    status = run_dir / "status.json"
-    record = json.loads(status.read_text()) if status.is_file() else {"state": "missing"}
+    record = read_status(run_dir) or {"state": "missing"}
     state = record.get("state")
     if state != "complete":
         why = f": {record['error']}" if record.get("error") else ""
@@ -195,22 +194,16 @@ def _settle_status(run_dir: Path, wait_s: float = 20.0) -> None:
     """A ServerApp stopped with its SuperLink (Ctrl-C or SIGTERM on ``serve``) may leave status
     ``running``, or ``interrupted`` without a reason: once no process holds the run folder's lock,
     say ``interrupted`` and why."""
-    from fedvl.report.history import set_status
-    from fedvl.runfolder import RunFolder, RunFolderError
     from fedvl.rounds.checkpoint import resume_round
-
-    status = run_dir / "status.json"
+    from fedvl.runfolder import RunFolder, RunFolderError, write_status
 
     def unexplained() -> bool:
         # still `running`, or `interrupted` by the ServerApp itself (it ends with its SuperExec), which
         # cannot know why: either way this process says why
-        rec = json.loads(status.read_text())
+        rec = read_status(run_dir) or {}
         return rec.get("state") == "running" or (rec.get("state") == "interrupted" and "reason" not in rec)
 
-    try:
-        if not unexplained():
-            return
-    except (OSError, ValueError):
+    if not unexplained():
         return
     deadline = time.monotonic() + wait_s
     while True:
@@ -223,7 +216,7 @@ def _settle_status(run_dir: Path, wait_s: float = 20.0) -> None:
             time.sleep(0.5)
     try:
         if unexplained():
-            set_status(run_dir, "interrupted", reason="fedvl serve stopped before the run ended",
-                       resume_from_round=resume_round(run_dir))
+            write_status(run_dir, "interrupted", reason="fedvl serve stopped before the run ended",
+                         resume_from_round=resume_round(run_dir))
     finally:
         folder.release()

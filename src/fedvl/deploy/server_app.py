@@ -6,14 +6,14 @@ process writes the whole results folder through :func:`fedvl.experiment.run_expe
 so this module sits above both the experiment and the Flower runtime.
 """
 
-import json
 import os
 from pathlib import Path
 
-from fedvl.experiment import run_experiment
-from fedvl.report.history import write_json_atomic
 from fedvl.deploy.names import CONFIG_KEY, DEPLOYMENT_FILE, RESULTS_KEY, RESUME_KEY, RUN_TOKEN_KEY
 from fedvl.deploy.process import die_with_parent
+from fedvl.experiment import run_experiment
+from fedvl.report.history import write_json_atomic
+from fedvl.runfolder import read_status
 
 # Flower's names come through fedvl.transport.flower, which sets Flower's environment before importing it
 from fedvl.transport.flower import (
@@ -59,11 +59,8 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _recorded(run_dir: Path, e: BaseException) -> bool:
-    try:
-        record = json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and record.get("state") == "failed" and str(e) in str(record.get("error"))
+    record = read_status(run_dir) or {}
+    return record.get("state") == "failed" and str(e) in str(record.get("error"))
 
 
 client_app = make_client_app()

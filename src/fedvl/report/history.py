@@ -82,7 +82,3 @@ def spans(rounds: list[int]) -> str:
             runs.append([x, x])
     text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
     return ("round " if len(rounds) == 1 else "rounds ") + text
-
-
-def set_status(run_dir: Path, state: str, **extra: Any) -> None:
-    write_json_atomic(run_dir / "status.json", {"state": state, **extra})
