@@ -609,3 +609,16 @@ def test_join_exits_by_itself_once_the_run_has_ended(world):
         if srv.poll() is None:
             srv.terminate()
             srv.wait(timeout=60)
+
+
+def test_status_is_read_one_way_missing_damaged_or_a_record(tmp_path):
+    """Every command reads status.json through runfolder: a missing one is None, one that is not a JSON
+    object reads as state "damaged" (never as a finished or a live run), a written one comes back."""
+    from fedvl.runfolder import has_status, read_status, write_status
+
+    assert read_status(tmp_path) is None and not has_status(tmp_path)
+    for garbage in ("{not json", "[1, 2]", "\xff"):
+        (tmp_path / "status.json").write_text(garbage)
+        assert read_status(tmp_path) == {"state": "damaged"}
+    write_status(tmp_path, "failed", error="x")
+    assert has_status(tmp_path) and read_status(tmp_path) == {"state": "failed", "error": "x"}
