@@ -22,7 +22,7 @@ from test_hostile import _processes_mentioning, fedvl, one_line
 
 from fedvl.deploy.process import flower_env, free_port, stop
 
-sys.path.insert(0, str(Path(__file__).parent / "runtime"))
+sys.path.insert(0, str(Path(__file__).parent / "deploy"))
 from test_deploy import _make_certs  # noqa: E402  (tests/deploy/test_deploy.py)
 
 
