@@ -25,8 +25,8 @@ def absences(record: dict[str, Any], rounds: list[dict[str, Any]] | None = None)
     rounds = list(rounds or [])
     if all(r.get("round") != record["round"] for r in rounds):
         rounds.append(record)
-    clients = list(client_rounds(rounds))
     reported = client_rounds(rounds)
+    clients = list(reported)
     lines = []
     for cid, missed in missed_rounds(rounds).items():
         line = f"{cid} missed {spans(missed)}"
