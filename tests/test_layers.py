@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
       "fedvl.engine", "fedvl.engine.device")),
     ("data and models", ("fedvl.data", "fedvl.fedmmkt.data", "fedvl.models", "fedvl.fedmmkt.task_models",
                          "fedvl.fedmmkt.generator")),
-    ("the training loop", ("fedvl.engine.loops",)),
+    ("the training loop", ("fedvl.engine.loops", "fedvl.engine.generate")),
     ("algorithms", ("fedvl.algorithms", "fedvl.fedmmkt.validate", "fedvl.fedmmkt.algorithms")),
     ("a whole config, checked against every subsystem", ("fedvl.config",)),
     ("the round, the families' halves, transports, results",

@@ -40,7 +40,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(msg)
     from fedvl.models.adapters import check_lora_targets
 
-    check_lora_targets("model.lora_targets", cfg.model.lora_targets, "clip" if cfg.model.name == "clip" else "bert")
+    if cfg.model.name == "hf-vlm":
+        _check_generative(cfg)
+    else:
+        check_lora_targets("model.lora_targets", cfg.model.lora_targets, "clip" if cfg.model.name == "clip" else "bert")
     for key, names in (("algorithm.also_travel", cfg.algorithm.also_travel),
                        ("algorithm.keep_local", cfg.algorithm.keep_local), ("run.trackers", cfg.run.trackers),
                        ("t2i.lora_targets", cfg.t2i.lora_targets)):
@@ -95,6 +98,25 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             "(every client has its own task and label space); use data.partition=natural"
         )
     return cfg
+
+
+def _check_generative(cfg: ExperimentConfig) -> None:
+    """model.name=hf-vlm: what a generative checkpoint can do (fedvl.models.vlm)."""
+    from fedvl.models.vlm import lora_targets
+
+    m = cfg.model
+    if not m.checkpoint:
+        raise ConfigError("model.name=hf-vlm needs model.checkpoint (a local checkpoint directory, or a repo id in "
+                          "the local Hugging Face cache)")
+    if m.peft not in ("lora", "adapter", "full", "bitfit", "layernorm"):
+        raise ConfigError(f"model.peft={m.peft} is not available with model.name=hf-vlm "
+                          "(lora, adapter, full, bitfit, layernorm): a generative model has no answer head")
+    lora_targets(m)
+    if len(set(m.lora_targets)) != len(m.lora_targets):
+        raise ConfigError(f"model.lora_targets names a layer twice: {','.join(m.lora_targets)}")
+    if cfg.data.benchmark == "task":
+        raise ConfigError("data.benchmark=task needs one answer head per task; use it with a classifier model "
+                          "(model.name=default, tiny, vilt, clip, blip)")
 
 
 def _check_devices(cfg: ExperimentConfig) -> None:

@@ -40,8 +40,8 @@ def round_seconds(cfg: ExperimentConfig) -> tuple[float, str] | None:
     from fedvl.algorithms import exchange_of
 
     sizes = _per_client_questions(cfg)
-    if sizes is None or exchange_of(cfg.algorithm.name) == "knowledge":
-        return None
+    if sizes is None or exchange_of(cfg.algorithm.name) == "knowledge" or cfg.model.name not in TRAIN_S_PER_SAMPLE:
+        return None  # (hf-vlm: the cost is the checkpoint's, unknown before it loads)
     n_train, n_test, img_train, img_test = sizes
     a, r = cfg.algorithm, cfg.run
     clients = len(cfg.data.clients) if cfg.data.benchmark == "real" else cfg.data.num_clients

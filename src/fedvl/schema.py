@@ -43,11 +43,13 @@ PeftMethod = Literal["adapter", "lora", "bitfit", "layernorm", "head", "full", "
 
 @dataclass
 class ModelConfig:
-    name: Literal["default", "tiny", "vilt", "clip", "blip"] = "default"
+    name: Literal["default", "tiny", "vilt", "clip", "blip", "hf-vlm"] = "default"
     """default: pretrained MiniLM-L6 + ImageNet MobileNetV2; tiny: random, same structure (tests);
-    vilt / clip / blip: a Hugging Face checkpoint (see ``checkpoint``)."""
+    vilt / clip / blip: a Hugging Face checkpoint (see ``checkpoint``); hf-vlm: a generative
+    image-text-to-text checkpoint (LLaVA, Qwen2-VL / Qwen2.5-VL, SmolVLM / Idefics3, Gemma 3, ...) in
+    ``checkpoint``: answers are generated and scored (docs/generative.md)."""
     checkpoint: str = ""
-    """vilt / clip / blip: a local checkpoint directory, or a hub repo id already in the local Hugging Face
+    """vilt / clip / blip / hf-vlm (required there): a local checkpoint directory, or a hub repo id already in the local Hugging Face
     cache (nothing is downloaded); empty -> dandelin/vilt-b32-finetuned-vqa, openai/clip-vit-base-patch32,
     Salesforce/blip-vqa-base."""
     peft: PeftMethod = "adapter"
@@ -71,6 +73,8 @@ class ModelConfig:
     train_connector: bool = False
     """With the vl base the connector belongs to the frozen foundation (as ViLT's embeddings in the paper):
     PEFT methods train their PEFT parameters and the answer head only, unless this is true."""
+    max_new_tokens: int = 16
+    """hf-vlm: the longest answer greedy decoding generates at evaluation, in tokens."""
     gradient_checkpointing: bool = False
     """Recompute the text / fusion encoder's layer activations in the backward pass instead of
     keeping them (less memory for ~one more forward pass; default, vilt, clip and blip)."""
@@ -80,6 +84,7 @@ class ModelConfig:
         "prompt_length": "1..512 (the text encoders hold 512 positions)",
         "max_text_len": "4..512 (the text encoders hold 512 positions)",
         "head_hidden": "1..65536 (the upper bound keeps the head within memory)",
+        "max_new_tokens": "1..4096",
     }
     """Each numeric option's range, checked on load (see ``_within``)."""
 

@@ -37,7 +37,7 @@ import torch
 from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, FitResult, ServerRule, register
 from fedvl.algorithms.losses import task_kd_parts
 from fedvl.data.features import EncodedSplit
-from fedvl.engine.loops import Batch, set_lr
+from fedvl.engine.loops import Batch, forward_logits, set_lr
 from fedvl.engine.loops import evaluate as evaluate_split
 from fedvl.models.params import param_group
 from fedvl.schema import ConfigError, check_ranges
@@ -86,7 +86,7 @@ class FedDATClient(ClientUpdate):
 
         def forward(batch: Batch, mix: dict[str, float], task: str) -> torch.Tensor:
             model.set_adapter_mix(mix)
-            return model(batch["input_ids"], batch["attention_mask"], batch["features"], task=task)
+            return forward_logits(model, batch, task)
 
         # The teacher pass (1) and the A_C pass (3) run the same encoder on the same input when the A_S step
         # (2) changes nothing the DAT pass reads: A_S is not in the DAT mix, and the head comes after the

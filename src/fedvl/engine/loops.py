@@ -140,12 +140,25 @@ def predict(model: torch.nn.Module, data: EncodedSplit, batch_size: int = 256, a
 
 def evaluate(model: torch.nn.Module, data: EncodedSplit, batch_size: int = 256,
              amp: Amp = FP32_CPU) -> dict[str, float]:
-    """Classification metrics, plus ``vqa_score`` on real VQA data (human answers known)."""
+    """Classification metrics, plus ``vqa_score`` on real VQA data (human answers known); for a generative
+    model, its greedy answers scored as text (fedvl.engine.generate)."""
+    if getattr(model, "generative", False):
+        from fedvl.engine.generate import evaluate_generative
+
+        return evaluate_generative(model, data, min(batch_size, 32), model.max_new_tokens, amp)
     logits = predict(model, data, batch_size, amp)
     metrics = classification_metrics(logits, data.labels)
     if data.score_idx is not None:
         metrics["vqa_score"] = vqa_score(logits, data.score_idx, data.score_val)
     return metrics
+
+
+def forward_logits(model: torch.nn.Module, batch: Batch, task: str = "vqa") -> torch.Tensor:
+    """The logits ``batch["labels"]`` are the targets of: a classifier's answer logits, or a generative
+    model's next-token logits at the answer tokens (fedvl.models.vlm). Every step calls the model here."""
+    if getattr(model, "generative", False):
+        return model.forward_batch(batch, task)
+    return model(batch["input_ids"], batch["attention_mask"], batch["features"], task=task)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -163,7 +176,7 @@ def cross_entropy_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     def step(batch: Batch, lr: float, task: str = "vqa") -> float:
         set_lr(optimizer, lr)
         with amp.autocast():
-            logits = model(batch["input_ids"], batch["attention_mask"], batch["features"], task=task)
+            logits = forward_logits(model, batch, task)
             loss = F.cross_entropy(logits.float(), batch["labels"])
         total = loss + extra_loss() if extra_loss is not None else loss
         optimizer.zero_grad(set_to_none=True)

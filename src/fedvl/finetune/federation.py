@@ -134,7 +134,14 @@ def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None
         # e.g. model.peft=head with keep_local=connector,head: a federated run that would send nothing
         raise ConfigError(f"nothing travels: every group model.peft={cfg.model.peft} trains stays on the client "
                           f"({', '.join(sorted(local_groups))}); use algorithm.name=local for that")
-    tokenizer = load_tokenizer(cfg.model)
+    if cfg.model.name == "hf-vlm":  # answers are generated: the checkpoint's processor renders each turn
+        from fedvl.data.vlm_encode import encode_real_generative, encode_split_generative
+
+        tokenizer = model.processor
+        enc_fn = partial(encode_real_generative, image_size=cfg.data.image_size) if cfg.data.benchmark == "real" \
+            else encode_split_generative
+    else:
+        tokenizer = load_tokenizer(cfg.model)
     enc = lambda split: enc_fn(split, model, tokenizer, cfg.model.max_text_len, cfg.run.cache_dir)  # noqa: E731
     keep = client_ids if only is None else [client_ids[i] for i in only if 0 <= i < len(client_ids)]
     train: Mapping[str, EncodedSplit]
@@ -150,7 +157,8 @@ def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None
         train = {c.client_id: enc(c.train) for c in built}
         test = {c.client_id: enc(c.test) for c in built}
         if algo.pooled:
-            train = {"pooled": EncodedSplit.concat(list(train.values()))}
+            parts = list(train.values())
+            train = {"pooled": type(parts[0]).concat(parts)}
     attackers = [] if cfg.attack.kind == "none" or algo.pooled else \
         choose_attackers(client_ids, cfg.attack.fraction, cfg.run.seed)
     return Federation(cfg, algo, model, algo.server(cfg), algo.client(cfg), train, test, trainable,

@@ -119,11 +119,34 @@ class MLPWithAdapters(nn.Module):
         return with_adapters(h, self.adapters, self._mix)
 
 
+class DecoderMLPWithAdapters(nn.Module):
+    """A decoder layer's MLP (LLaMA / Qwen / Gemma: gate, up, down projections) followed by adapters
+    on its output; the layer adds the residual (FedDAT's site: after the feed-forward block).
+
+    The original MLP's children are registered here under their own names (``gate_proj``, ...), so the
+    pretrained parameter names and peft's LoRA targets do not change, and its own ``forward`` runs
+    unchanged (whatever activation or gating the family uses).
+    """
+
+    def __init__(self, original: nn.Module, roles: list[str], reduction: int, mix: AdapterMix):
+        super().__init__()
+        for name, child in original.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "_original", original)  # not a submodule: its children are ours
+        self.adapters = nn.ModuleDict({r: BottleneckAdapter(original.down_proj.out_features, reduction)
+                                       for r in roles})
+        self._mix = mix
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return with_adapters(self._original(hidden_states), self.adapters, self._mix)
+
+
 # Where the FFN output lives in each layer family, and the block that replaces it.
 ADAPTER_SITES: dict[str, tuple[str, type[nn.Module]]] = {
     "bert": ("output", FFNOutputWithAdapters),  # BERT / MiniLM / BLIP text: dense -> dropout -> LayerNorm(+res)
     "vilt": ("output", ResidualFFNOutputWithAdapters),  # ViLT: dense -> dropout -> + res
     "clip": ("mlp", MLPWithAdapters),  # CLIP text: mlp, residual added by the layer
+    "decoder": ("mlp", DecoderMLPWithAdapters),  # generative VLMs' language models (fedvl.models.vlm)
 }
 
 

@@ -69,7 +69,7 @@ def check_available(cfg: ModelConfig) -> None:
             read_base(base_path(cfg))
         except BaseWeightsError as e:
             raise ModelUnavailableError(str(e)) from None
-    if cfg.name in ("vilt", "clip", "blip"):
+    if cfg.name in ("vilt", "clip", "blip", "hf-vlm"):
         from fedvl.models.hf import resolve_checkpoint
 
         resolve_checkpoint(cfg)
@@ -236,6 +236,12 @@ def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int =
     """
     order = sorted(tasks, key=list(TASKS).index)  # vqa first, whatever order the caller gives
     heads = {t: num_answers if t == "vqa" else len(TASKS[t]) for t in order}
+    if cfg.name == "hf-vlm":
+        from fedvl.models.vlm import build_vlm
+
+        model = build_vlm(cfg, seed, roles)
+        model.max_new_tokens = cfg.max_new_tokens
+        return model
     if cfg.name in ("vilt", "clip", "blip"):
         from fedvl.models.hf import build_hf_model
 

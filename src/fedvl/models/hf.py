@@ -53,6 +53,9 @@ def resolve_checkpoint(cfg: ModelConfig) -> Path:
     """The checkpoint directory: ``cfg.checkpoint`` as a local directory, or a repo id
     found in the local Hugging Face cache. Never downloads."""
 
+    if not cfg.checkpoint and cfg.name not in DEFAULT_CHECKPOINTS:
+        raise ModelUnavailableError(f"model.name={cfg.name} needs model.checkpoint (a local directory or a repo id "
+                                    "in the local Hugging Face cache)")
     ref = cfg.checkpoint or DEFAULT_CHECKPOINTS[cfg.name]
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -67,7 +70,7 @@ def resolve_checkpoint(cfg: ModelConfig) -> Path:
             return Path(snapshot_download(ref, local_files_only=True))
         except Exception:  # not in the cache (or the cache is unreadable): say how to get it below
             pass
-    repo = ref if _REPO_ID.match(ref) else DEFAULT_CHECKPOINTS[cfg.name]
+    repo = ref if _REPO_ID.match(ref) else DEFAULT_CHECKPOINTS.get(cfg.name, "<repo id>")
     raise ModelUnavailableError(
         f"model.name={cfg.name}: checkpoint {ref!r} is neither a local directory nor in the Hugging Face cache; "
         f"get it with `huggingface-cli download {repo} --local-dir <dir>` and set model.checkpoint=<dir>"

@@ -6,13 +6,17 @@ from typing import Any
 
 
 def _fmt(key: str, x: float | None) -> str:
-    """Scores in percent; losses as they are."""
+    """Scores in percent; losses and seconds as they are."""
     if x is None:
         return "-"
+    if key.endswith("seconds"):
+        return f"{x:.1f}"
     return f"{x:.3f}" if "loss" in key else f"{100 * x:.1f}"
 
 
 def _label(key: str) -> str:
+    if key.endswith("seconds"):
+        return key.replace("_seconds", " s")
     return key if "loss" in key else f"{key} %"
 
 

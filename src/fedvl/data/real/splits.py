@@ -9,12 +9,12 @@ evaluation over all its questions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from fedvl.data.real.answers import answer_scores, majority_answer
+from fedvl.data.real.answers import answer_scores, majority_answer, normalize_answer
 from fedvl.data.real.base import DOCS, DatasetError, Question
 
 
@@ -31,6 +31,8 @@ class RealSplit:
     score_val: np.ndarray  # (N, A) the VQA score each of those answers would get
     vocab: list[str]
     task: str = "vqa"
+    answers: list[list[str]] = field(default_factory=list)
+    """Per question, the normalised human answers (a generated answer is scored against all of them)."""
 
     def __len__(self) -> int:
         return len(self.questions)
@@ -65,4 +67,5 @@ def make_split(source: str, questions: list[Question], vocab: list[str], keep_un
         score_idx=score_idx,
         score_val=score_val,
         vocab=list(vocab),
+        answers=[[normalize_answer(a) for a in q.answers] for q, _ in kept],
     )
