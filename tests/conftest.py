@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,3 +70,26 @@ def tiny_vl_base(tmp_path_factory):
     cfg = VLPretrainConfig(model="tiny", image_size=64, corpus_images=8, held_out_images=4, captions_per_image=2,
                            steps=2, batch_size=4, threads=1, cache_dir=str(tmp_path_factory.mktemp("vlbase")))
     return pretrain(cfg, status=lambda s: None)[0]
+
+
+@pytest.fixture(scope="session")
+def vlm_checkpoint(tmp_path_factory):
+    """family -> a tiny generative VLM checkpoint directory (tests/vlm_fixtures.py), built once per session."""
+    from vlm_fixtures import build
+
+    made: dict[str, Path] = {}
+
+    def get(family: str = "llava") -> Path:
+        if family not in made:
+            made[family] = build(family, tmp_path_factory.mktemp(f"vlm-{family}"))
+        return made[family]
+
+    return get
+
+
+def vlm_overrides(checkpoint, tmp_path, *extra: str) -> list[str]:
+    """A tiny hf-vlm run: the TINY data on 32-pixel images, LoRA on the query and value projections."""
+    return ["model.name=hf-vlm", f"model.checkpoint={checkpoint}", "model.peft=lora", "model.max_new_tokens=6",
+            "data.train_images=12", "data.test_images=8", "data.image_size=32", "algorithm.rounds=2",
+            "algorithm.batch_size=8", "algorithm.lr=0.05", "run.threads=1",
+            f"run.output_dir={tmp_path / 'results'}", f"run.cache_dir={tmp_path / 'cache'}", *extra]
