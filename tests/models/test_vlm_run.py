@@ -89,3 +89,18 @@ def test_cli_runs_a_generative_model_and_refuses_bad_settings_in_one_line(vlm_ch
         r = _cli("run", *vlm_overrides(ck, tmp_path, bad), cwd=tmp_path)
         assert r.returncode == 2, (bad, r.stderr)
         assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
+
+
+def test_every_real_format_feeds_a_generative_model(vlm_checkpoint, real_root, tmp_path):
+    cfg = _cfg(vlm_checkpoint("qwen2_5_vl"), tmp_path, "data.benchmark=real", f"data.root={real_root}",
+               "data.clients=aqua,abstract,vizwiz,cocoqa,gqa,clove:attribute", "data.answer_vocab=3",
+               "algorithm.rounds=1")
+    fed = build_federation(cfg, status=lambda s: None)
+    assert len(fed.train) == 6
+    vizwiz = fed.test["c2-vizwiz"]
+    assert len(vizwiz) == 8 and all(len(h) >= 1 for h in vizwiz.answers)  # the human answers are kept
+    run = tmp_path / "run"
+    run.mkdir()
+    rec = simulate(fed, run, History(run))
+    for m in rec["eval"].values():
+        assert m["n"] == 8 and 0.0 <= m["vqa_score"] <= 1.0 and m["exact"] <= 1.0

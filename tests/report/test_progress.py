@@ -65,3 +65,14 @@ def test_pipe_and_quiet_keep_one_line_per_round(tiny_cfg, tmp_path):
         rounds = [line for line in out.splitlines() if line.startswith("round ")]
         assert len(rounds) == 2 and rounds[0].startswith("round   1: avg acc"), out
         assert "c0-photo (1/4)" not in out and "evaluating" not in out and "aggregating" not in out
+
+
+def test_a_generative_models_round_line_shows_its_generation_time():
+    out = io.StringIO()
+    p = Progress(Console(file=out, width=200), 1, enabled=False)
+    p.round_end({"round": 1, "avg": {"acc": 0.5, "bal_acc": 0.25}, "train_loss": 1.0, "time_s": 9.0,
+                 "eval": {"a": {"acc": 0.5, "gen_seconds": 2.0}, "b": {"acc": 0.5, "gen_seconds": 1.5}}})
+    p.round_end({"round": 2, "avg": {"acc": 0.5, "bal_acc": 0.25}, "train_loss": 1.0, "time_s": 9.0,
+                 "eval": {"a": {"acc": 0.5}}})
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("· 9.0s (generating answers 3.5s)") and "generating" not in lines[1]

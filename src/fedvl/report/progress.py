@@ -55,6 +55,9 @@ class Progress:
         avg = record["avg"]
         line = (f"round {record['round']:>3}: avg acc {100 * avg['acc']:.1f}% · bal acc "
                 f"{100 * avg['bal_acc']:.1f}% · train loss {record['train_loss']:.3f} · {record['time_s']:.1f}s")
+        gen = [m["gen_seconds"] for m in record.get("eval", {}).values() if "gen_seconds" in m]
+        if gen:  # a generative model's evaluation decodes every answer: often most of the round
+            line += f" (generating answers {sum(gen):.1f}s)"
         if record.get("rejected"):
             line += f" · rejected {len(record['rejected'])} update(s)"
         if self.live:
