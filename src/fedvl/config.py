@@ -40,6 +40,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(msg)
     from fedvl.models.adapters import check_lora_targets
 
+    if cfg.model.client_lora_ranks:
+        _check_client_ranks(cfg)
     if cfg.model.name == "hf-vlm":
         _check_generative(cfg)
     else:
@@ -98,6 +100,25 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             "(every client has its own task and label space); use data.partition=natural"
         )
     return cfg
+
+
+def _check_client_ranks(cfg: ExperimentConfig) -> None:
+    """model.client_lora_ranks: one rank per client, each within the model's rank, under a plain mean."""
+    ranks, m = cfg.model.client_lora_ranks, cfg.model
+    clients = len(cfg.data.clients) if cfg.data.benchmark == "real" else cfg.data.num_clients
+    problems = [
+        (m.peft == "lora", f"model.client_lora_ranks needs model.peft=lora, not {m.peft}"),
+        (len(ranks) == clients, f"model.client_lora_ranks gives {len(ranks)} ranks for {clients} clients; give one "
+                                "per client"),
+        (all(1 <= r <= m.lora_rank for r in ranks), f"model.client_lora_ranks must each be 1..model.lora_rank "
+                                                    f"({m.lora_rank}): the model holds the largest rank"),
+        (cfg.algorithm.aggregator == "mean" and not cfg.privacy.enabled and not cfg.run.secagg,
+         "model.client_lora_ranks aggregates each rank component over the clients that hold it: it needs "
+         "algorithm.aggregator=mean without privacy.enabled or run.secagg"),
+    ]
+    for ok, msg in problems:
+        if not ok:
+            raise ConfigError(msg)
 
 
 def _check_generative(cfg: ExperimentConfig) -> None:

@@ -58,6 +58,10 @@ class ModelConfig:
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])
+    client_lora_ranks: list[int] = field(default_factory=list)
+    """peft=lora: one LoRA rank per client, in client order, each <= lora_rank (sites with less GPU memory
+    train fewer rank components; aggregated by zero-padding, see fedvl.algorithms.hetlora); empty = every
+    client uses lora_rank."""
     prompt_length: int = 8
     """Soft-prompt vectors prepended to the tokens when peft=prompt (Lester et al. 2021)."""
     vision_tokens: Literal["multiscale", "s32", "s16"] = "multiscale"

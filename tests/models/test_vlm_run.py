@@ -84,7 +84,7 @@ def test_cli_runs_a_generative_model_and_refuses_bad_settings_in_one_line(vlm_ch
     for bad, words in [("model.checkpoint=", "needs model.checkpoint"),
                        (f"model.checkpoint={tmp_path / 'nowhere'}", "neither a local directory"),
                        ("model.peft=prompt", "not available with model.name=hf-vlm"),
-                       ("model.lora_targets=[q_proj,fc9]", "not a projection of a decoder layer"),
+                       ("model.lora_targets=q_proj,fc9", "not a projection of a decoder layer"),
                        ("model.max_new_tokens=0", "model.max_new_tokens")]:
         r = _cli("run", *vlm_overrides(ck, tmp_path, bad), cwd=tmp_path)
         assert r.returncode == 2, (bad, r.stderr)

@@ -137,6 +137,13 @@ class ServerRule:
             return global_params
         a, dp = self.cfg.algorithm, self.cfg.privacy
         updates = [r.params for r in results]
+        if self.cfg.model.client_lora_ranks:  # clients of different LoRA ranks (config allows the mean only)
+            from fedvl.algorithms.hetlora import rank_aware_mean
+
+            top = self.cfg.model.lora_rank
+            ranks = [min(max(int(r.metrics.get("lora_rank", top)), 1), top) for r in results]
+            weights = [float(r.num_examples) if a.aggregation == "weighted" else 1.0 for r in results]
+            return rank_aware_mean(updates, ranks, weights)
         if dp.enabled:
             # noise from (seed, round): the same in every runtime and after a resume
             gen = torch.Generator().manual_seed(derived_seed(self.cfg.run.seed, "dp-noise", rnd))

@@ -9,6 +9,7 @@ transport shares.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import torch
 from fedvl.algorithms.aggregate import Params, UpdateRejected, global_norm, validate_update
 from fedvl.algorithms.attacks import attack_update
 from fedvl.algorithms.base import ClientContext, FitResult
+from fedvl.algorithms.hetlora import client_rank, limited_rank
 from fedvl.models.params import get_params, set_params
 from fedvl.rounds.checkpoint import commit_round, latest_checkpoint
 from fedvl.finetune.federation import Federation, to_wire, transport_dtype
@@ -48,7 +50,11 @@ def client_fit(fed: Federation, store: ClientStateStore, cid: str, rnd: int, glo
     torch.manual_seed(derived_seed(cfg.run.seed, "torch", rnd, cid))  # dropout masks
     ctx = ClientContext(cid, fed.model, fed.train[cid], cfg, rnd, global_params, fed.travel,
                         fed.trainable, gen, on_step, fed.amp)
-    res = fed.client.fit(ctx)
+    rank = client_rank(cfg, fed.client_ids, cid)
+    with limited_rank(fed.model, fed.trainable, rank) if rank else contextlib.nullcontext():
+        res = fed.client.fit(ctx)
+    if rank:
+        res.metrics["lora_rank"] = float(rank)  # the server averages each rank component over its holders
     store.save(cid, get_params(fed.model, fed.local))
     if cid in fed.attackers and fed.travel:
         # the attacker trains honestly, then sends a poisoned update instead (experiments only)
@@ -65,7 +71,9 @@ def client_evaluate(fed: Federation, store: ClientStateStore, cid: str, global_p
     load_client(fed, store, "pooled" if fed.algo.pooled else cid, global_params)
     ctx = ClientContext(cid, fed.model, fed.test[cid], fed.cfg, 0, global_params, fed.travel, fed.trainable,
                         torch.Generator(), amp=fed.amp)
-    return fed.client.evaluate(ctx, fed.test[cid])
+    rank = None if fed.algo.pooled else client_rank(fed.cfg, fed.client_ids, cid)
+    with limited_rank(fed.model, fed.trainable, rank) if rank else contextlib.nullcontext():
+        return fed.client.evaluate(ctx, fed.test[cid])
 
 
 def sample_round(fed: Federation, rnd: int) -> list[str]:
