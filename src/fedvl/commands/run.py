@@ -18,6 +18,8 @@ Override any key with key=value, e.g.:
   fedvl run algorithm.name=local algorithm.rounds=5
   fedvl run configs/fedavg-adapter-domain.yaml model.peft=lora run.seed=1
   fedvl run model.name=tiny data.train_images=20          (seconds, for a smoke test)
+  fedvl run model.name=hf-vlm model.checkpoint=DIR model.peft=lora
+                                  (a generative VLM: LLaVA, Qwen-VL, SmolVLM, Gemma 3; docs/generative.md)
 
 A run commits a checkpoint after every round; `fedvl run --resume RESULTS_DIR`
 continues a killed run from its last complete round with the folder's config.
