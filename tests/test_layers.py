@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("the round, the families' halves, transports, results",
      ("fedvl.rounds", "fedvl.finetune", "fedvl.fedmmkt.exchange", "fedvl.fedmmkt.federation", "fedvl.transport",
       "fedvl.deploy", "fedvl.report", "fedvl.runfolder", "fedvl.fedmmkt.experiment")),
-    ("entry points", ("fedvl.experiment", "fedvl.estimate", "fedvl.deploy.server_app", "fedvl.commands",
+    ("entry points", ("fedvl.experiment", "fedvl.sweep", "fedvl.estimate", "fedvl.deploy.server_app", "fedvl.commands",
                       "fedvl.cli", "fedvl.__main__")),
 ]
 

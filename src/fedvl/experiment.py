@@ -170,6 +170,8 @@ def _finish_rounds(cfg: ExperimentConfig, fed, run_dir: Path, console, history: 
         f"aggregation: {cfg.algorithm.aggregation}, rule {cfg.algorithm.aggregator}"
         + (f" (update clip {cfg.algorithm.clip_update_norm:g})" if cfg.algorithm.clip_update_norm > 0 else "")
         + (" (update clip: round median norm)" if cfg.algorithm.clip_to_median else "")
+        + (f"; server optimizer {cfg.algorithm.server_opt} (server_lr {cfg.algorithm.server_lr:g})"
+           if cfg.algorithm.server_opt != "none" and fed.travel and not fed.algo.pooled else "")
         + "; average = unweighted mean over clients",
         f"wall time {wall:.1f}s (setup {setup_s:.1f}s); seed {cfg.run.seed}",
     ]
@@ -292,29 +294,46 @@ def _check_methods(methods: list[str], seeds: list[int]) -> None:
                           "are not comparable; compare each family on its own")
 
 
-def _check_settings(out_dir: Path, settings: dict[str, dict[str, Any]], overwrite: bool) -> None:
+def _sweep_text(sweep: list) -> str:
+    return "with " + " ".join(f"--sweep {k}={','.join(v)}" for k, v in sweep) if sweep else "without --sweep"
+
+
+def _check_settings(out_dir: Path, settings: dict[str, dict[str, Any]], overwrite: bool,
+                    sweep: list[tuple[str, list[str]]] = ()) -> None:
     """Refuse to mix a comparison folder's runs with runs of other settings; record this one's.
-    A method run before with the same settings is reused; a method new to the folder is added."""
+    A method run before with the same settings is reused; a method new to the folder is added.
+    ``settings`` is keyed by each method's folder (``<point>/<method>`` in a sweep), and the folder
+    records its ``--sweep``: another sweep is refused too. An option added to fedvl since a method
+    ran counts with its default (as in :func:`_same_config`)."""
     import json
 
     path = out_dir / SETTINGS_FILE
     try:
-        recorded = json.loads(path.read_text())["methods"] if path.is_file() and not overwrite else {}
-        if not isinstance(recorded, dict):
+        data = json.loads(path.read_text()) if path.is_file() and not overwrite else {"methods": {}}
+        recorded, old_sweep = data["methods"], data.get("sweep", [])
+        if not isinstance(recorded, dict) or not isinstance(old_sweep, list):
             raise TypeError
-    except (ValueError, KeyError, TypeError, OSError):
+    except (ValueError, KeyError, TypeError, OSError, AttributeError):
         raise ConfigError(f"{path} is damaged: pass --overwrite to start the comparison afresh, or choose "
                           "another --name") from None
+    new_sweep = [[k, list(v)] for k, v in sweep]
+    if recorded and old_sweep != new_sweep:
+        raise ConfigError(f"comparison {out_dir} ran {_sweep_text(old_sweep)}, not {_sweep_text(new_sweep)}: pass "
+                          "--overwrite to start it afresh, or choose another --name")
+    defaults = {f"{sec}.{k}": v for sec, keys in ExperimentConfig().to_dict().items() for k, v in keys.items()}
     for m, new in settings.items():
         old = recorded.get(m)
-        if old is None or old == new:
+        if old is None:
+            continue
+        old = {**{k: defaults[k] for k in new if k not in old and k in defaults}, **old}
+        if old == new:
             continue
         key = next(k for k in [*old, *new] if old.get(k, "<unset>") != new.get(k, "<unset>"))
         raise ConfigError(f"comparison {out_dir} ran {m} with {key}={json.dumps(old.get(key, '<unset>'))}, not "
                           f"{json.dumps(new.get(key, '<unset>'))}: pass --overwrite to start it afresh, or choose "
                           "another --name")
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"methods": {**recorded, **settings}})
+    write_json_atomic(path, {"methods": {**recorded, **settings}, **({"sweep": new_sweep} if new_sweep else {})})
 
 
 def _unfinished(run_dir: Path) -> str | None:
@@ -340,13 +359,17 @@ def _unfinished(run_dir: Path) -> str | None:
 
 
 def run_comparison(config_path: str | None, overrides: list[str], methods: list[str], seeds: list[int],
-                   name: str, console=None, progress_enabled: bool = True, overwrite: bool = False) -> Path:
+                   name: str, console=None, progress_enabled: bool = True, overwrite: bool = False,
+                   sweep: list[tuple[str, list[str]]] | None = None) -> Path:
     """Run every (method, seed) on the same clients and write the paper-style table.
 
     Finished runs (status ``complete``) are reused and a stopped run continues
     from its last checkpoint, so an interrupted comparison resumes where it stopped.
     The folder records each method's settings (``compare-settings.json``): rerunning it with
     other settings is refused, unless ``overwrite``, which runs every (method, seed) afresh.
+    ``sweep`` (:func:`fedvl.sweep.parse_sweep`): every grid point runs every method and seed in
+    its own folder, ``<point>/<method>/seed<N>``. Every comparison ends with its accuracy vs
+    communication frontier (``frontier.md`` / ``.json`` / ``.png``).
     """
     import json
 
@@ -354,33 +377,38 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
 
     from fedvl.config import load_config
     from fedvl.report.compare import absence_notes, comparison_rows, load_runs, markdown_table, plot_average
+    from fedvl.sweep import grid, point_names
 
     console = console or Console()
+    sweep = sweep or []
     _check_methods(methods, seeds)
-    configs: dict[str, list[tuple[ExperimentConfig, Path]]] = {}
+    points = list(zip(point_names(sweep), grid(sweep)))  # without a sweep: one point, the folder itself
+    configs: dict[str, list[tuple[ExperimentConfig, Path]]] = {}  # keyed by each method's folder
     settings: dict[str, dict[str, Any]] = {}
-    for m in methods:  # validate everything before running anything
-        algo, peft = parse_method(m)
-        extra = [f"algorithm.name={algo}"] + ([f"model.peft={peft}"] if peft else [])
-        configs[m] = []
-        for s in seeds:
-            cfg = load_config(config_path, overrides + extra + [f"run.seed={s}"])
-            out = Path(cfg.run.output_dir) / name
-            cfg.run.output_dir, cfg.run.name = str(out), f"{m}/seed{s}"
-            configs[m].append((cfg, out / m / f"seed{s}"))
-        settings[m] = _settings(configs[m][0][0])
-        same = next((o for o in settings if o != m and settings[o] == settings[m]), None)
-        if same is not None:
-            raise ConfigError(f"--algorithms: {same} and {m} are the same run with this config; name it once")
-    out_dir = Path(configs[methods[0]][0][0].run.output_dir)
+    for point, point_overrides in points:  # validate everything before running anything
+        for m in methods:
+            algo, peft = parse_method(m)
+            extra = [f"algorithm.name={algo}"] + ([f"model.peft={peft}"] if peft else [])
+            group = f"{point}/{m}" if point else m
+            configs[group] = []
+            for s in seeds:
+                cfg = load_config(config_path, overrides + point_overrides + extra + [f"run.seed={s}"])
+                out = Path(cfg.run.output_dir) / name
+                cfg.run.output_dir, cfg.run.name = str(out), f"{group}/seed{s}"
+                configs[group].append((cfg, out / group / f"seed{s}"))
+            settings[group] = _settings(configs[group][0][0])
+            same = next((o for o in settings if o != group and settings[o] == settings[group]), None)
+            if same is not None:
+                raise ConfigError(f"--algorithms: {same} and {group} are the same run with this config; name it once")
+    out_dir = Path(next(iter(configs.values()))[0][0].run.output_dir)
     from fedvl.runfolder import check_writable
 
     check_writable(out_dir, "run.output_dir")
-    _check_settings(out_dir, settings, overwrite)
+    _check_settings(out_dir, settings, overwrite, sweep)
     # seed-major order: an interrupted comparison leaves whole seeds of every method, not all
     # seeds of the first methods only
     for i in range(len(seeds)):
-        for m in methods:
+        for m in configs:  # (in a sweep, "m" is "<point>/<method>")
             cfg, run_dir = configs[m][i]
             why = _unfinished(run_dir)
             if why is None and not overwrite:
@@ -401,24 +429,55 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
             run_experiment(cfg, run_dir, console=console, progress_enabled=progress_enabled, resume=resume,
                            overwrite=True)  # a stale run of this comparison (a fedvl run) is replaced
     runs = load_runs({m: [d for _, d in items] for m, items in configs.items()})
-    first = configs[methods[0]][0][0]
+    first = next(iter(configs.values()))[0][0]
     from fedvl.algorithms import exchange_of
 
     bench = "FedMMKT" if exchange_of(first.algorithm.name) == "knowledge" else f"{first.data.benchmark} benchmark"
     title = f"{bench} · {len(seeds)} seed(s)"
-    rows = {metric: comparison_rows(runs, metric) for metric in ("acc", "bal_acc")}
-    parts = [f"# Comparison: {title}", ""]
-    for metric, metric_rows in rows.items():
-        parts += [f"## {metric}", "", markdown_table(metric_rows, metric)]
+    parts, tables = [f"# Comparison: {title}", ""], {}
+    for point, point_overrides in points:  # a sweep: one pair of tables per grid point
+        point_runs = {m: runs[f"{point}/{m}" if point else m] for m in methods}
+        rows = {metric: comparison_rows(point_runs, metric) for metric in ("acc", "bal_acc")}
+        if point:
+            parts += [f"## {' '.join(point_overrides)}", ""]
+        for metric, metric_rows in rows.items():
+            parts += [f"##{'#' if point else ''} {metric}", "", markdown_table(metric_rows, metric)]
+        tables[point] = {r["method"]: r for r in rows["acc"]}
     absent = absence_notes(runs)
     if absent:  # a client that left and came back, or left for good, is part of the result
         parts += ["Clients missing from evaluated rounds (averages are over the clients present):", "",
                   *(f"- {line}" for line in absent), ""]
-    parts.append(f"Aggregation: {first.algorithm.aggregation}. Rounds: {first.algorithm.rounds}. "
-                 f"Command config: {config_path or 'embedded default'} {' '.join(overrides)}\n")
+    rounds = "per grid point" if any(k == "algorithm.rounds" for k, _ in sweep) else first.algorithm.rounds
+    parts.append(f"Aggregation: {first.algorithm.aggregation}. Rounds: {rounds}. "
+                 f"Command config: {config_path or 'embedded default'} {' '.join(overrides)}"
+                 + (f", {_sweep_text(sweep)} (the sweep's values win)" if sweep else "") + "\n")
     (out_dir / "compare.md").write_text("\n".join(parts))
-    (out_dir / "compare.json").write_text(json.dumps({r["method"]: r for r in rows["acc"]}, indent=2))
-    plot_average(runs, out_dir / "compare.png", title)
+    # without a sweep {method: row}, as always; with one {point: {method: row}}
+    (out_dir / "compare.json").write_text(json.dumps(tables if sweep else tables[""], indent=2))
+    plot_average({m.replace("/", " · ") if sweep else m: r for m, r in runs.items()}, out_dir / "compare.png", title)
     console.print("\n".join(parts))
-    console.print(f"comparison: {out_dir / 'compare.md'}")
+    _write_frontier(out_dir, points, methods, configs, runs, sweep, title)
+    console.print(f"comparison: {out_dir / 'compare.md'}; accuracy vs communication: {out_dir / 'frontier.md'}")
     return out_dir
+
+
+def _write_frontier(out_dir: Path, points: list[tuple[str, list[str]]], methods: list[str],
+                    configs: dict[str, list[tuple[ExperimentConfig, Path]]], runs: dict[str, list[dict[str, Any]]],
+                    sweep: list[tuple[str, list[str]]], title: str) -> None:
+    """frontier.json / frontier.md / frontier.png: every method at every grid point."""
+    from fedvl.report.frontier import write_frontier
+
+    def value(cfg: ExperimentConfig, key: str) -> Any:  # a swept option as the run read it (typed)
+        obj = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    groups = []
+    for point, _ in points:
+        for m in methods:
+            group = f"{point}/{m}" if point else m
+            groups.append({"method": m, "point": point, "runs": runs[group],
+                           "run_dirs": [d.relative_to(out_dir).as_posix() for _, d in configs[group]],
+                           "settings": {k: value(configs[group][0][0], k) for k, _ in sweep}})
+    write_frontier(out_dir, groups, sweep, title)

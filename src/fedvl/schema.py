@@ -210,6 +210,21 @@ class AlgorithmConfig:
     max_update_norm: float = 10.0
     """Validation: reject an update whose delta norm exceeds this many times the global parameters'
     norm (floored at 1); 0 = no norm check. Generous: honest deltas are a small fraction of it."""
+    server_opt: Literal["none", "fedavgm", "fedadam"] = "none"
+    """Parameter exchange only: the server's optimizer, which treats Δ = aggregate - global as a
+    pseudo-gradient (Reddi et al. 2021, https://arxiv.org/abs/2003.00295). none: the aggregate is the
+    new global model (FedAvg); fedavgm: server momentum, m = momentum·m + Δ, x += server_lr·m;
+    fedadam: x += server_lr·m / (sqrt(v) + server_tau) with Adam's moments of Δ. The pooled reference
+    (centralized) and local training have no server step and ignore it."""
+    server_lr: float = 1.0
+    """Server learning rate η (fedavgm, fedadam). FedAdam's step is about η per coordinate, so it wants
+    a far smaller η than FedAvgM (Reddi et al. tune it in 10^-3..10^0)."""
+    server_momentum: float = 0.9
+    """fedavgm: the momentum β; fedadam: β1, the decay of the first moment."""
+    server_beta2: float = 0.99
+    """fedadam: β2, the decay of the second moment."""
+    server_tau: float = 1e-3
+    """fedadam: τ, the adaptivity floor added to sqrt(v) (the second moment starts at τ²)."""
 
     RANGES: ClassVar[dict[str, str]] = {
         "rounds": "1..1000000", "fraction_fit": "(0, 1]", "local_epochs": ">= 0", "local_steps": ">= 0",
@@ -217,6 +232,7 @@ class AlgorithmConfig:
         "full_lr": ">= 0", "weight_decay": ">= 0", "prox_mu": ">= 0", "dat_weight": "[0, 1]",
         "kd_weight": "[0, 1]", "kd_temperature": "> 0", "trim_ratio": "[0, 0.5)", "krum_byzantine": ">= 0",
         "krum_select": ">= 1", "clip_update_norm": ">= 0", "max_update_norm": ">= 0",
+        "server_lr": "> 0", "server_momentum": "[0, 1)", "server_beta2": "[0, 1)", "server_tau": "> 0",
     }
     OWNED: ClassVar[frozenset[str]] = frozenset({"prox_mu", "dat_weight", "kd_weight", "kd_temperature"})
     """Options of one algorithm, checked against their range by its own check only: a config shared

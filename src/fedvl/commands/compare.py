@@ -17,7 +17,14 @@ comparison resumes. The folder records each method's settings
 --overwrite, which runs every method and seed afresh. Methods must be of one
 family (parameter exchange, or the FedMMKT knowledge family), each named once.
 
+--sweep KEY=V1,V2,... (repeatable: several make a grid) runs every method and
+seed at every grid point, each point in its own folder (e.g. rounds-2+local_steps-5/).
+Every comparison also writes frontier.md / frontier.json / frontier.png: final
+average accuracy against the MB each client sent up and against rounds, one
+point per method and grid point, the Pareto-optimal ones marked.
+
   fedvl compare --benchmark domain --algorithms feddat,fedavg-adapter,fedavg-lora,local,centralized --seeds 0,1,2
+  fedvl compare --algorithms fedavg,fedavg-lora,local --sweep algorithm.rounds=4,8 --sweep algorithm.local_steps=5,10
 """
 
 
@@ -31,6 +38,9 @@ def add_parser(sub) -> None:
     cmp_.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     cmp_.add_argument("--benchmark", help="shortcut for data.benchmark=...")
     cmp_.add_argument("--name", help="folder under run.output_dir (default: compare-<benchmark>)")
+    cmp_.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                      help="run every method and seed at each of these values of a config key (repeatable: "
+                           "a grid); values are read as in key=value overrides")
     cmp_.add_argument("--overwrite", action="store_true",
                       help="run every method and seed afresh, also in a folder that ran other settings")
     cmp_.add_argument("--quiet", action="store_true", help="no live progress bars")
@@ -52,6 +62,9 @@ def main(ns) -> int:
     from fedvl.runfolder import check_name
 
     check_name(ns.name or "", "--name")  # one folder under run.output_dir, like run.name
+    from fedvl.sweep import parse_sweep
+
+    sweep = parse_sweep(ns.sweep)
     methods = [m for m in ns.methods.split(",") if m]
     if not methods or not seeds:
         raise ConfigError("--algorithms and --seeds must name at least one method and one seed")
@@ -61,5 +74,5 @@ def main(ns) -> int:
     knowledge = all(exchange_of(m) == "knowledge" for m in methods)
     bench = "fedmmkt" if knowledge else load_config(path, overrides).data.benchmark
     run_comparison(path, overrides, methods, seeds, ns.name or f"compare-{bench}",
-                   progress_enabled=not ns.quiet, overwrite=ns.overwrite)
+                   progress_enabled=not ns.quiet, overwrite=ns.overwrite, sweep=sweep)
     return 0

@@ -19,6 +19,9 @@ def validate_kt(cfg: ExperimentConfig, pools_data: bool = False) -> None:
          (f"algorithm {cfg.algorithm.name} pools every client's real data in one place (an upper reference); "
           "it runs in process or on Flower's simulation, not on a deployment")),
         (not cfg.run.secagg, f"run.secagg is for FedAvg-type algorithms on Flower, not {cfg.algorithm.name}"),
+        (cfg.algorithm.server_opt == "none",
+         f"algorithm.server_opt steps the global parameters of the parameter exchange; {cfg.algorithm.name} "
+         "exchanges knowledge, not parameters: leave algorithm.server_opt=none"),
         (len(k.domains) >= 1, "fedmmkt.domains must name at least one client domain"),
         (len(k.archs) == len(k.domains),
          f"fedmmkt.archs lists {len(k.archs)} architectures for {len(k.domains)} clients (fedmmkt.domains); "

@@ -24,6 +24,7 @@ from fedvl.algorithms.aggregate import Params, UpdateRejected, global_norm, vali
 from fedvl.algorithms.attacks import attack_update
 from fedvl.algorithms.base import ClientContext, FitResult
 from fedvl.algorithms.hetlora import client_rank, limited_rank
+from fedvl.algorithms.server_opt import server_optimizer
 from fedvl.models.params import get_params, set_params
 from fedvl.rounds.checkpoint import commit_round, latest_checkpoint
 from fedvl.finetune.federation import Federation, to_wire, transport_dtype
@@ -197,6 +198,8 @@ class ParameterServer:
         self.fed, self.store, self.run_dir, self.config_digest = fed, store, run_dir, config_digest
         self.rounds = fed.cfg.algorithm.rounds
         self.global_params = global_params if global_params is not None else get_params(fed.model, fed.travel)
+        # algorithm.server_opt: a step from the global model towards each round's aggregate
+        self.server_opt = server_optimizer(fed.cfg, fed.algo.pooled)
 
     def resume(self, history, warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> int:
         """Continue from the newest good checkpoint of ``run_dir`` (damaged ones are reported with
@@ -212,6 +215,8 @@ class ParameterServer:
         self.global_params = ckpt.global_params
         fed.server.load_state_dict(ckpt.strategy_state)
         torch.set_rng_state(ckpt.rng_state)
+        if self.server_opt is not None and not self.server_opt.load_state_tensors(ckpt.server_tensors, fed.travel):
+            warn(f"fedvl: warning: the checkpoint holds no {fed.cfg.algorithm.server_opt} state; it starts afresh")
         warn(f"fedvl: resuming from round {ckpt.round} of {fed.cfg.algorithm.rounds}")
         return ckpt.round + 1
 
@@ -224,10 +229,12 @@ class ParameterServer:
     def aggregate_fit(self, rnd: int, sampled: list[str], replies: Any, failed: dict[str, str],
                       progress) -> dict[str, Any]:
         if isinstance(replies, SecureSum):  # the transport aggregated already: the server sees the sum only
-            self.global_params, record = replies.params, replies.record
+            aggregate, record = replies.params, replies.record
         else:  # in sampling order, whatever order the transport delivered them in (float sums depend on it)
             replies = {cid: replies[cid] for cid in sampled if cid in replies}
-            self.global_params, record = server_aggregate(self.fed, rnd, self.global_params, replies)
+            aggregate, record = server_aggregate(self.fed, rnd, self.global_params, replies)
+        self.global_params = aggregate if self.server_opt is None else self.server_opt.step(self.global_params,
+                                                                                            aggregate)
         record["sampled"] = sampled
         if failed:
             record["dropped"] = failed
@@ -254,7 +261,8 @@ class ParameterServer:
             return
         commit_round(self.run_dir, rnd, self.global_params, self.store, history.rounds,
                      self.fed.server.state_dict(), self.fed.cfg.run.keep_checkpoints,
-                     config_digest=self.config_digest)
+                     config_digest=self.config_digest,
+                     server_tensors=self.server_opt.state_tensors() if self.server_opt is not None else None)
 
 
 class ParameterNode:

@@ -8,6 +8,8 @@ After every round the runtime commits ``checkpoints/round-NNNNN/``:
 * ``rng.safetensors``: torch's global RNG state (belt and braces: every draw
   is re-seeded from (seed, round, client), and clients build a fresh optimiser
   each round, so nothing else carries over between rounds);
+* ``server.safetensors`` (only with a server optimizer, ``algorithm.server_opt``): its
+  state, e.g. FedAdam's moments, which does carry over;
 * ``meta.json``: the round, the strategy's state, every round record so far
   (the content of metrics.jsonl), the SHA-256 of every file above and of the
   run's resolved config (a resume refuses an edited config.yaml).
@@ -25,7 +27,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,8 @@ class Checkpoint:
     history: list[dict[str, Any]]
     strategy_state: dict[str, Any]
     rng_state: torch.Tensor
+    server_tensors: Params = field(default_factory=dict)
+    """The server optimizer's state (empty: none was saved)."""
 
 
 def _fsync(path: Path) -> None:
@@ -72,8 +76,9 @@ def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
 
 def commit_round(run_dir: Path, rnd: int, global_params: Params, store: ClientStateStore,
                  history: list[dict[str, Any]], strategy_state: dict[str, Any], keep: int = 2,
-                 config_digest: str | None = None) -> Path:
-    """Write round ``rnd``'s checkpoint atomically and drop all but the ``keep`` newest."""
+                 config_digest: str | None = None, server_tensors: Params | None = None) -> Path:
+    """Write round ``rnd``'s checkpoint atomically and drop all but the ``keep`` newest.
+    ``server_tensors``: the server optimizer's state, if it has one."""
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"round-{rnd:05d}", root / f".tmp-round-{rnd:05d}"
     if tmp.exists():  # left by a run killed while writing
@@ -83,6 +88,9 @@ def commit_round(run_dir: Path, rnd: int, global_params: Params, store: ClientSt
     # through atomic_write for the file mode: safetensors alone creates 0600 files
     atomic_write(tmp / "global.safetensors", lambda f: save_file(glob, f))
     atomic_write(tmp / "rng.safetensors", lambda f: save_file({"torch": torch.get_rng_state()}, f))
+    if server_tensors:
+        state = {k: v.contiguous() for k, v in server_tensors.items()}
+        atomic_write(tmp / "server.safetensors", lambda f: save_file(state, f))
     store.export(tmp / "clients")
     files = {}
     for p in sorted(tmp.rglob("*.safetensors")):
@@ -120,6 +128,7 @@ def read_checkpoint(path: Path, travel: list[str] | None) -> Checkpoint:
     try:
         loaded = load_file(path / "global.safetensors")
         rng = load_file(path / "rng.safetensors")["torch"]
+        server = load_file(path / "server.safetensors") if "server.safetensors" in meta["files"] else {}
         for rel in meta["files"]:
             if rel.startswith("clients/"):
                 load_file(path / rel)
@@ -133,7 +142,8 @@ def read_checkpoint(path: Path, travel: list[str] | None) -> Checkpoint:
     if not isinstance(history, list) or len(history) != meta.get("round"):
         raise CheckpointDamaged("its round records do not match its round")
     # the runtime's own order (not the file's): key order decides e.g. the order DP noise is drawn in
-    return Checkpoint(meta["round"], path, {n: loaded[n] for n in travel}, history, meta.get("strategy") or {}, rng)
+    return Checkpoint(meta["round"], path, {n: loaded[n] for n in travel}, history, meta.get("strategy") or {}, rng,
+                      server)
 
 
 def latest_checkpoint(run_dir: Path, travel: list[str] | None, warn: Callable[[str], None]) -> Checkpoint | None:
