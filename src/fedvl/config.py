@@ -133,11 +133,32 @@ def _check_generative(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"model.peft={m.peft} is not available with model.name=hf-vlm "
                           "(lora, adapter, full, bitfit, layernorm): a generative model has no answer head")
     lora_targets(m)
+    if m.quantize == "4bit":
+        _check_qlora(cfg)
     if len(set(m.lora_targets)) != len(m.lora_targets):
         raise ConfigError(f"model.lora_targets names a layer twice: {','.join(m.lora_targets)}")
     if cfg.data.benchmark == "task":
         raise ConfigError("data.benchmark=task needs one answer head per task; use it with a classifier model "
                           "(model.name=default, tiny, vilt, clip, blip)")
+
+
+def _check_qlora(cfg: ExperimentConfig) -> None:
+    import importlib.util
+
+    from fedvl.engine.device import DeviceError, resolve_device
+
+    if cfg.model.peft != "lora":
+        raise ConfigError(f"model.quantize=4bit (QLoRA) trains LoRA on the 4-bit base: use model.peft=lora, "
+                          f"not {cfg.model.peft}")
+    try:
+        device = resolve_device(cfg.run.device)
+    except DeviceError as e:
+        raise ConfigError(str(e)) from None
+    if device.type != "cuda" and cfg.run.runtime != "flower-deploy":
+        raise ConfigError(f"model.quantize=4bit (QLoRA) needs a CUDA device (bitsandbytes' 4-bit kernels); "
+                          f"run.device={cfg.run.device} is {device.type} here: use model.quantize=none")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("model.quantize=4bit needs bitsandbytes: pip install 'fedvl[qlora]'")
 
 
 def _check_devices(cfg: ExperimentConfig) -> None:

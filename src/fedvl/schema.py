@@ -77,6 +77,10 @@ class ModelConfig:
     train_connector: bool = False
     """With the vl base the connector belongs to the frozen foundation (as ViLT's embeddings in the paper):
     PEFT methods train their PEFT parameters and the answer head only, unless this is true."""
+    quantize: Literal["none", "4bit"] = "none"
+    """hf-vlm: 4bit = QLoRA (Dettmers et al. 2023): the language model's weights stored in 4-bit NF4 with
+    double quantisation through bitsandbytes (`pip install 'fedvl[qlora]'`), computing in bf16, LoRA on
+    top (model.peft=lora); the vision tower, projector and LM head stay unquantised. CUDA only."""
     max_new_tokens: int = 16
     """hf-vlm: the longest answer greedy decoding generates at evaluation, in tokens."""
     gradient_checkpointing: bool = False

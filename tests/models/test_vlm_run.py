@@ -104,3 +104,27 @@ def test_every_real_format_feeds_a_generative_model(vlm_checkpoint, real_root, t
     rec = simulate(fed, run, History(run))
     for m in rec["eval"].values():
         assert m["n"] == 8 and 0.0 <= m["vqa_score"] <= 1.0 and m["exact"] <= 1.0
+
+
+def test_qlora_is_refused_on_the_cpu_in_one_line(vlm_checkpoint, tmp_path):
+    from fedvl.schema import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        _cfg(vlm_checkpoint("llava"), tmp_path, "model.quantize=4bit", "run.device=cpu")
+    with pytest.raises(ConfigError, match="use model.peft=lora"):
+        _cfg(vlm_checkpoint("llava"), tmp_path, "model.quantize=4bit", "model.peft=adapter")
+
+
+@pytest.mark.cuda
+def test_qlora_trains_lora_on_a_4bit_base(vlm_checkpoint, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    cfg = _cfg(vlm_checkpoint("llava"), tmp_path, "model.quantize=4bit", "run.device=cuda",
+               "model.lora_targets=q_proj,k_proj,v_proj,o_proj")
+    fed = build_federation(cfg, status=lambda s: None)
+    kinds = {type(m).__name__ for m in fed.model.language.modules()}
+    assert "Linear4bit" in kinds  # the language model's projections are 4-bit
+    assert all(".lora_" in n for n in fed.travel)
+    run = tmp_path / "run"
+    run.mkdir()
+    rec = simulate(fed, run, History(run))
+    assert all(m["n"] == 24 for m in rec["eval"].values())

@@ -222,7 +222,8 @@ def _text_tiny() -> nn.Module:
 
 
 def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int = 0,
-                roles: tuple[str, ...] = ("shared",), tasks: tuple[str, ...] = ("vqa",)) -> VisionLanguageModel:
+                roles: tuple[str, ...] = ("shared",), tasks: tuple[str, ...] = ("vqa",),
+                device: torch.device | None = None) -> VisionLanguageModel:
     """Build the model and attach the PEFT modules ``cfg.peft`` asks for.
 
     ``tasks``: one answer head per task (keys of ``world.TASKS``); the vqa head
@@ -239,7 +240,7 @@ def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int =
     if cfg.name == "hf-vlm":
         from fedvl.models.vlm import build_vlm
 
-        model = build_vlm(cfg, seed, roles)
+        model = build_vlm(cfg, seed, roles, device)
         model.max_new_tokens = cfg.max_new_tokens
         return model
     if cfg.name in ("vilt", "clip", "blip"):

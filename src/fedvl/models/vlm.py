@@ -228,9 +228,24 @@ def _digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def build_vlm(cfg: ModelConfig, seed: int, roles: tuple[str, ...]) -> GenerativeVLM:
+def _quantised(path: Path, device) -> dict:
+    """from_pretrained arguments for QLoRA: NF4 with double quantisation, bf16 compute (Dettmers et al.
+    2023, https://arxiv.org/abs/2305.14314), on ``device``; the vision side and the LM head unquantised
+    (the tower's output is cached and the projector may train; 4-bit logits lose the answer's margin)."""
+    from transformers import BitsAndBytesConfig
+
+    if device is None or torch.device(device).type != "cuda":
+        raise ConfigError("model.quantize=4bit (QLoRA) needs a CUDA device")
+    skip = ["vision_tower", "visual", "vision_model", "multi_modal_projector", "connector", "merger", "lm_head"]
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
+    return {"quantization_config": q, "device_map": {"": str(torch.device(device))}}
+
+
+def build_vlm(cfg: ModelConfig, seed: int, roles: tuple[str, ...], device=None) -> GenerativeVLM:
     """Load ``model.checkpoint`` and attach the PEFT modules ``model.peft`` asks for to its language model.
-    New modules (adapters, LoRA) are initialised from ``seed``."""
+    New modules (adapters, LoRA) are initialised from ``seed``; ``device``: where a 4-bit base is loaded
+    (``model.quantize=4bit``; otherwise the model is built on the CPU and moved by the caller)."""
     from transformers import AutoModelForImageTextToText
     from transformers.utils import logging as hf_logging
 
@@ -239,8 +254,10 @@ def build_vlm(cfg: ModelConfig, seed: int, roles: tuple[str, ...]) -> Generative
     path = resolve_checkpoint(cfg)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    extra = _quantised(path, device) if cfg.quantize == "4bit" else {}
     try:
-        hf = AutoModelForImageTextToText.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        hf = AutoModelForImageTextToText.from_pretrained(str(path), local_files_only=True, dtype=torch.float32,
+                                                         **extra)
     except (OSError, ValueError, KeyError) as e:
         raise ModelUnavailableError(f"model.checkpoint={cfg.checkpoint}: not a loadable image-text-to-text "
                                     f"checkpoint ({' '.join(str(e).split())[:200]})") from None
