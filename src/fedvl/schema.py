@@ -81,6 +81,9 @@ class ModelConfig:
     """hf-vlm: 4bit = QLoRA (Dettmers et al. 2023): the language model's weights stored in 4-bit NF4 with
     double quantisation through bitsandbytes (`pip install 'fedvl[qlora]'`), computing in bf16, LoRA on
     top (model.peft=lora); the vision tower, projector and LM head stay unquantised. CUDA only."""
+    answer_mode: Literal["generate", "rank"] = "generate"
+    """hf-vlm evaluation: generate = greedy decoding, the text scored; rank = the answer of the client's
+    label space whose assistant turn is most likely (cheaper for a small label space, never outside it)."""
     max_new_tokens: int = 16
     """hf-vlm: the longest answer greedy decoding generates at evaluation, in tokens."""
     gradient_checkpointing: bool = False

@@ -106,3 +106,25 @@ def test_decoder_adapters_keep_the_pretrained_names_and_start_as_identity(vlm_ch
     plain.eval()
     adapted.eval()
     assert torch.allclose(forward_logits(plain, b), forward_logits(adapted, b), atol=1e-6)  # up starts at zero
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
+def test_ranking_scores_exactly_the_answer_turns_training_puts_the_loss_on(family, vlm_checkpoint):
+    from fedvl.data.vlm_encode import answer_turns
+    from fedvl.engine.generate import rank_answers
+
+    model = build_vlm(ModelConfig(name="hf-vlm", checkpoint=str(vlm_checkpoint(family))), 0, ("shared",))
+    model.eval()
+    data = _data(model, n_rep=1)
+    turns = answer_turns(model.processor, VOCAB)
+    for row in range(4):  # the candidate of the true answer is the training sequence itself
+        assert torch.equal(turns[int(data.labels[row])], data.ids[row][int(data.prompt_len[row]):])
+    # the ranked answer has the highest summed log-likelihood, checked one candidate at a time
+    picked = rank_answers(model, data)
+    for row in range(4):
+        scores = []
+        for turn in turns:
+            b = data.candidates(row, [turn])
+            logp = torch.log_softmax(forward_logits(model, b), -1)
+            scores.append(logp.gather(1, b["labels"][:, None]).sum().item())
+        assert picked[row] == VOCAB[int(np.argmax(scores))]

@@ -14,7 +14,7 @@ from fedvl.report.history import History
 from fedvl.rounds.checkpoint import checkpoint_dirs
 from fedvl.transport.inprocess import build_federation, simulate
 
-ALGOS = ["fedavg", "fedprox", "local", "centralized", "feddat model.peft=adapter"]
+ALGOS = ["fedavg", "fedprox", "local", "centralized", "feddat model.peft=adapter", "fedavg model.answer_mode=rank"]
 
 
 def _cfg(ck, tmp_path, *extra):

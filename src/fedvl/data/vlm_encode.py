@@ -87,6 +87,27 @@ class GenerativeSplit:
             out["labels"] = ids[target]
         return out
 
+    def candidates(self, row: int, suffixes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Question ``row``'s prompt followed by each candidate answer turn, one sequence per candidate
+        (right-padded; ``target_mask`` marks each candidate's tokens): for ranking by likelihood."""
+        n = int(self.prompt_len[row])
+        prompt = self.ids[row][:n]
+        width = n + max(len(s) for s in suffixes)
+        k = len(suffixes)
+        ids = torch.full((k, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((k, width), dtype=torch.long)
+        target = torch.zeros((k, width), dtype=torch.bool)
+        extra = {key: torch.zeros((k, width), dtype=v[0].dtype) for key, v in self.text_extra.items()}
+        for c, s in enumerate(suffixes):
+            ids[c, :n], ids[c, n:n + len(s)] = prompt, s
+            mask[c, :n + len(s)] = 1
+            target[c, n:n + len(s)] = True
+            for key in extra:  # the answer turn is text: its token types are 0
+                extra[key][c, :n] = self.text_extra[key][row][:n]
+        images = self._images(torch.full((k,), row, dtype=torch.long))
+        return {"input_ids": ids, "attention_mask": mask, "target_mask": target, "labels": ids[target],
+                **{"text." + key: v for key, v in extra.items()}, **images}
+
     @staticmethod
     def concat(parts: list["GenerativeSplit"]) -> "GenerativeSplit":
         if len({p.task for p in parts}) != 1 or len({tuple(p.vocab) for p in parts}) != 1:
@@ -114,6 +135,17 @@ def _conversation(question, answer: str | None = None) -> list[dict]:
     if answer is not None:
         turns.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return turns
+
+
+def answer_turns(processor, answers: list[str]) -> list[torch.Tensor]:
+    """The tokens of each answer's assistant turn as the chat template renders it after the generation
+    prompt (the answer and the end of turn): what training puts the loss on."""
+    prompt = processor.apply_chat_template(_conversation("?"), add_generation_prompt=True, tokenize=False)
+    out = []
+    for a in answers:
+        full = processor.apply_chat_template(_conversation("?", a), tokenize=False)
+        out.append(torch.tensor(processor.tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]))
+    return out
 
 
 def _cut_question(tokenizer, question: str, max_len: int) -> str:

@@ -10,7 +10,10 @@ words, contractions: :func:`fedvl.data.real.answers.normalize_answer`) and then
   averaged; exact match with one answer per question);
 * ``bal_acc``: accuracy averaged over the answer classes present;
 * ``loss``: the answer tokens' cross-entropy under teacher forcing (what training minimises);
-* ``gen_seconds``: time spent generating.
+* ``gen_seconds``: time spent generating (or ranking).
+
+``model.answer_mode=rank`` picks each answer from the label space by likelihood instead of decoding
+(:func:`rank_answers`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,27 @@ def generate_answers(model, data, batch_size: int, max_new_tokens: int, amp: Amp
     return texts
 
 
+@torch.no_grad()
+def rank_answers(model, data, amp: Amp = FP32_CPU) -> list[str]:
+    """For every question, the answer of the label space whose assistant turn is most likely after its
+    prompt (sum of the turn's token log-probabilities, end of turn included, so "red" and "red car"
+    differ). One forward over (candidates, prompt + turn) per question: cheaper than generating when
+    the label space is small, and never an answer outside it."""
+    from fedvl.data.vlm_encode import answer_turns
+
+    turns = answer_turns(model.processor, data.vocab)
+    sizes = [len(t) for t in turns]
+    out = []
+    for row in range(len(data)):
+        b = to_device(data.candidates(row, turns), model.device)
+        with amp.autocast():
+            logp = torch.log_softmax(model.forward_batch(b).float(), -1)
+        per_token = logp.gather(1, b["labels"][:, None]).squeeze(1).cpu()
+        scores = torch.stack([s.sum() for s in per_token.split(sizes)])
+        out.append(data.vocab[int(scores.argmax())])
+    return out
+
+
 def _ids(value) -> list[int]:
     values = value if isinstance(value, (list, tuple)) else [value]
     return [v for v in values if isinstance(v, int)]
@@ -85,7 +109,10 @@ def evaluate_generative(model, data, batch_size: int, max_new_tokens: int, amp: 
     was = model.training
     model.eval()
     t0 = time.perf_counter()
-    texts = generate_answers(model, data, batch_size, max_new_tokens, amp)
+    if getattr(model, "answer_mode", "generate") == "rank":
+        texts = rank_answers(model, data, amp)
+    else:
+        texts = generate_answers(model, data, batch_size, max_new_tokens, amp)
     seconds = time.perf_counter() - t0
     metrics = score_answers(texts, data.labels.tolist(), data.vocab, data.answers)
     metrics["loss"] = answer_loss(model, data, batch_size, amp)

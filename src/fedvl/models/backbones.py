@@ -241,7 +241,7 @@ def build_model(cfg: ModelConfig, num_answers: int, image_size: int, seed: int =
         from fedvl.models.vlm import build_vlm
 
         model = build_vlm(cfg, seed, roles, device)
-        model.max_new_tokens = cfg.max_new_tokens
+        model.max_new_tokens, model.answer_mode = cfg.max_new_tokens, cfg.answer_mode
         return model
     if cfg.name in ("vilt", "clip", "blip"):
         from fedvl.models.hf import build_hf_model
