@@ -263,3 +263,45 @@ def test_join_imports_neither_torch_nor_flower():
             "'--wait-s', '0']); print(code, sorted(m for m in ('torch', 'flwr') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=flower_env(), timeout=60)
     assert out.stdout.strip() == "1 []", out.stderr
+
+
+@pytest.mark.slow
+def test_a_generative_vlm_deployed_on_two_nodes_gives_the_in_process_numbers(vlm_checkpoint, tmp_path):
+    """hf-vlm over serve/join: each node renders its partition with the checkpoint's processor, trains
+    LoRA on the answer tokens and generates its answers; the server sees the LoRA factors only."""
+    from conftest import vlm_overrides
+
+    from fedvl.config import load_config
+    from fedvl.deploy.process import free_port, stop
+    from fedvl.experiment import run_experiment
+
+    args = vlm_overrides(vlm_checkpoint("qwen2_vl"), tmp_path, "data.num_clients=2", "data.domains=photo,sketch",
+                         "run.name=dep", "run.round_timeout_s=600")
+    port = free_port()
+    procs = []
+    try:
+        server = subprocess.Popen([FEDVL, "serve", *args, "--host", "127.0.0.1", "--port", str(port), "--insecure"],
+                                  cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True)
+        procs.append(server)
+        for i in range(2):
+            procs.append(subprocess.Popen(
+                [FEDVL, "join", "--server", f"127.0.0.1:{port}", "--partition", str(i),
+                 "--state-dir", str(tmp_path / f"node{i}"), "--insecure"],
+                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        out, _ = server.communicate(timeout=900)
+        assert server.returncode == 0, out[-3000:]
+    finally:
+        for p in procs:
+            stop(p, grace=5)
+    assert not _running_with(f"127.0.0.1:{port}"), "a process this test started is still running"
+    hist = History.read(tmp_path / "results" / "dep")
+    cfg = load_config(None, [a for a in args if not a.startswith("run.name")] + ["run.name=sim"])
+    run_experiment(cfg, tmp_path / "sim", progress_enabled=False)
+    sim = History.read(tmp_path / "sim")
+    assert [r["round"] for r in hist] == [1, 2]
+    for a, b in zip(sim, hist):
+        for cid in a["eval"]:
+            for k, v in a["eval"][cid].items():
+                if k != "gen_seconds":
+                    assert b["eval"][cid][k] == pytest.approx(v, abs=1e-5), (a["round"], cid, k)
