@@ -23,10 +23,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                          "fedvl.fedmmkt.generator")),
     ("the training loop", ("fedvl.engine.loops", "fedvl.engine.generate")),
     ("algorithms", ("fedvl.algorithms", "fedvl.fedmmkt.validate", "fedvl.fedmmkt.algorithms")),
-    ("a whole config, checked against every subsystem", ("fedvl.config",)),
-    ("the round, the families' halves, transports, results",
-     ("fedvl.rounds", "fedvl.finetune", "fedvl.fedmmkt.exchange", "fedvl.fedmmkt.federation", "fedvl.transport",
-      "fedvl.deploy", "fedvl.report", "fedvl.runfolder", "fedvl.fedmmkt.experiment")),
+    # a whole config is checked by its exchange family (fedvl.rounds.family), so it sits with the families
+    ("a whole config, the round, the exchange families, transports, results",
+     ("fedvl.config", "fedvl.rounds", "fedvl.finetune", "fedvl.fedmmkt.exchange", "fedvl.fedmmkt.federation",
+      "fedvl.fedmmkt.family", "fedvl.transport", "fedvl.deploy", "fedvl.report", "fedvl.runfolder",
+      "fedvl.fedmmkt.experiment")),
     ("entry points", ("fedvl.experiment", "fedvl.sweep", "fedvl.estimate", "fedvl.deploy.server_app", "fedvl.commands",
                       "fedvl.cli", "fedvl.__main__")),
 ]

@@ -57,11 +57,13 @@ def _check_config_unchanged(run_dir: Path, cfg: ExperimentConfig, accept: bool) 
 def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_enabled: bool = True,
                    runner=None, server_only: bool = False, resume: bool = False, overwrite: bool = False,
                    accept_config_change: bool = False) -> dict[str, Any]:
-    """Build the federation, run every round, write the results folder.
+    """Build the federation, run every round, write the results folder: the same steps for every
+    algorithm, with the parts that differ (the federation, the server side, the summary) its
+    exchange family's (:mod:`fedvl.rounds.family`).
 
-    ``runner(fed, run_dir, history, progress, server, start) -> final record`` runs the rounds:
-    the in-process simulator by default, Flower's simulation for
-    ``run.runtime=flower-sim``, or a Flower deployment's grid (``server_only``:
+    ``runner(fed, run_dir, history, progress, server, start) -> final record`` runs the rounds
+    (:func:`fedvl.transport.inprocess.runner_for`): the in-process simulator by default, Flower's
+    simulation for ``run.runtime=flower-sim``, or a Flower deployment's grid (``server_only``:
     the server builds the model but holds no client data). ``resume=True``
     continues the run already in ``run_dir`` from its newest good checkpoint
     (``fedvl run --resume``, ``fedvl serve --resume``), refusing a changed
@@ -73,11 +75,11 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     """
     from rich.console import Console
 
-    from fedvl.algorithms import exchange_of
-    from fedvl.report.trackers import open_trackers
-    from fedvl.runfolder import RunFolder
     from fedvl.report.progress import Progress
-    from fedvl.transport.inprocess import build_federation, simulate
+    from fedvl.report.trackers import open_trackers
+    from fedvl.rounds.family import Finished, family_of
+    from fedvl.runfolder import RunFolder
+    from fedvl.transport.inprocess import runner_for
 
     if runner is None and cfg.run.runtime == "flower-deploy":
         raise ConfigError("run.runtime=flower-deploy is a real Flower deployment: start it with `fedvl serve` and "
@@ -86,7 +88,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
     t0, started_unix = time.perf_counter(), time.time()
     progress = Progress(console, cfg.algorithm.rounds, enabled=progress_enabled)
     folder = RunFolder(run_dir)
-    kt = exchange_of(cfg.algorithm.name) == "knowledge"
+    family = family_of(cfg.algorithm.name)
     trackers = None
     try:
         if resume:  # the folder exists: claim it before anything else, so a live run is never joined
@@ -95,7 +97,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
         # the server side holds no client data when the clients build their own (deployment, Ray workers)
         ray_workers = cfg.run.runtime == "flower-sim" and cfg.run.flower_backend == "ray"
         server_only = server_only or ray_workers
-        fed = None if kt else build_federation(cfg, status=progress.status, only=[] if server_only else None)
+        fed = family.build(cfg, run_dir, progress, [] if server_only else None)
         if not resume:  # config and data are valid: only now is the folder made (or an old run replaced)
             folder.acquire(fresh=True, overwrite=overwrite)
             (run_dir / "config.yaml").write_text(run_config_text(cfg))
@@ -106,29 +108,17 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
         raise
     try:
         trackers = open_trackers(cfg, run_dir)  # only once the folder is ours: trackers write into it
-        if kt:  # knowledge transfer: its own server side and results
-            return _finish_kt(cfg, run_dir, console, progress, t0, trackers, resume, runner, server_only)
         setup_s = time.perf_counter() - t0
         history = History(run_dir, trackers)
-        if runner is not None or cfg.run.runtime == "flower-sim":  # checkpointed and resumed as in process
-            from fedvl.finetune.exchange import ParameterServer
-            from fedvl.rounds.state import ClientStateStore
-
-            # a deployment's server sees no client state (its nodes keep their own, per round), so its
-            # checkpoints hold the global side only
-            server = ParameterServer(fed, ClientStateStore(run_dir / "client_states"), run_dir,
-                                     config_digest=config_digest(cfg))
-            start = server.resume(history) if resume else 1
-            if runner is None:
-                from fedvl.transport.flower import flower_simulate
-
-                runner = flower_simulate
-            final = runner(fed, run_dir, history, progress, server, start)
-        else:
-            final = simulate(fed, run_dir, history, progress, resume=resume, config_digest=config_digest(cfg))
+        # checkpointed and resumed the same way in every runtime and family
+        server = family.server(fed, run_dir, config_digest(cfg))
+        start = server.resume(history) if resume else 1
+        final = runner_for(cfg, runner)(fed, run_dir, history, progress, server, start)
         progress.close()
-        return _finish_rounds(cfg, fed, run_dir, console, history, final, t0, setup_s, started_unix,
-                              progress.first_step_unix, trackers)
+        wall = time.perf_counter() - t0
+        title, notes, summary = family.report(Finished(cfg, fed, server, history, final, run_dir, wall, setup_s,
+                                                       started_unix, progress.first_step_unix))
+        return _write_results(run_dir, console, title, notes, summary, trackers)
     except KeyboardInterrupt:
         progress.close()
         write_status(run_dir, "interrupted", resume_from_round=resume_round(run_dir))
@@ -151,45 +141,6 @@ def _mark_failed(run_dir: Path, e: BaseException) -> None:
         write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}", resume_from_round=resume_round(run_dir))
     except OSError:
         pass
-
-
-def _finish_rounds(cfg: ExperimentConfig, fed, run_dir: Path, console, history: History, final: dict[str, Any],
-                   t0: float, setup_s: float, started_unix: float, first_step_unix,
-                   trackers=None) -> dict[str, Any]:
-    """The summary of a run whose rounds are done (still under the folder's lock)."""
-    from fedvl.report.plots import plot_accuracy
-
-    wall = time.perf_counter() - t0
-    params = fed.param_report()
-    title = f"{cfg.algorithm.name} · {cfg.model.peft} · {cfg.data.benchmark} benchmark"
-    notes = [
-        f"model {cfg.model.name}" + (f" on the VL base {params['base_key']}" if params.get("base_key") else "")
-        + f"; trainable {params['trainable_params']:,} of {params['total_params']:,} "
-        f"parameters ({100 * params['trainable_frac']:.2f}%); travelling {params['travel_params']:,} "
-        f"({100 * params['travel_frac']:.2f}%, {params['bytes_up_per_client_round'] / 1e6:.2f} MB up per client per round)",
-        f"aggregation: {cfg.algorithm.aggregation}, rule {cfg.algorithm.aggregator}"
-        + (f" (update clip {cfg.algorithm.clip_update_norm:g})" if cfg.algorithm.clip_update_norm > 0 else "")
-        + (" (update clip: round median norm)" if cfg.algorithm.clip_to_median else "")
-        + (f"; server optimizer {cfg.algorithm.server_opt} (server_lr {cfg.algorithm.server_lr:g})"
-           if cfg.algorithm.server_opt != "none" and fed.travel and not fed.algo.pooled else "")
-        + "; average = unweighted mean over clients",
-        f"wall time {wall:.1f}s (setup {setup_s:.1f}s); seed {cfg.run.seed}",
-    ]
-    rejected = sum(len(r.get("rejected", {})) for r in history.rounds)
-    notes.append(f"rejected updates: {rejected} over {len(history.rounds)} rounds")
-    if fed.attackers:
-        notes.append(f"attack: {cfg.attack.kind} x{cfg.attack.scale:g} by {', '.join(fed.attackers)}")
-    if "privacy" in final:
-        notes.append(f"differential privacy: epsilon {final['privacy']['epsilon']:.3g} at delta "
-                     f"{final['privacy']['delta']:g} (clip {cfg.privacy.clip_norm:g}, noise multiplier "
-                     f"{cfg.privacy.noise_multiplier:g}, opacus RDP accountant)")
-    plot_accuracy(history.rounds_with_eval(), run_dir / "accuracy.png", title)
-    summary = {"final": final, "params": params, "wall_s": wall, "setup_s": setup_s,
-               "algorithm": cfg.algorithm.name, "peft": cfg.model.peft, "benchmark": cfg.data.benchmark,
-               "rejected_updates": rejected, "attackers": fed.attackers, "privacy": final.get("privacy"),
-               # wall clock at the end of this process's first training step (startup benchmark)
-               "started_unix": started_unix, "first_step_unix": first_step_unix}
-    return _write_results(run_dir, console, title, notes, summary, trackers)
 
 
 def _write_results(run_dir: Path, console, title: str, notes: list[str], summary: dict[str, Any],
@@ -218,23 +169,6 @@ def _write_results(run_dir: Path, console, title: str, notes: list[str], summary
         trackers.finish(run_dir, ok=True)
     write_status(run_dir, "complete", wall_s=summary["wall_s"])
     return summary
-
-
-def _finish_kt(cfg: ExperimentConfig, run_dir: Path, console, progress, t0: float, trackers=None,
-               resume: bool = False, runner=None, server_only: bool = False) -> dict[str, Any]:
-    """A FedMMKT-family run (:mod:`fedvl.fedmmkt.experiment`), with the same summary files as any run."""
-    from fedvl.fedmmkt.experiment import run_kt
-
-    final, params, notes, rejected = run_kt(cfg, run_dir, progress, trackers, resume, config_digest(cfg), runner,
-                                            server_only)
-    progress.close()
-    wall = time.perf_counter() - t0
-    title = f"{cfg.algorithm.name} · knowledge transfer · {len(cfg.fedmmkt.domains)} clients"
-    notes.append(f"wall time {wall:.1f}s (setup {params['setup_s']:.1f}s); seed {cfg.run.seed}")
-    summary = {"final": final, "params": params, "wall_s": wall, "setup_s": params["setup_s"],
-               "algorithm": cfg.algorithm.name, "benchmark": "fedmmkt", "generator": final.get("generator"),
-               "rejected_updates": rejected}
-    return _write_results(run_dir, console, title, notes, summary, trackers)
 
 
 def parse_method(spec: str) -> tuple[str, str | None]:
@@ -278,8 +212,8 @@ def _settings(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def _check_methods(methods: list[str], seeds: list[int]) -> None:
-    """One comparison: no method or seed twice (it would count one run as two), one family."""
-    from fedvl.algorithms import exchange_of
+    """One comparison: no method or seed twice (it would count one run as two), one exchange family."""
+    from fedvl.rounds.family import family_of
 
     for what, items in (("--algorithms", methods), ("--seeds", seeds)):
         twice = next((x for i, x in enumerate(items) if x in items[:i]), None)
@@ -287,7 +221,7 @@ def _check_methods(methods: list[str], seeds: list[int]) -> None:
             raise ConfigError(f"{what} names {twice} twice: a comparison runs each once")
     families: dict[str, str] = {}
     for m in methods:
-        families.setdefault(exchange_of(parse_method(m)[0]), m)
+        families.setdefault(family_of(parse_method(m)[0]).name, m)
     if len(families) > 1:  # e.g. fedavg (parameters) and fedmmkt (knowledge): other clients, data and models
         mixed = " with ".join(f"the {family.removesuffix('s')} family ({m})" for family, m in families.items())
         raise ConfigError(f"--algorithms mixes {mixed}: their clients, data and models differ, so their numbers "
@@ -430,10 +364,9 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
                            overwrite=True)  # a stale run of this comparison (a fedvl run) is replaced
     runs = load_runs({m: [d for _, d in items] for m, items in configs.items()})
     first = next(iter(configs.values()))[0][0]
-    from fedvl.algorithms import exchange_of
+    from fedvl.rounds.family import family_of
 
-    bench = "FedMMKT" if exchange_of(first.algorithm.name) == "knowledge" else f"{first.data.benchmark} benchmark"
-    title = f"{bench} · {len(seeds)} seed(s)"
+    title = f"{family_of(first.algorithm.name).comparison_title(first)} · {len(seeds)} seed(s)"
     parts, tables = [f"# Comparison: {title}", ""], {}
     for point, point_overrides in points:  # a sweep: one pair of tables per grid point
         point_runs = {m: runs[f"{point}/{m}" if point else m] for m in methods}

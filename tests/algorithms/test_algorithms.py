@@ -18,7 +18,7 @@ def _final(cfg, run_dir):
 def test_the_rules_that_aggregate_their_own_way_say_so():
     """``custom_aggregate`` is what run.secagg's check reads: the flag is set exactly where a
     server rule overrides ``aggregate``, and only local-only training does."""
-    rules = {name: algo.server for name, algo in registry().items() if algo.exchange == "parameters"}
+    rules = {name: algo.server for name, algo in registry().items() if algo.family == "parameters"}
     assert {name for name, rule in rules.items() if rule.custom_aggregate} == {"local"}
     assert {name for name, rule in rules.items() if rule.aggregate is not ServerRule.aggregate} == {"local"}
 

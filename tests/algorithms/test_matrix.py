@@ -17,7 +17,7 @@ KT_TRAVEL = {"fedmmkt": "report", "kt-distill": "report", "kt-local": "none", "k
 def test_every_registered_algorithm_has_a_row():
     # the knowledge-transfer family runs its own matrix in tests/fedmmkt/test_kt.py
     assert set(available_algorithms()) == set(EXPECTED_TRAVEL) | set(KT_TRAVEL)
-    assert set(KT_TRAVEL) == {n for n in available_algorithms() if get_algorithm(n).exchange == "knowledge"}
+    assert set(KT_TRAVEL) == {n for n in available_algorithms() if get_algorithm(n).family == "knowledge"}
 
 
 def _run(cfg, run_dir):

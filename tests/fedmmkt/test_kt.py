@@ -28,7 +28,7 @@ def kt_cfg(tmp_path):
 
 
 def test_matrix_covers_every_kt_algorithm():
-    assert set(KT_TRAVEL) == {n for n, a in registry().items() if a.exchange == "knowledge"}
+    assert set(KT_TRAVEL) == {n for n, a in registry().items() if a.family == "knowledge"}
 
 
 @pytest.mark.parametrize("name", sorted(KT_TRAVEL))
@@ -424,7 +424,6 @@ def test_kt_on_rays_path_server_without_client_data_and_workers_building_their_o
         return fed
 
     monkeypatch.setattr(kt_runtime, "build", recorded_build)
-    monkeypatch.setattr(flower, "build_kt", recorded_build)
     cfg = kt_cfg(name, f"run.name={name}", "run.runtime=flower-sim", "run.flower_backend=ray", *RECORDED_CLIENT)
     run_experiment(cfg, tmp_path / "results" / name, progress_enabled=False)
     synthetic = name == "fedmmkt"

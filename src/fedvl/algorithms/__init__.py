@@ -10,13 +10,6 @@ def available_algorithms() -> list[str]:
     return sorted(registry())
 
 
-def exchange_of(name: str) -> str:
-    """What an algorithm (or a compare method such as ``fedavg-lora``) exchanges: ``parameters`` or
-    ``knowledge`` (see :class:`Algorithm`); an unknown name is left to the config checks."""
-    algo = registry().get(name) or registry().get(name.partition("-")[0])
-    return algo.exchange if algo is not None else "parameters"
-
-
 def get_algorithm(name: str) -> Algorithm:
     try:
         return registry()[name]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -183,10 +183,11 @@ class Algorithm:
     trainable_roles: tuple[str, ...] = ("shared",)
     local_groups: frozenset[str] = frozenset()
     pooled: bool = False
-    exchange: Literal["parameters", "knowledge"] = "parameters"
-    """What travels, and so which server and client sides run it: ``parameters`` (the global
-    travelling parameters down, trained ones up: :mod:`fedvl.finetune.exchange`) or ``knowledge``
-    (a synthetic set down, logits and prototypes up: :mod:`fedvl.fedmmkt.exchange`)."""
+    family: str = "parameters"
+    """The registered name of its exchange family, which decides what travels and so every part of
+    a run around the round (:func:`fedvl.rounds.family.family_of` gives the object): ``parameters``
+    (the global travelling parameters down, trained ones up: :mod:`fedvl.finetune.family`) or
+    ``knowledge`` (a synthetic set down, logits and prototypes up: :mod:`fedvl.fedmmkt.family`)."""
     check: Callable[[ExperimentConfig], None] | None = None
     """The algorithm's own option checks (raise ConfigError), run when a config loads."""
 

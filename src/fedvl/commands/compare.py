@@ -68,11 +68,11 @@ def main(ns) -> int:
     methods = [m for m in ns.methods.split(",") if m]
     if not methods or not seeds:
         raise ConfigError("--algorithms and --seeds must name at least one method and one seed")
-    from fedvl.algorithms import exchange_of
+    from fedvl.rounds.family import family_of
 
-    # a knowledge-transfer comparison is not on a data.benchmark: its own folder name
-    knowledge = all(exchange_of(m) == "knowledge" for m in methods)
-    bench = "fedmmkt" if knowledge else load_config(path, overrides).data.benchmark
+    # the folder is named by the family's benchmark (a knowledge-transfer comparison is not on a
+    # data.benchmark); a comparison that mixes families is refused by run_comparison
+    bench = family_of(methods[0]).benchmark(lambda: load_config(path, overrides))
     run_comparison(path, overrides, methods, seeds, ns.name or f"compare-{bench}",
                    progress_enabled=not ns.quiet, overwrite=ns.overwrite, sweep=sweep)
     return 0

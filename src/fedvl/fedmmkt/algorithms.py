@@ -445,7 +445,7 @@ class PooledByArch(LocalOnly):
 def _kt(name: str, server: type[KTServerRule], summary: str) -> Algorithm:
     # one registry for every algorithm: this family exchanges knowledge, not parameters, and checks its
     # own sections (t2i, fedmmkt); the adapter fields of Algorithm do not apply to its task models
-    return register(Algorithm(name, server, KTClient, summary, exchange="knowledge",
+    return register(Algorithm(name, server, KTClient, summary, family="knowledge",
                               check=partial(validate_kt, pools_data=server.pool_data)))
 
 

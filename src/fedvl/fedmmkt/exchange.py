@@ -10,6 +10,7 @@ only the flags of the algorithm's :class:`fedvl.fedmmkt.algorithms.KTServerRule`
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from fedvl.fedmmkt.algorithms import (
     training_pool,
 )
 from fedvl.fedmmkt.data import ImageTextSet, prompt
-from fedvl.rounds.checkpoint import commit_round, latest_checkpoint
+from fedvl.rounds.checkpoint import commit_round, resume_from
 from fedvl.fedmmkt.federation import (
     KTFederation,
     ServerState,
@@ -192,16 +193,14 @@ class KnowledgeServer:
         # copies: after round 1 the first and last sample grids are one tensor, which safetensors refuses
         return {k: v.clone() for k, v in out.items()}
 
-    def resume(self, history, warn: Callable[[str], None]) -> int:
-        """Continue from the newest good checkpoint of ``run_dir`` (as
+    def resume(self, history, warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> int:
+        """Continue from the newest good checkpoint of ``run_dir`` (:func:`resume_from`, as
         :meth:`fedvl.finetune.exchange.ParameterServer.resume`); returns the round to start at."""
+        return resume_from(self.run_dir, None, self.fed.store, history, self.rounds, self._restore, warn)
+
+    def _restore(self, ckpt) -> None:
+        """The server's tensors and its sets, from a checkpoint's (:meth:`_tensors`)."""
         fed, st = self.fed, self.state
-        ckpt = latest_checkpoint(self.run_dir, None, warn)
-        fed.store.restore(ckpt.path / "clients" if ckpt else None)
-        history.reset(ckpt.history if ckpt else [])
-        if ckpt is None:
-            warn("fedvl: no complete round to resume from; starting at round 1")
-            return 1
         t = ckpt.global_params
         if fed.gen_opt is not None:
             with torch.no_grad():
@@ -225,9 +224,6 @@ class KnowledgeServer:
                                                   if k.startswith("state.distill.")})
         st.protos, st.seen = t.get("state.protos"), t.get("state.seen")
         st.samples = {k[len("samples."):]: v for k, v in t.items() if k.startswith("samples.")}
-        torch.set_rng_state(ckpt.rng_state)
-        warn(f"fedvl: resuming from round {ckpt.round} of {self.rounds}")
-        return ckpt.round + 1
 
 
 class KnowledgeNode:

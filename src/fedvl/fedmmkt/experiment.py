@@ -1,4 +1,5 @@
-"""Run a FedMMKT-family experiment end to end and write its results folder.
+"""What a FedMMKT-family run adds to its results folder (:func:`report`, the knowledge family's
+:meth:`fedvl.rounds.family.Family.report`).
 
 The folder has what every fedvl run writes (``config.yaml``, ``metrics.jsonl`` with one
 line per round, ``summary.md`` / ``summary.json``, ``accuracy.png``, ``status.json``) plus,
@@ -9,14 +10,13 @@ prompt, at the first and the last round, so a person can see the generator adapt
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fedvl.report.history import History, write_json_atomic
-from fedvl.schema import ExperimentConfig
+from fedvl.report.history import write_json_atomic
+from fedvl.rounds.family import Finished
 
 
 def save_grid(images: torch.Tensor, labels: torch.Tensor, classes: list[str], path: Path, scale: int = 3) -> None:
@@ -59,39 +59,14 @@ def plot_fidelity(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None, resume: bool = False,
-           config_digest: str | None = None, runner=None,
-           server_only: bool = False) -> tuple[dict[str, Any], dict[str, Any], list[str], int]:
-    """Every round of a knowledge-transfer run, each checkpointed (``resume``: continue from the
-    newest good checkpoint). ``runner``: as :func:`fedvl.experiment.run_experiment`'s (a Flower
-    deployment's grid), ``server_only``: the clients are other processes (a deployment, Ray
-    workers), which build their own data; this one builds none. Returns (final record, parameter report, notes, rejected client reports over the run)."""
-    import sys
-
+def report(run: Finished) -> tuple[str, list[str], dict[str, Any]]:
+    """(title, notes, summary) of a finished knowledge-transfer run, with its plots and
+    ``pretrain.json`` written into the run's folder (:meth:`fedvl.rounds.family.Family.report`)."""
+    from fedvl.fedmmkt.federation import task_model
     from fedvl.report.plots import plot_accuracy
-    from fedvl.fedmmkt.exchange import KnowledgeNode, KnowledgeServer
-    from fedvl.fedmmkt.federation import ServerState, build, task_model
-    from fedvl.rounds.loop import InProcess, run_rounds
 
-    def pretrain_step(done: int, total: int, loss: float) -> None:
-        progress.client_start(0, "generator pretraining", 1, 1)
-        progress.step(done, total, loss)
-
-    t0 = time.perf_counter()
-    fed = build(cfg, run_dir, status=progress.status, on_pretrain_step=pretrain_step,
-                clients=[] if server_only else None)
-    setup_s = time.perf_counter() - t0
-    history, state = History(run_dir, trackers), ServerState()
-    server = KnowledgeServer(fed, state, run_dir, config_digest)
-    start = server.resume(history, lambda m: print(m, file=sys.stderr)) if resume else 1
-    if runner is None and cfg.run.runtime == "flower-sim":  # the same server side; Flower's grid reaches the clients
-        from fedvl.transport.flower import flower_simulate
-
-        runner = flower_simulate
-    if runner is not None:
-        record = runner(fed, run_dir, history, progress, server, start)
-    else:
-        record = run_rounds(server, InProcess(KnowledgeNode(fed, fed.store)), history, progress, start)
+    cfg, fed, history, record, run_dir = run.cfg, run.fed, run.history, run.final, run.run_dir
+    state = run.server.state
     title = f"{cfg.algorithm.name} · {cfg.fedmmkt.archs} · {len(fed.classes)} classes"
     plot_accuracy(history.rounds, run_dir / "accuracy.png", title)
     if fed.judge is not None:
@@ -113,7 +88,7 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None, resume
         travel = 0
     params = {"total_params": mean_size, "trainable_params": mean_size, "travel_params": travel,
               "trainable_frac": 1.0, "travel_frac": travel / mean_size,
-              "bytes_up_per_client_round": 4 * travel, "client_params": sizes, "setup_s": setup_s}
+              "bytes_up_per_client_round": 4 * travel, "client_params": sizes, "setup_s": run.setup_s}
     notes = ["clients: " + ", ".join(f"{cid} ({sizes[cid]:,} params)" for cid in fed.client_ids),
              f"sent up per client per round: {travel:,} floats ({4 * travel / 1e6:.3f} MB)"
              + (" - logits and prototypes on the synthetic set only" if fed.server.synthetic else "")]
@@ -128,4 +103,8 @@ def run_kt(cfg: ExperimentConfig, run_dir: Path, progress, trackers=None, resume
     write_json_atomic(run_dir / "pretrain.json", {k: v for k, v in fed.pretrain_meta.items() if k != "loss"})
     rejected = sum(len(r.get("rejected", {})) for r in history.rounds)
     notes.append(f"rejected client reports: {rejected} over {len(history.rounds)} rounds")
-    return record, params, notes, rejected
+    notes.append(f"wall time {run.wall_s:.1f}s (setup {run.setup_s:.1f}s); seed {cfg.run.seed}")
+    summary = {"final": record, "params": params, "wall_s": run.wall_s, "setup_s": run.setup_s,
+               "algorithm": cfg.algorithm.name, "benchmark": "fedmmkt", "generator": record.get("generator"),
+               "rejected_updates": rejected}
+    return f"{cfg.algorithm.name} · knowledge transfer · {len(cfg.fedmmkt.domains)} clients", notes, summary

@@ -26,7 +26,7 @@ from fedvl.algorithms.base import ClientContext, FitResult
 from fedvl.algorithms.hetlora import client_rank, limited_rank
 from fedvl.algorithms.server_opt import server_optimizer
 from fedvl.models.params import get_params, set_params
-from fedvl.rounds.checkpoint import commit_round, latest_checkpoint
+from fedvl.rounds.checkpoint import commit_round, resume_from
 from fedvl.finetune.federation import Federation, to_wire, transport_dtype
 from fedvl.rounds.state import ClientStateStore
 from fedvl.schema import ExperimentConfig
@@ -202,23 +202,18 @@ class ParameterServer:
         self.server_opt = server_optimizer(fed.cfg, fed.algo.pooled)
 
     def resume(self, history, warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> int:
-        """Continue from the newest good checkpoint of ``run_dir`` (damaged ones are reported with
-        ``warn`` and skipped): the clients' states, the round records, the global parameters, the
-        rule's state and torch's RNG come back. Returns the round to start at."""
+        """Continue from the newest good checkpoint of ``run_dir`` (:func:`resume_from`): the clients'
+        states, the round records, the global parameters, the rule's state, the server optimizer's
+        state and torch's RNG come back. Returns the round to start at."""
         fed = self.fed
-        ckpt = latest_checkpoint(self.run_dir, fed.travel, warn)
-        self.store.restore(ckpt.path / "clients" if ckpt else None)
-        history.reset(ckpt.history if ckpt else [])
-        if ckpt is None:
-            warn("fedvl: no complete round to resume from; starting at round 1")
-            return 1
-        self.global_params = ckpt.global_params
-        fed.server.load_state_dict(ckpt.strategy_state)
-        torch.set_rng_state(ckpt.rng_state)
-        if self.server_opt is not None and not self.server_opt.load_state_tensors(ckpt.server_tensors, fed.travel):
-            warn(f"fedvl: warning: the checkpoint holds no {fed.cfg.algorithm.server_opt} state; it starts afresh")
-        warn(f"fedvl: resuming from round {ckpt.round} of {fed.cfg.algorithm.rounds}")
-        return ckpt.round + 1
+
+        def restore(ckpt) -> None:
+            self.global_params = ckpt.global_params
+            fed.server.load_state_dict(ckpt.strategy_state)
+            if self.server_opt is not None and not self.server_opt.load_state_tensors(ckpt.server_tensors, fed.travel):
+                warn(f"fedvl: warning: the checkpoint holds no {fed.cfg.algorithm.server_opt} state; it starts afresh")
+
+        return resume_from(self.run_dir, fed.travel, self.store, history, self.rounds, restore, warn)
 
     def sample(self, rnd: int) -> list[str]:
         return sample_round(self.fed, rnd)

@@ -172,3 +172,21 @@ def resume_round(run_dir: Path) -> int:
     """The round a ``--resume`` of ``run_dir`` starts at (one past its newest committed checkpoint)."""
     dirs = checkpoint_dirs(run_dir)
     return dirs[0][0] + 1 if dirs else 1
+
+
+def resume_from(run_dir: Path, names: list[str] | None, store: ClientStateStore, history, rounds: int,
+                restore: Callable[[Checkpoint], None], warn: Callable[[str], None]) -> int:
+    """The resume path of every server side: the newest good checkpoint of ``run_dir`` (damaged
+    ones are reported with ``warn`` and skipped; ``names``: as :func:`read_checkpoint`'s ``travel``)
+    puts the clients' states in ``store`` and the round records in ``history`` back, then
+    ``restore`` the server's own state from it, then torch's RNG. Returns the round to start at."""
+    ckpt = latest_checkpoint(run_dir, names, warn)
+    store.restore(ckpt.path / "clients" if ckpt else None)
+    history.reset(ckpt.history if ckpt else [])
+    if ckpt is None:
+        warn("fedvl: no complete round to resume from; starting at round 1")
+        return 1
+    restore(ckpt)
+    torch.set_rng_state(ckpt.rng_state)
+    warn(f"fedvl: resuming from round {ckpt.round} of {rounds}")
+    return ckpt.round + 1

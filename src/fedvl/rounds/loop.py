@@ -6,7 +6,8 @@ A round: sample -> configure (what goes down) -> fit (the transport reaches the 
 * a :class:`RoundServer`, the server side of an exchange: :class:`fedvl.finetune.exchange.ParameterServer`
   (global travelling parameters down, trained parameters up: the fine-tuning family) or
   :class:`fedvl.fedmmkt.exchange.KnowledgeServer` (a synthetic set down, logits and prototypes up:
-  the FedMMKT family). Which one an algorithm uses is its ``Algorithm.exchange``, never its name;
+  the FedMMKT family). Which one an algorithm uses is its exchange family's
+  (:meth:`fedvl.rounds.family.Family.server`), never its name;
 * a :class:`Transport`, which only carries messages to the clients and their replies back:
   :class:`InProcess` here, or Flower's grid (:mod:`fedvl.transport.flower`).
 

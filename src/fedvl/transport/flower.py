@@ -15,6 +15,9 @@ work, so there is no second copy of any algorithm:
 - ``run.secagg=true``: the train round runs through Flower's SecAgg+ instead
   (:mod:`fedvl.transport.secagg`); the server then sees only the aggregate.
 
+What a message carries and which server and client sides run it are the algorithm's exchange
+family's (:mod:`fedvl.rounds.family`: its codec, server and node).
+
 Randomness is derived from (seed, round, client) in every runtime, so the same
 config gives the same per-round metrics here as in the simulator.
 """
@@ -36,21 +39,16 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedvl.algorithms import get_algorithm
 from fedvl.algorithms.aggregate import Params
 from fedvl.config import load_config_dict
 from fedvl.report.history import History
 from fedvl.schema import ConfigError, ExperimentConfig, dump_config
 from fedvl.transport import secagg
-from fedvl.finetune.federation import Federation, build_federation
-from fedvl.fedmmkt.exchange import KnowledgeNode
-from fedvl.fedmmkt.federation import KTFederation
-from fedvl.fedmmkt.federation import build as build_kt
+from fedvl.finetune.exchange import SecureSum, client_fit
+from fedvl.rounds.family import family_of
 from fedvl.rounds.loop import run_rounds as loop_rounds
-from fedvl.finetune.exchange import ParameterNode, ParameterServer, SecureSum, client_fit
 from fedvl.rounds.state import ClientStateStore, RoundedStateStore
 from fedvl.transport.wire import (  # noqa: F401  (from_record, to_record: read from here too)
-    codec_for,
     from_record,
     read_scores,
     scores_record,
@@ -72,8 +70,8 @@ def cfg_from_text(text: str) -> ExperimentConfig:
 
 # ---------------------------------------------------------------- client side
 
-# one built federation per (config, partition, device) and process
-_FEDS: dict[tuple[str, int, str], Federation | KTFederation] = {}
+# one built federation (of either exchange family) per (config, partition, device) and process
+_FEDS: dict[tuple[str, int, str], Any] = {}
 
 
 def _partition(context: Context) -> int:
@@ -84,23 +82,20 @@ def _partition(context: Context) -> int:
                           "(start it with `fedvl join --partition i`)") from None
 
 
-def _client_federation(cfg_text: str, pid: int, every_partition: bool, device: str = "") -> Federation | KTFederation:
+def _client_federation(cfg_text: str, pid: int, every_partition: bool, device: str = ""):
     """A deployed node builds its own partition only; a simulation worker serves every
     partition in turn, so it builds them all once (vision features come from the disk cache).
     ``device``: the node's own choice (``fedvl join --device``), over the run's run.device.
-    A knowledge-exchange node builds its clients' data and task models, never the server's
-    generator or judge."""
+    The algorithm's exchange family builds it (:meth:`fedvl.rounds.family.Family.build_node`: a
+    knowledge-exchange node builds its clients' data and task models, never the server's generator
+    or judge)."""
     key = (hashlib.sha256(cfg_text.encode()).hexdigest(), -1 if every_partition else pid, device)
     if key not in _FEDS:
         _FEDS.clear()  # one run per process at a time: do not keep an old model alive
         cfg = cfg_from_text(cfg_text)
         if device:
             cfg.run.device = device
-        only = None if every_partition else [pid]
-        if get_algorithm(cfg.algorithm.name).exchange == "knowledge":
-            _FEDS[key] = build_kt(cfg, None, status=lambda s: None, clients=only, server=False)
-        else:
-            _FEDS[key] = build_federation(cfg, status=lambda s: None, only=only)
+        _FEDS[key] = family_of(cfg.algorithm.name).build_node(cfg, None if every_partition else [pid])
     fed = _FEDS[key]
     if not 0 <= pid < len(fed.client_ids):
         raise ConfigError(f"this node holds partition {pid}, but the experiment has partitions "
@@ -122,7 +117,7 @@ def _state_store(context: Context, cfg_text: str, sim_root: str | None) -> Clien
 
 
 def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
-                    fed: Federation | None = None, progress=None) -> ClientApp:
+                    fed=None, progress=None) -> ClientApp:
     """A ClientApp running fedvl's client half.
 
     - ``fed`` (Flower simulation, in-process backend): every virtual node uses this one
@@ -133,7 +128,7 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
     """
     app = ClientApp()
 
-    def federation(context: Context) -> tuple[str, Federation, str]:
+    def federation(context: Context) -> tuple[str, Any, str]:
         pid = _partition(context)
         if fed is not None:
             built, text = fed, ""
@@ -150,9 +145,8 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
         return built, _state_store(context, text, state_root), cid
 
     def node_of(built, store: ClientStateStore):
-        exchange = get_algorithm(built.cfg.algorithm.name).exchange
-        node = (KnowledgeNode if exchange == "knowledge" else ParameterNode)(built, store)
-        return node, codec_for(exchange)
+        family = family_of(built.cfg.algorithm.name)
+        return family.node(built, store), family.codec()
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -356,12 +350,12 @@ class FlowerTransport:
 def run_rounds(grid: Grid, fed, history: History, progress=None, server=None, start: int = 1) -> dict[str, Any]:
     """Every round through Flower's grid (:func:`fedvl.rounds.loop.run_rounds`). ``server``: the
     round's server side (one that checkpoints, in a simulation, whose clients' state folder the
-    server can see); by default a :class:`ParameterServer` that does not (a deployment)."""
-    cfg = fed.cfg
+    server can see); by default the family's server side without a run folder (no checkpoints)."""
+    cfg, family = fed.cfg, family_of(fed.cfg.algorithm.name)
     sizes: dict[str, int] = {}
     nodes = discover(grid, fed.client_ids, cfg.run.flower_wait_s, sizes, cfg.run.round_timeout_s or None)
-    transport = FlowerTransport(grid, cfg, codec_for(get_algorithm(cfg.algorithm.name).exchange), nodes, sizes)
-    return loop_rounds(server or ParameterServer(fed), transport, history, progress, start)
+    transport = FlowerTransport(grid, cfg, family.codec(), nodes, sizes)
+    return loop_rounds(server or family.server(fed, None, None), transport, history, progress, start)
 
 
 def make_server_app(fed, history: History, progress=None, outcome: dict | None = None, server=None,
@@ -442,8 +436,8 @@ def ray_backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
 def flower_simulate(fed, run_dir: Path, history: History, progress=None, server=None,
                     start: int = 1) -> dict[str, Any]:
     """Run rounds ``start``.. through Flower's simulation engine (one virtual SuperNode per client)
-    and return the last round's record. ``fed``: a parameter-exchange :class:`Federation` or a
-    knowledge-exchange ``KTFederation``; ``server``: the round's server side (see :func:`run_rounds`)."""
+    and return the last round's record. ``fed``: either exchange family's federation; ``server``: the
+    round's server side (see :func:`run_rounds`)."""
     from flwr.simulation import run_simulation
 
     cfg = fed.cfg

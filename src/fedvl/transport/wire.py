@@ -1,4 +1,5 @@
-"""What each exchange puts in a Flower message and reads back out of one.
+"""What each exchange puts in a Flower message and reads back out of one (each exchange family's
+:meth:`fedvl.rounds.family.Family.codec`).
 
 A codec turns what :mod:`fedvl.rounds.loop` hands a transport (what goes down) and what a node
 returns (what comes back) into Flower records and back, exactly: tensors travel as arrays of
@@ -109,10 +110,6 @@ class KnowledgeCodec:
     def read_eval_down(self, content: RecordDict) -> dict[str, Params] | None:
         avg = {k[len("avg."):]: from_record(v) for k, v in content.items() if k.startswith("avg.")}
         return avg or None
-
-
-def codec_for(exchange: str):
-    return {"parameters": ParameterCodec, "knowledge": KnowledgeCodec}[exchange]()
 
 
 def scores_record(scores: dict[str, float]) -> dict[str, Any]:
