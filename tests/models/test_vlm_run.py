@@ -128,3 +128,15 @@ def test_qlora_trains_lora_on_a_4bit_base(vlm_checkpoint, tmp_path):
     run.mkdir()
     rec = simulate(fed, run, History(run))
     assert all(m["n"] == 24 for m in rec["eval"].values())
+
+
+def test_a_chat_template_that_hides_where_the_answer_starts_is_refused_in_one_line(vlm_checkpoint, tmp_path):
+    ck = tmp_path / "odd"
+    shutil.copytree(vlm_checkpoint("llava"), ck)
+    template = (ck / "chat_template.jinja").read_text()
+    # the generation prompt says "assistant\n" but a rendered assistant turn starts "assistant: "
+    (ck / "chat_template.jinja").write_text(template.replace("<|im_start|>{{ m['role'] }}\n",
+                                                             "<|im_start|>{{ m['role'] }}: "))
+    r = _cli("run", *vlm_overrides(ck, tmp_path, "run.name=odd"), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "cannot tell where the answer starts" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

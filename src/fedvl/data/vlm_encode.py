@@ -23,6 +23,7 @@ from PIL import Image
 
 from fedvl.data.real.answers import normalize_answer
 from fedvl.io import atomic_write
+from fedvl.models.parts import ModelUnavailableError
 
 _TEXT = ("input_ids", "attention_mask")
 
@@ -158,12 +159,12 @@ def render(processor, image: Image.Image, question: str, answer: str) -> tuple[d
     prompt = processor.apply_chat_template(_conversation(question), add_generation_prompt=True, tokenize=False)
     full = processor.apply_chat_template(_conversation(question, answer), tokenize=False)
     if not full.startswith(prompt):
-        raise ValueError("the checkpoint's chat template renders the conversation differently with and without "
-                         "the generation prompt; fedvl cannot tell where the answer starts")
+        raise ModelUnavailableError("the checkpoint's chat template renders the conversation differently with and "
+                                    "without the generation prompt; fedvl cannot tell where the answer starts")
     enc = processor(text=[full], images=[[image]], return_tensors="pt")
     n_prompt = len(processor(text=[prompt], images=[[image]], return_tensors="pt")["input_ids"][0])
     if n_prompt >= enc["input_ids"].shape[1]:
-        raise ValueError("the rendered answer has no tokens")
+        raise ModelUnavailableError(f"the checkpoint's chat template renders the answer {answer!r} as no tokens")
     return dict(enc), n_prompt
 
 

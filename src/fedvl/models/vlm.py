@@ -151,13 +151,11 @@ class GenerativeVLM(nn.Module):
     def device(self) -> torch.device:
         return next(self.lm.parameters()).device
 
-    def _inputs(self, batch: dict[str, torch.Tensor], prefix: str = "") -> dict:
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> dict:
         """Keyword arguments for the checkpoint: text tensors, and the cached image tokens or the pixels."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         kw = {k[len("text."):]: v for k, v in batch.items() if k.startswith("text.")}
-        if prefix:
-            kw = {k: batch[prefix + k] for k in kw if prefix + k in batch}
         pix = {k[len("pixel."):]: v for k, v in batch.items() if k.startswith("pixel.")}
         if "image_tokens" in batch:
             counts = batch["image_token_counts"].tolist()
