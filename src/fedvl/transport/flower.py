@@ -84,6 +84,16 @@ def _partition(context: Context) -> int:
                           "(start it with `fedvl join --partition i`)") from None
 
 
+def node_device(device: str) -> tuple[str, int]:
+    """A node's ``--device`` as (run.device, processes per client): ``cuda:0,1`` -> (cuda:0, 2)."""
+    from fedvl.engine.device import DeviceError, device_list
+
+    try:
+        return device_list(device)
+    except DeviceError as e:
+        raise ConfigError(str(e).replace("run.device", "--device")) from None
+
+
 def _client_federation(cfg_text: str, pid: int, every_partition: bool, device: str = "") -> Federation | KTFederation:
     """A deployed node builds its own partition only; a simulation worker serves every
     partition in turn, so it builds them all once (vision features come from the disk cache).
@@ -92,12 +102,19 @@ def _client_federation(cfg_text: str, pid: int, every_partition: bool, device: s
     generator or judge."""
     key = (hashlib.sha256(cfg_text.encode()).hexdigest(), -1 if every_partition else pid, device)
     if key not in _FEDS:
-        _FEDS.clear()  # one run per process at a time: do not keep an old model alive
+        for old in _FEDS.values():  # one run per process at a time: do not keep an old model (or its workers) alive
+            getattr(old, "close", lambda: None)()
+        _FEDS.clear()
         cfg = cfg_from_text(cfg_text)
         if device:
-            cfg.run.device = device
+            cfg.run.device, procs = node_device(device)
+            if procs > 1:  # `fedvl join --device cuda:0,1`: this node trains each client on both GPUs
+                cfg.run.client_procs = procs
         only = None if every_partition else [pid]
         if get_algorithm(cfg.algorithm.name).exchange == "knowledge":
+            if cfg.run.client_procs > 1:
+                raise ConfigError(f"run.client_procs (or a list of devices, fedvl join --device {device}) splits one "
+                                  f"client's fine-tuning; {cfg.algorithm.name} trains its own task models")
             _FEDS[key] = build_kt(cfg, None, status=lambda s: None, clients=only, server=False)
         else:
             _FEDS[key] = build_federation(cfg, status=lambda s: None, only=only)
