@@ -142,6 +142,23 @@ def _check_devices(cfg: ExperimentConfig) -> None:
     if gpus > 1 and gpus % 1:
         raise ConfigError(f"run.flower_gpus_per_client must be a fraction of one GPU or a whole number of GPUs, "
                           f"got {gpus}")
+    if r.client_procs > 1:
+        _check_client_procs(cfg)
+
+
+def _check_client_procs(cfg: ExperimentConfig) -> None:
+    """run.client_procs > 1: where one client's data-parallel training (fedvl.finetune.procs) can run."""
+    from fedvl.engine.device import DeviceError, rank_devices, resolve_device
+
+    r = cfg.run  # (the knowledge family refuses it in its own check: fedvl.fedmmkt.family)
+    if r.runtime == "flower-sim" and r.flower_backend == "ray":
+        raise ConfigError("run.client_procs needs the client to train in a fedvl process: with "
+                          "run.flower_backend=ray Ray places the clients (use run.flower_gpus_per_client there)")
+    if r.runtime != "flower-deploy":  # a deployment's nodes choose their own devices (fedvl join --device)
+        try:
+            rank_devices(resolve_device(r.device), r.client_procs)
+        except DeviceError as e:
+            raise ConfigError(str(e)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:

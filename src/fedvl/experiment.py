@@ -132,6 +132,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, console=None, progress_
             trackers.finish(run_dir, ok=False)
         raise
     finally:
+        if fed is not None:  # stops run.client_procs' workers
+            fed.close()
         folder.release()
 
 
@@ -199,7 +201,8 @@ def _same_config(saved: Path, cfg: ExperimentConfig) -> bool:
 SETTINGS_FILE = "compare-settings.json"
 # what a comparison's runs may change between invocations without being other runs: where they
 # compute (as `fedvl run --resume` allows) and the keys each run sets itself
-_PER_RUN_KEYS = {"run.seed", "run.name", "run.output_dir", "run.device", "run.threads", "run.cache_dir"}
+_PER_RUN_KEYS = {"run.seed", "run.name", "run.output_dir", "run.device", "run.threads", "run.cache_dir",
+                 "run.client_procs"}
 
 
 def _settings(cfg: ExperimentConfig) -> dict[str, Any]:

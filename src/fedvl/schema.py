@@ -313,6 +313,12 @@ class RunConfig:
     """flower-sim with the ray backend: CPUs Ray reserves for each client (ClientApp) process."""
     flower_gpus_per_client: float = 0.0
     """flower-sim with the ray backend: share of a GPU per client (0.25 = four clients share one GPU)."""
+    client_procs: int = 1
+    """Train each client on this many processes, data parallel (fedvl.engine.shard): every batch of
+    algorithm.batch_size is split among them and their gradients averaged, so the numbers are one
+    process's at the same batch size, up to float rounding. On CUDA one GPU per process from
+    run.device's on (NCCL), else on the CPU (gloo) with run.threads // client_procs threads each. The
+    processes start with the run's first client and serve every client after it; 1 = this process."""
 
     RANGES: ClassVar[dict[str, str]] = {
         "seed": "0..4294967295 (numpy's and torch's generators take 32-bit seeds)",
@@ -321,6 +327,7 @@ class RunConfig:
         "round_retries": ">= 0", "secagg_shares": ">= 0", "secagg_threshold": ">= 0", "secagg_clip": "> 0",
         "keep_checkpoints": ">= 1 (--resume continues from a kept round checkpoint)",
         "flower_cpus_per_client": "> 0", "flower_gpus_per_client": ">= 0",
+        "client_procs": "1..64",
     }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from fedvl.data.features import EncodedSplit
 from fedvl.engine.loops import TrainResult, cross_entropy_step, evaluate, train_local
 from fedvl.models.params import get_params, param_group
 from fedvl.seeding import derived_seed
+
+if TYPE_CHECKING:
+    from fedvl.engine.shard import Shard
 
 
 @dataclass
@@ -52,6 +55,10 @@ class ClientContext:
     on_step: Callable[[int, int, float], None] | None = None
     amp: Amp = FP32_CPU
     """The model's device and compute precision (run.device / run.precision)."""
+    shard: Shard | None = None
+    """This process is one rank of several training the client together (``run.client_procs``):
+    ``model`` is its replica, ``amp`` reduces the gradients, metrics that are batch means are
+    weighted by ``shard.share`` and summed over the ranks (:mod:`fedvl.engine.shard`)."""
 
 
 class ClientUpdate:
@@ -89,7 +96,7 @@ class ClientUpdate:
         a = self.cfg.algorithm
         return train_local(ctx.model, ctx.train, self.make_step(ctx, opt), batch_size=a.batch_size,
                            epochs=a.local_epochs, max_steps=a.local_steps, generator=ctx.generator,
-                           lr_at=self.lr_at(ctx), on_step=ctx.on_step, amp=ctx.amp)
+                           lr_at=self.lr_at(ctx), on_step=ctx.on_step, amp=ctx.amp, shard=ctx.shard)
 
     def fit(self, ctx: ClientContext) -> FitResult:
         res = self.train(ctx)

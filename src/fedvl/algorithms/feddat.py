@@ -57,13 +57,18 @@ class FedDATClient(ClientUpdate):
     # instance trains one client at a time); kept on the model's device and read once per round, so the
     # step adds no device synchronisation beyond its loss.item()
     _diag: dict[str, torch.Tensor]
+    _shard = None  # the round's Shard when the client trains on several processes (run.client_procs)
 
     def _note(self, **values: torch.Tensor) -> None:
         for k, v in values.items():
+            if self._shard is not None:  # a slice's mean, weighted to sum (over the ranks) to the batch's
+                v = v.detach() * self._shard.share
             self._diag[k] = self._diag[k] + v.detach() if k in self._diag else v.detach().clone()
 
     def fit(self, ctx: ClientContext) -> FitResult:
         res = super().fit(ctx)
+        if ctx.shard is not None and self._diag:
+            self._diag = ctx.shard.sum_tensors(self._diag)
         steps = res.metrics["steps"]  # every step notes every diagnostic once
         if steps:
             res.metrics.update({k: float(v) / steps for k, v in self._diag.items()})
@@ -82,7 +87,7 @@ class FedDATClient(ClientUpdate):
     def make_step(self, ctx: ClientContext, optimizer: torch.optim.Optimizer):
         model, a, amp = ctx.model, self.cfg.algorithm, ctx.amp
         copy_shared_to_teacher(model)
-        self._diag = {}
+        self._diag, self._shard = {}, ctx.shard
 
         def forward(batch: Batch, mix: dict[str, float], task: str) -> torch.Tensor:
             model.set_adapter_mix(mix)

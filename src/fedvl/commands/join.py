@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
                     help="keep retrying this long while the SuperLink is unreachable or refuses this node; once "
                          "it has been gone this long after the node joined, the run has ended (default: 300)")
     jn.add_argument("--device", default="",
-                    help="where this node's client computes: cpu, cuda, cuda:N (default: the run's run.device)")
+                    help="where this node's client computes: cpu, cuda, cuda:N, or GPUs in a row that train each "
+                         "client together, data parallel (cuda:0,1: run.client_procs=2; default: the run's run.device)")
     jn.add_argument("--auth-key", metavar="KEY",
                     help="node authentication: this node's private key (OpenSSH EC), whose .pub the server lists")
     jn.add_argument("--poll-s", type=float, default=0.2,

@@ -41,10 +41,11 @@ def join_command(server: str, partition: int, state_dir: Path, tls_ca: Path | No
         raise ConfigError("--auth-key needs TLS (--root-certificates): Flower authenticates nodes only over TLS")
     node_config = f"partition-id={partition} {STATE_KEY}={json.dumps(str(Path(state_dir).resolve()))}"
     if device:  # checked here, before the node starts: this machine must have it
-        from fedvl.engine.device import DeviceError, resolve_device
+        from fedvl.engine.device import DeviceError, device_list, rank_devices, resolve_device
 
-        try:
-            resolve_device(device)
+        try:  # a list of GPUs (cuda:0,1): each client trains on all of them (run.client_procs)
+            first, procs = device_list(device)
+            rank_devices(resolve_device(first), procs)
         except DeviceError as e:
             raise ConfigError(str(e).replace("run.device", "--device")) from None
         node_config += f" {DEVICE_KEY}={json.dumps(device)}"

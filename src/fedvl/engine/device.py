@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
@@ -66,6 +66,10 @@ class Amp:
         self.precision = precision
         self.dtype = _DTYPES[precision]
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        self.sync_grads: Callable[[torch.optim.Optimizer], None] | None = None
+        """Run between backward and the optimiser step: one client trained on several processes
+        (``run.client_procs``) reduces its gradients there, before the scaler looks for overflows,
+        so every rank skips or takes the same steps (:meth:`fedvl.engine.shard.Shard.sync_grads`)."""
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
@@ -75,9 +79,13 @@ class Amp:
     def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler is None:
             loss.backward()
+            if self.sync_grads is not None:
+                self.sync_grads(optimizer)
             optimizer.step()
             return
         self.scaler.scale(loss).backward()
+        if self.sync_grads is not None:  # the scaled gradients: every rank has the same scale
+            self.sync_grads(optimizer)
         self.scaler.step(optimizer)  # skips the step when a gradient overflowed
         self.scaler.update()
 
@@ -91,6 +99,38 @@ FP32_CPU = Amp()
 
 def amp_for(device_spec: str, precision: str) -> Amp:
     return Amp(resolve_device(device_spec), precision)
+
+
+def rank_devices(device: torch.device, world: int) -> list[torch.device]:
+    """The devices of ``run.client_procs`` ranks training one client: all on the CPU, or one GPU
+    each from ``device``'s on (``cuda:1`` and 2 ranks: cuda:1, cuda:2; NCCL wants distinct GPUs).
+    Raises DeviceError when this machine has too few."""
+    if device.type != "cuda":
+        return [torch.device("cpu")] * world
+    first = device.index or 0
+    have = torch.cuda.device_count()
+    if first + world > have:
+        raise DeviceError(f"run.client_procs={world} from {device} needs cuda:{first}..cuda:{first + world - 1}, one "
+                          f"GPU per process; this machine has {have} CUDA device(s)")
+    return [torch.device("cuda", first + r) for r in range(world)]
+
+
+def device_list(spec: str) -> tuple[str, int]:
+    """A node's ``fedvl join --device``: one device, or GPUs in a row that train each client together
+    (``cuda:0,1`` or ``cuda:0,cuda:1``: run.device=cuda:0 with run.client_procs=2). Returns (first, count)."""
+    parts = [p.strip() for p in spec.split(",")]
+    if len(parts) == 1:
+        return spec, 1
+    index = []
+    for i, p in enumerate(parts):
+        m = re.fullmatch(r"cuda:(\d+)" if i == 0 else r"(?:cuda:)?(\d+)", p)
+        if m is None:
+            raise DeviceError(f"run.device: a list of devices names GPUs, e.g. cuda:0,1; got {spec!r}")
+        index.append(int(m.group(1)))
+    if index != list(range(index[0], index[0] + len(index))):
+        raise DeviceError(f"run.device: a list of devices names GPUs in a row (cuda:K,K+1,...), got {spec!r}; "
+                          "CUDA_VISIBLE_DEVICES renumbers them")
+    return f"cuda:{index[0]}", len(index)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

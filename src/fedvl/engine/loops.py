@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ import torch.nn.functional as F
 
 from fedvl.data.features import EncodedSplit
 from fedvl.engine.device import FP32_CPU, Amp, model_device, to_device
+
+if TYPE_CHECKING:
+    from fedvl.engine.shard import Shard
 
 Batch = dict[str, torch.Tensor]
 StepFn = Callable[[Batch, float, str], float]
@@ -54,6 +58,7 @@ def train_local(
     lr_at: Callable[[float], float],
     on_step: Callable[[int, int, float], None] | None = None,
     amp: Amp = FP32_CPU,
+    shard: Shard | None = None,
 ) -> TrainResult:
     """Run ``epochs`` epochs over ``data`` (or exactly ``max_steps`` steps if > 0).
 
@@ -61,6 +66,10 @@ def train_local(
     schedule can continue across rounds instead of restarting. Batches are
     gathered on the CPU and moved to the model's device; ``amp`` is only
     handed to the step (it wraps the forward passes in autocast).
+
+    ``shard``: this process is one rank of several training the client together
+    (``run.client_procs``, :mod:`fedvl.engine.shard`): it steps on its slice of each
+    batch, and the loss reported is the whole batch's. ``amp`` then reduces the gradients.
     """
     n = len(data)
     if n == 0:
@@ -75,10 +84,12 @@ def train_local(
     done = 0
     while done < total:
         for idx in batch_order(n, batch_size, generator):
-            batch = to_device(data.batch(idx), device)
+            batch = to_device(data.batch(idx) if shard is None else shard.batch(data, idx), device)
             t0 = time.perf_counter()
             loss = step(batch, lr_at(done / total), data.task)
             compute += time.perf_counter() - t0  # step() returns loss.item(): the device has finished
+            if shard is not None:  # every rank checks (and reports) the same number
+                loss = shard.mean(loss)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss} at step {done}; lower algorithm.lr")
             losses.append(loss)

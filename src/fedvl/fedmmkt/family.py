@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fedvl.rounds.family import Finished, register_family
-from fedvl.schema import ExperimentConfig
+from fedvl.schema import ConfigError, ExperimentConfig
 
 
 class KnowledgeFamily:
@@ -20,8 +20,12 @@ class KnowledgeFamily:
     sections = frozenset({"algorithm", "run", "t2i", "fedmmkt"})
 
     def check(self, cfg: ExperimentConfig) -> None:
-        """Nothing beyond each algorithm's own check (:func:`fedvl.fedmmkt.validate.validate_kt`,
-        which depends on whether the algorithm pools its clients' data)."""
+        """Beyond each algorithm's own check (:func:`fedvl.fedmmkt.validate.validate_kt`, which depends
+        on whether the algorithm pools its clients' data): no data-parallel client."""
+        if cfg.run.client_procs > 1:
+            raise ConfigError(f"run.client_procs splits one client's fine-tuning; algorithm.name={cfg.algorithm.name} "
+                              "(knowledge transfer) trains its own task models: leave run.client_procs=1 (fedvl join: "
+                              "one device)")
 
     def round_seconds(self, cfg: ExperimentConfig) -> tuple[float, str] | None:
         return None  # no cost model measured (the generator's work depends on t2i.source and its cache)

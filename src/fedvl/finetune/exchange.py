@@ -40,6 +40,16 @@ def load_client(fed: Federation, store: ClientStateStore, cid: str, global_param
     set_params(fed.model, state if state is not None else fed.init_local)
 
 
+def fit_context(cfg: ExperimentConfig, model: torch.nn.Module, cid: str, rnd: int, data, global_params: Params,
+                travel: list[str], trainable: list[str], on_step, amp, shard=None) -> ClientContext:
+    """A client's training context, with the randomness derived from (seed, round, client): seeds
+    torch's global generator too (dropout masks). Every process of a client's fit builds the same."""
+    gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "batches", rnd, cid))
+    torch.manual_seed(derived_seed(cfg.run.seed, "torch", rnd, cid))  # dropout masks
+    return ClientContext(cid, model, data, cfg, rnd, global_params, travel, trainable, gen, on_step, amp,
+                         shard=shard)
+
+
 def client_fit(fed: Federation, store: ClientStateStore, cid: str, rnd: int, global_params: Params,
                on_step=None) -> FitResult:
     """The client half of a round, as every runtime runs it: load the global
@@ -47,13 +57,16 @@ def client_fit(fed: Federation, store: ClientStateStore, cid: str, rnd: int, glo
     (seed, round, client), keep the local state, return what travels."""
     cfg = fed.cfg
     load_client(fed, store, cid, global_params)
-    gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "batches", rnd, cid))
-    torch.manual_seed(derived_seed(cfg.run.seed, "torch", rnd, cid))  # dropout masks
-    ctx = ClientContext(cid, fed.model, fed.train[cid], cfg, rnd, global_params, fed.travel,
-                        fed.trainable, gen, on_step, fed.amp)
+    ctx = fit_context(cfg, fed.model, cid, rnd, fed.train[cid], global_params, fed.travel, fed.trainable,
+                      on_step, fed.amp)
     rank = client_rank(cfg, fed.client_ids, cid)
     with limited_rank(fed.model, fed.trainable, rank) if rank else contextlib.nullcontext():
-        res = fed.client.fit(ctx)
+        if cfg.run.client_procs > 1:  # the same fit on replicas in worker processes (fedvl.finetune.procs)
+            from fedvl.finetune.procs import client_procs
+
+            res = client_procs(fed).fit(ctx, rank)
+        else:
+            res = fed.client.fit(ctx)
     if rank:
         res.metrics["lora_rank"] = float(rank)  # the server averages each rank component over its holders
     store.save(cid, get_params(fed.model, fed.local))

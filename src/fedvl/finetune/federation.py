@@ -56,6 +56,15 @@ class Federation:
     """Clients that send poisoned updates (``attack`` section; experiments only)."""
     amp: Amp = FP32_CPU
     """Where the model computes and in which precision (run.device, run.precision)."""
+    procs: Any = None
+    """``run.client_procs > 1``: the worker processes that train each client (:mod:`fedvl.finetune.procs`),
+    started by the first fit; :meth:`close` stops them."""
+
+    def close(self) -> None:
+        """Stop what the federation started beside this process (the end of a run; safe to repeat)."""
+        if self.procs is not None:
+            self.procs.close()
+            self.procs = None
 
     def param_report(self) -> dict[str, Any]:
         total = count(self.model)

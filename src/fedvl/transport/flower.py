@@ -82,6 +82,16 @@ def _partition(context: Context) -> int:
                           "(start it with `fedvl join --partition i`)") from None
 
 
+def node_device(device: str) -> tuple[str, int]:
+    """A node's ``--device`` as (run.device, processes per client): ``cuda:0,1`` -> (cuda:0, 2)."""
+    from fedvl.engine.device import DeviceError, device_list
+
+    try:
+        return device_list(device)
+    except DeviceError as e:
+        raise ConfigError(str(e).replace("run.device", "--device")) from None
+
+
 def _client_federation(cfg_text: str, pid: int, every_partition: bool, device: str = ""):
     """A deployed node builds its own partition only; a simulation worker serves every
     partition in turn, so it builds them all once (vision features come from the disk cache).
@@ -91,11 +101,17 @@ def _client_federation(cfg_text: str, pid: int, every_partition: bool, device: s
     or judge)."""
     key = (hashlib.sha256(cfg_text.encode()).hexdigest(), -1 if every_partition else pid, device)
     if key not in _FEDS:
-        _FEDS.clear()  # one run per process at a time: do not keep an old model alive
+        for old in _FEDS.values():  # one run per process at a time: do not keep an old model (or its workers) alive
+            getattr(old, "close", lambda: None)()
+        _FEDS.clear()
         cfg = cfg_from_text(cfg_text)
         if device:
-            cfg.run.device = device
-        _FEDS[key] = family_of(cfg.algorithm.name).build_node(cfg, None if every_partition else [pid])
+            cfg.run.device, procs = node_device(device)
+            if procs > 1:  # `fedvl join --device cuda:0,1`: this node trains each client on both GPUs
+                cfg.run.client_procs = procs
+        family = family_of(cfg.algorithm.name)
+        family.check(cfg)  # (a node's device list may have set run.client_procs)
+        _FEDS[key] = family.build_node(cfg, None if every_partition else [pid])
     fed = _FEDS[key]
     if not 0 <= pid < len(fed.client_ids):
         raise ConfigError(f"this node holds partition {pid}, but the experiment has partitions "
