@@ -140,3 +140,16 @@ def test_a_chat_template_that_hides_where_the_answer_starts_is_refused_in_one_li
     r = _cli("run", *vlm_overrides(ck, tmp_path, "run.name=odd"), cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert "cannot tell where the answer starts" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_generative_client_on_two_processes_matches_one(vlm_checkpoint, tmp_path):
+    ck = vlm_checkpoint("llava")
+    one = run_experiment(_cfg(ck, tmp_path, "algorithm.rounds=1"), tmp_path / "one", progress_enabled=False)
+    two = run_experiment(_cfg(ck, tmp_path, "algorithm.rounds=1", "run.client_procs=2"), tmp_path / "two",
+                         progress_enabled=False)
+    for cid, m in one["final"]["eval"].items():  # the answer tokens' loss after one round of LoRA training
+        assert two["final"]["eval"][cid]["loss"] == pytest.approx(m["loss"], rel=1e-4), cid
+    train = [r["train"] for r in History.read(tmp_path / "two") if "train" in r][0]
+    ref = [r["train"] for r in History.read(tmp_path / "one") if "train" in r][0]
+    for cid in ref:
+        assert train[cid]["train_loss"] == pytest.approx(ref[cid]["train_loss"], rel=1e-4)
