@@ -109,3 +109,17 @@ def test_compare_sweep_end_to_end(tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "fedvl: error: --sweep: unknown config key 'algorithm.roundz'" in bad.stderr
     assert sorted(p.as_posix() for p in out.rglob("*")) == before
+
+
+def test_jobs_run_side_by_side_and_give_the_same_numbers(tmp_path):
+    args = ["compare", *TINY, "algorithm.local_steps=2", f"run.cache_dir={tmp_path / 'cache'}", "--quiet",
+            "--algorithms", "fedavg,local", "--seeds", "0", "--sweep", "algorithm.rounds=1,2"]
+    one = fedvl(*args, "--name", "one", cwd=tmp_path)
+    two = fedvl(*args, "--name", "two", "--jobs", "2", cwd=tmp_path)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    assert "4 run(s), 2 side by side" in two.stdout and two.stdout.count(": done, average accuracy") == 4
+    a, b = (json.loads((tmp_path / "results" / n / "frontier.json").read_text()) for n in ("one", "two"))
+    assert [(p["method"], p["point"], p["acc"], p["mb"]) for p in a["points"]] == \
+        [(p["method"], p["point"], p["acc"], p["mb"]) for p in b["points"]]
+    bad = fedvl(*args, "--name", "bad", "--jobs", "0", cwd=tmp_path)
+    assert bad.returncode == 2 and "--jobs must be 1..64" in bad.stderr

@@ -295,9 +295,39 @@ def _unfinished(run_dir: Path) -> str | None:
     return None
 
 
+def _run_quietly(cfg: ExperimentConfig, run_dir: Path, resume: bool) -> float:
+    """One run of a comparison in a worker process: its own output stays in its folder."""
+    import io
+
+    from rich.console import Console
+
+    out = run_experiment(cfg, run_dir, console=Console(file=io.StringIO()), progress_enabled=False, resume=resume,
+                         overwrite=True)
+    return float(out["final"]["avg"]["acc"])
+
+
+def _run_side_by_side(pending: list[tuple[str, ExperimentConfig, Path, bool]], jobs: int, console) -> None:
+    """Run ``pending`` in ``jobs`` processes, in order, one line per finished run. A failed run stops the
+    comparison after the runs in flight end (those not started are left for the next invocation)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    console.print(f"{len(pending)} run(s), {min(jobs, len(pending))} side by side")
+    # spawn: a fresh interpreter per worker (no torch state or threads inherited from this process)
+    with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=multiprocessing.get_context("spawn")) as ex:
+        futures = {ex.submit(_run_quietly, cfg, run_dir, resume): label for label, cfg, run_dir, resume in pending}
+        try:
+            for fut in as_completed(futures):
+                console.print(f"{futures[fut]}: done, average accuracy {100 * fut.result():.1f}%")
+        except BaseException:  # leaving the block waits for the runs in flight; the others never start
+            for f in futures:
+                f.cancel()
+            raise
+
+
 def run_comparison(config_path: str | None, overrides: list[str], methods: list[str], seeds: list[int],
                    name: str, console=None, progress_enabled: bool = True, overwrite: bool = False,
-                   sweep: list[tuple[str, list[str]]] | None = None) -> Path:
+                   sweep: list[tuple[str, list[str]]] | None = None, jobs: int = 1) -> Path:
     """Run every (method, seed) on the same clients and write the paper-style table.
 
     Finished runs (status ``complete``) are reused and a stopped run continues
@@ -306,7 +336,8 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
     other settings is refused, unless ``overwrite``, which runs every (method, seed) afresh.
     ``sweep`` (:func:`fedvl.sweep.parse_sweep`): every grid point runs every method and seed in
     its own folder, ``<point>/<method>/seed<N>``. Every comparison ends with its accuracy vs
-    communication frontier (``frontier.md`` / ``.json`` / ``.png``).
+    communication frontier (``frontier.md`` / ``.json`` / ``.png``). ``jobs`` > 1 runs that many
+    runs side by side, each in its own process (every run's numbers are its own: seeded, threads fixed).
     """
     import json
 
@@ -344,6 +375,7 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
     _check_settings(out_dir, settings, overwrite, sweep)
     # seed-major order: an interrupted comparison leaves whole seeds of every method, not all
     # seeds of the first methods only
+    pending: list[tuple[str, ExperimentConfig, Path, bool]] = []
     for i in range(len(seeds)):
         for m in configs:  # (in a sweep, "m" is "<point>/<method>")
             cfg, run_dir = configs[m][i]
@@ -363,8 +395,13 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
             resume = not overwrite and saved.is_file() \
                 and saved.read_text() in (run_config_text(cfg), dump_config(cfg)) \
                 and (run_dir / "checkpoints").is_dir()  # (dump_config: a config.yaml holding every section)
+            if jobs > 1:
+                pending.append((f"{m} seed {cfg.run.seed}", cfg, run_dir, resume))
+                continue
             run_experiment(cfg, run_dir, console=console, progress_enabled=progress_enabled, resume=resume,
                            overwrite=True)  # a stale run of this comparison (a fedvl run) is replaced
+    if pending:
+        _run_side_by_side(pending, jobs, console)
     runs = load_runs({m: [d for _, d in items] for m, items in configs.items()})
     first = next(iter(configs.values()))[0][0]
     from fedvl.rounds.family import family_of

@@ -44,6 +44,9 @@ def add_parser(sub) -> None:
     cmp_.add_argument("--overwrite", action="store_true",
                       help="run every method and seed afresh, also in a folder that ran other settings")
     cmp_.add_argument("--quiet", action="store_true", help="no live progress bars")
+    cmp_.add_argument("--jobs", type=int, default=1, metavar="N",
+                      help="runs side by side, each in its own process (give each run.threads=1 on a small "
+                           "machine); the numbers are the same as one at a time (default: 1)")
     cmp_.set_defaults(handler=main)
 
 
@@ -68,11 +71,13 @@ def main(ns) -> int:
     methods = [m for m in ns.methods.split(",") if m]
     if not methods or not seeds:
         raise ConfigError("--algorithms and --seeds must name at least one method and one seed")
+    if not 1 <= ns.jobs <= 64:
+        raise ConfigError(f"--jobs must be 1..64, got {ns.jobs}")
     from fedvl.rounds.family import family_of
 
     # the folder is named by the family's benchmark (a knowledge-transfer comparison is not on a
     # data.benchmark); a comparison that mixes families is refused by run_comparison
     bench = family_of(methods[0]).benchmark(lambda: load_config(path, overrides))
     run_comparison(path, overrides, methods, seeds, ns.name or f"compare-{bench}",
-                   progress_enabled=not ns.quiet, overwrite=ns.overwrite, sweep=sweep)
+                   progress_enabled=not ns.quiet, overwrite=ns.overwrite, sweep=sweep, jobs=ns.jobs)
     return 0
