@@ -128,3 +128,15 @@ def test_ranking_scores_exactly_the_answer_turns_training_puts_the_loss_on(famil
             logp = torch.log_softmax(forward_logits(model, b), -1)
             scores.append(logp.gather(1, b["labels"][:, None]).sum().item())
         assert picked[row] == VOCAB[int(np.argmax(scores))]
+
+
+def test_a_letter_answer_to_a_multiple_choice_question_is_read_as_its_option():
+    from fedvl.engine.generate import options, parse_choice
+
+    q = "What colour is the car? A. dark red (B) blue C) two dogs D: yes"
+    assert options(q) == {"A": "dark red", "B": "blue", "C": "two dogs", "D": "yes"}
+    assert [parse_choice(t, q) for t in ["B", "(C)", "A.", "D) yes", "blue", "Bob"]] == \
+        ["blue", "two dogs", "dark red", "yes", "blue", "Bob"]
+    assert options("Is it A. or not?") == {} and parse_choice("A", "what is it?") == "A"  # no options: as is
+    got = score_answers(["C", "B"], [2, 0], ["red", "blue", "two dogs"], [["2 dogs"], ["red"]], [q, "which? A. red B. blue"])
+    assert got["acc"] == pytest.approx(0.5) and got["exact"] == pytest.approx(0.5)  # C -> two dogs; B -> blue

@@ -43,6 +43,7 @@ class GenerativeSplit:
     task: str = "vqa"
     score_idx: torch.Tensor | None = None
     score_val: torch.Tensor | None = None
+    questions: list[str] = field(default_factory=list)  # the question texts (multiple-choice options)
     generative: bool = field(default=True, init=False)
 
     def __len__(self) -> int:
@@ -128,6 +129,7 @@ class GenerativeSplit:
             pixels=[d for p in parts for d in p.pixels],
             image_tokens=[t for p in parts for t in p.image_tokens] if cached else None,
             labels=torch.cat([p.labels for p in parts]), answers=[a for p in parts for a in p.answers],
+            questions=[q for p in parts for q in p.questions],
             vocab=parts[0].vocab, pad_id=parts[0].pad_id, task=parts[0].task, **scored)
 
 
@@ -196,7 +198,7 @@ def encode_generative(questions: list[str], answers: list[list[str]], image_inde
         answers=[[normalize_answer(a) for a in ans] for ans in answers], vocab=list(vocab),
         pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0, task=task,
         score_idx=None if score_idx is None else torch.from_numpy(score_idx),
-        score_val=None if score_val is None else torch.from_numpy(score_val))
+        score_val=None if score_val is None else torch.from_numpy(score_val), questions=list(questions))
 
 
 def image_tokens(model, pixels: list[dict[str, torch.Tensor]], cache_dir: str | None,

@@ -9,6 +9,8 @@ words, contractions: :func:`fedvl.data.real.answers.normalize_answer`) and then
 * ``vqa_score``: the VQA score it gets from the human answers (min(1, #humans / 3), leave-one-out
   averaged; exact match with one answer per question);
 * ``bal_acc``: accuracy averaged over the answer classes present;
+
+(A question that lists lettered options, "A. red (B) blue", takes a letter answer as that option.)
 * ``loss``: the answer tokens' cross-entropy under teacher forcing (what training minimises);
 * ``gen_seconds``: time spent generating (or ranking).
 
@@ -18,6 +20,7 @@ words, contractions: :func:`fedvl.data.real.answers.normalize_answer`) and then
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -28,9 +31,32 @@ from fedvl.data.real.answers import answer_scores, majority_answer, normalize_an
 from fedvl.engine.device import FP32_CPU, Amp, to_device
 
 
+# "A. red", "(B) blue", "C) green", "D: yellow": a multiple-choice question lists its options in its text
+_OPTION = re.compile(r"(?:^|(?<=\s))\(?([A-H])(?:\)|\.|:)\s+(.+?)(?=\s+\(?[A-H](?:\)|\.|:)\s|\s*$)", re.S)
+_LETTER = re.compile(r"^\(?([A-H])(?:\)|\.|:)?(?:\s|$)")
+
+
+def options(question: str) -> dict[str, str]:
+    """The lettered options a question lists (A, B, ... in order, at least two), else {}."""
+    found = {m.group(1): m.group(2).strip() for m in _OPTION.finditer(question)}
+    letters = "ABCDEFGH"[: len(found)]
+    return found if len(found) >= 2 and "".join(sorted(found)) == letters else {}
+
+
+def parse_choice(text: str, question: str) -> str:
+    """A generated answer to a multiple-choice question as the option's text: "B", "(B)", "B." or
+    "B) blue" name option B; any other text is returned as it is."""
+    opts = options(question)
+    m = _LETTER.match(text.strip()) if opts else None
+    return opts.get(m.group(1), text) if m else text
+
+
 def score_answers(texts: list[str], labels: list[int], vocab: list[str],
-                  humans: list[list[str]]) -> dict[str, float]:
-    """Pure scoring of generated ``texts`` (see the module doc); ``humans``: normalised human answers."""
+                  humans: list[list[str]], questions: list[str] | None = None) -> dict[str, float]:
+    """Pure scoring of generated ``texts`` (see the module doc); ``humans``: normalised human answers;
+    ``questions``: where one lists lettered options, a letter answer is read as its option."""
+    if questions:
+        texts = [parse_choice(t, q) for t, q in zip(texts, questions)]
     index = {normalize_answer(a): i for i, a in enumerate(vocab)}
     norm = [normalize_answer(t) for t in texts]
     pred = np.array([index.get(t, -1) for t in norm])
@@ -114,7 +140,7 @@ def evaluate_generative(model, data, batch_size: int, max_new_tokens: int, amp: 
     else:
         texts = generate_answers(model, data, batch_size, max_new_tokens, amp)
     seconds = time.perf_counter() - t0
-    metrics = score_answers(texts, data.labels.tolist(), data.vocab, data.answers)
+    metrics = score_answers(texts, data.labels.tolist(), data.vocab, data.answers, data.questions)
     metrics["loss"] = answer_loss(model, data, batch_size, amp)
     metrics["gen_seconds"] = seconds
     model.train(was)
