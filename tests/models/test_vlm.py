@@ -140,3 +140,21 @@ def test_a_letter_answer_to_a_multiple_choice_question_is_read_as_its_option():
     assert options("Is it A. or not?") == {} and parse_choice("A", "what is it?") == "A"  # no options: as is
     got = score_answers(["C", "B"], [2, 0], ["red", "blue", "two dogs"], [["2 dogs"], ["red"]], [q, "which? A. red B. blue"])
     assert got["acc"] == pytest.approx(0.5) and got["exact"] == pytest.approx(0.5)  # C -> two dogs; B -> blue
+
+
+def test_a_training_projector_is_not_cached_and_learns(vlm_checkpoint):
+    model = build_vlm(ModelConfig(name="hf-vlm", checkpoint=str(vlm_checkpoint("idefics3")), train_connector=True,
+                                  peft="lora"),
+                      0, ("shared",))
+    assert not model.cache_vision
+    data = _data(model, n_rep=1)
+    assert data.image_tokens is None  # the pixels are kept: the frozen tower runs in every step
+    b = data.batch(torch.arange(4))
+    assert "pixel.pixel_values" in b and "image_tokens" not in b
+    names = trainable_names(model, "lora", ("shared",))
+    assert {param_group(n) for n in names} == {"lora.shared", "connector"}
+    set_trainable(model, names)
+    loss = torch.nn.functional.cross_entropy(forward_logits(model, b), b["labels"])
+    loss.backward()
+    grads = {param_group(n): p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert "connector" in grads and "vision" not in grads
