@@ -17,4 +17,4 @@ print("gpu:", torch.cuda.get_device_name(0))
 PY
 timeout 420 "$PYTHON" benchmarks/device.py
 timeout 180 "$PYTHON" -m pytest -q -x -p no:cacheprovider -m cuda tests/engine/test_device.py tests/fedmmkt/test_kt.py \
-    tests/models/test_vlpretrain.py
+    tests/pretrain/test_vl.py

@@ -65,7 +65,7 @@ def tiny_vl_base(tmp_path_factory):
     """A VL base for the tiny model (two steps of `fedvl pretrain vl` on 8 images, seconds): runs on it
     freeze the connector as the default model's shipped base does (model.base=vl)."""
     from fedvl.models.vlbase import VLPretrainConfig
-    from fedvl.models.vlpretrain import pretrain
+    from fedvl.pretrain.vl import pretrain
 
     cfg = VLPretrainConfig(model="tiny", image_size=64, corpus_images=8, held_out_images=4, captions_per_image=2,
                            steps=2, batch_size=4, threads=1, cache_dir=str(tmp_path_factory.mktemp("vlbase")))

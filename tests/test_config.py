@@ -20,6 +20,33 @@ def test_shipped_default_yaml_equals_embedded_default():
     assert yaml.safe_load((ROOT / "configs" / "default.yaml").read_text()) == ExperimentConfig().to_dict()
 
 
+def test_the_algorithm_section_is_composed_of_each_plugins_options():
+    """Each plugin's options are defined beside its name (fedvl/options/) and the section keeps one flat set
+    of keys, in the parts' order, with every part's ranges and the algorithm-owned options merged."""
+    import dataclasses
+
+    from fedvl.options.feddat import FedDATOptions
+    from fedvl.options.fedprox import FedProxOptions
+    from fedvl.options.server_opt import ServerOptOptions
+    from fedvl.schema import _ALGORITHM_PARTS, AlgorithmConfig
+
+    names = [f.name for f in dataclasses.fields(AlgorithmConfig)]
+    assert names == [f.name for part in _ALGORITHM_PARTS for f in dataclasses.fields(part)]
+    assert names[11:18] == ["prox_mu", "dat_weight", "kd_weight", "kd_temperature", "feddat_teacher",
+                            "feddat_mutual", "feddat_shared_pass"]
+    assert {f.name for f in dataclasses.fields(FedDATOptions)} < set(names)
+    assert AlgorithmConfig.RANGES["server_beta2"] == ServerOptOptions.RANGES["server_beta2"] == "[0, 1)"
+    assert AlgorithmConfig.RANGES["rounds"] == "1..1000000"
+    assert AlgorithmConfig.OWNED == FedProxOptions.OWNED | FedDATOptions.OWNED == {
+        "prox_mu", "dat_weight", "kd_weight", "kd_temperature"}
+    # a plugin's range is checked on load (server_lr), an owned one only when its algorithm runs (prox_mu)
+    with pytest.raises(ConfigError, match=r"^algorithm\.server_lr must be > 0, got 0\.0$"):
+        load_config(None, ["algorithm.server_lr=0"])
+    assert load_config(None, ["algorithm.prox_mu=-1"]).algorithm.prox_mu == -1.0
+    with pytest.raises(ConfigError, match=r"^algorithm\.prox_mu must be >= 0, got -1\.0$"):
+        load_config(None, ["algorithm.prox_mu=-1", "algorithm.name=fedprox"])
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_every_shipped_config_validates(path):
     cfg = load_config(path)

@@ -124,6 +124,7 @@ def _config_classes() -> list[type]:
         cls = todo.pop()
         out.append(cls)
         todo += [tp for tp in typing.get_type_hints(cls).values() if dataclasses.is_dataclass(tp)]
+        todo += [b for b in cls.__bases__ if dataclasses.is_dataclass(b)]  # a plugin's options, e.g. FedDATOptions
     return out
 
 

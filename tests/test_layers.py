@@ -17,17 +17,18 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fedvl"
 # own layer and the layers below.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation: options, files, seeds, devices",
-     ("fedvl", "fedvl.io", "fedvl.seeding", "fedvl.schema", "fedvl.fedmmkt", "fedvl.fedmmkt.options",
+     ("fedvl", "fedvl.io", "fedvl.seeding", "fedvl.schema", "fedvl.options", "fedvl.fedmmkt", "fedvl.fedmmkt.options",
       "fedvl.engine", "fedvl.engine.device")),
     ("data and models", ("fedvl.data", "fedvl.fedmmkt.data", "fedvl.models", "fedvl.fedmmkt.task_models",
                          "fedvl.fedmmkt.generator")),
-    ("the training loop", ("fedvl.engine.loops", "fedvl.engine.generate")),
+    # the pretraining programs that make a shipped base (models.vlbase loads it) train without the round
+    ("the training loop", ("fedvl.engine.loops", "fedvl.engine.generate", "fedvl.pretrain")),
     ("algorithms", ("fedvl.algorithms", "fedvl.fedmmkt.validate", "fedvl.fedmmkt.algorithms")),
     # a whole config is checked by its exchange family (fedvl.rounds.family), so it sits with the families
     ("a whole config, the round, the exchange families, transports, results",
      ("fedvl.config", "fedvl.rounds", "fedvl.finetune", "fedvl.fedmmkt.exchange", "fedvl.fedmmkt.federation",
-      "fedvl.fedmmkt.family", "fedvl.transport", "fedvl.deploy", "fedvl.report", "fedvl.runfolder",
-      "fedvl.fedmmkt.experiment")),
+      "fedvl.fedmmkt.family", "fedvl.fedmmkt.codec", "fedvl.transport", "fedvl.deploy", "fedvl.report",
+      "fedvl.runfolder", "fedvl.fedmmkt.experiment")),
     ("entry points", ("fedvl.experiment", "fedvl.sweep", "fedvl.estimate", "fedvl.deploy.server_app", "fedvl.commands",
                       "fedvl.cli", "fedvl.__main__")),
 ]

@@ -23,6 +23,10 @@ from typing import Any, ClassVar, Literal, get_args, get_origin
 import yaml
 
 from fedvl.fedmmkt.options import FedMMKTConfig, T2IConfig
+from fedvl.options.aggregate import RobustOptions
+from fedvl.options.feddat import FedDATOptions
+from fedvl.options.fedprox import FedProxOptions
+from fedvl.options.server_opt import ServerOptOptions
 
 
 class ConfigError(ValueError):
@@ -159,7 +163,9 @@ class DataConfig:
 
 
 @dataclass
-class AlgorithmConfig:
+class TrainingOptions:
+    """What every algorithm reads: the rounds, the clients' local training and the weighting of the mean."""
+
     name: str = "fedavg"
     rounds: int = 12
     fraction_fit: float = 1.0
@@ -176,22 +182,18 @@ class AlgorithmConfig:
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """cosine decays over the whole run (never restarts each round)."""
     aggregation: Literal["weighted", "uniform"] = "weighted"
-    prox_mu: float = 0.01
-    """FedProx proximal weight (only used by fedprox)."""
-    dat_weight: float = 0.5
-    """FedDAT: w in the Dual-Adapter Teacher h + w·A_C(h) + (1-w)·Â_S(h)."""
-    kd_weight: float = 0.5
-    """FedDAT: weight of the KD term in both MKD losses (the task loss gets 1 - kd_weight)."""
-    kd_temperature: float = 3.0
-    feddat_teacher: Literal["dat", "local"] = "dat"
-    """FedDAT ablation: "local" replaces the DAT teacher by A_C alone (no DAT)."""
-    feddat_mutual: bool = True
-    """FedDAT ablation: False trains A_C with the task loss only (one-way KD)."""
-    feddat_shared_pass: bool = True
-    """FedDAT: when nothing the A_S step moves feeds the encoder's DAT pass (the VL base's frozen connector;
-    only A_S and the head train besides A_C), one encoder forward serves the teacher logits and the A_C
-    step (3 -> 2 encoder forwards per batch; with dropout on, both roles then see one dropout mask).
-    False always runs the three passes."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "rounds": "1..1000000", "fraction_fit": "(0, 1]", "local_epochs": ">= 0", "local_steps": ">= 0",
+        "batch_size": "1..65536 (the upper bound keeps a batch within memory)", "lr": "> 0",
+        "full_lr": ">= 0", "weight_decay": ">= 0",
+    }
+
+
+@dataclass
+class TravelOptions:
+    """What travels, for any algorithm of the parameter family (``fedvl.models.params`` groups)."""
+
     also_travel: list[str] = field(default_factory=list)
     """Parameter groups that travel (are averaged) even though the algorithm keeps them on the
     client, e.g. ``connector`` or ``head`` for feddat; never ``adapter.local``."""
@@ -200,48 +202,24 @@ class AlgorithmConfig:
     and/or ``head``. The FedDAT reference code keeps each client's task head out of the average
     for every baseline; ``keep_local=connector,head`` makes a FedAvg-PEFT baseline send only its
     PEFT parameters, the same upload as FedDAT (the paper's protocol)."""
-    aggregator: Literal["mean", "median", "trimmed_mean", "krum"] = "mean"
-    """Server rule for the travelling parameters, for every algorithm: mean (FedAvg, weighted as
-    ``aggregation`` says), median (coordinate-wise), trimmed_mean (coordinate-wise, ``trim_ratio``)
-    or krum (``krum_byzantine``, ``krum_select``). The robust rules ignore sample counts."""
-    trim_ratio: float = 0.1
-    """trimmed_mean: share beta of the values dropped at each end, per coordinate (in [0, 0.5))."""
-    krum_byzantine: int = 1
-    """krum: f, the number of malicious updates it must tolerate (needs clients per round >= f + 3)."""
-    krum_select: int = 1
-    """krum: 1 = Krum (the single best update); m > 1 = multi-Krum (mean of the m best)."""
-    clip_update_norm: float = 0.0
-    """Norm clipping defence: scale every update delta down to this L2 norm before aggregating (0 = off)."""
-    clip_to_median: bool = False
-    """Norm clipping defence with no tuning: clip every update delta to the round's median delta norm."""
-    max_update_norm: float = 10.0
-    """Validation: reject an update whose delta norm exceeds this many times the global parameters'
-    norm (floored at 1); 0 = no norm check. Generous: honest deltas are a small fraction of it."""
-    server_opt: Literal["none", "fedavgm", "fedadam"] = "none"
-    """Parameter exchange only: the server's optimizer, which treats Δ = aggregate - global as a
-    pseudo-gradient (Reddi et al. 2021, https://arxiv.org/abs/2003.00295). none: the aggregate is the
-    new global model (FedAvg); fedavgm: server momentum, m = momentum·m + Δ, x += server_lr·m;
-    fedadam: x += server_lr·m / (sqrt(v) + server_tau) with Adam's moments of Δ. The pooled reference
-    (centralized) and local training have no server step and ignore it."""
-    server_lr: float = 1.0
-    """Server learning rate η (fedavgm, fedadam). FedAdam's step is about η per coordinate, so it wants
-    a far smaller η than FedAvgM (Reddi et al. tune it in 10^-3..10^0)."""
-    server_momentum: float = 0.9
-    """fedavgm: the momentum β; fedadam: β1, the decay of the first moment."""
-    server_beta2: float = 0.99
-    """fedadam: β2, the decay of the second moment."""
-    server_tau: float = 1e-3
-    """fedadam: τ, the adaptivity floor added to sqrt(v) (the second moment starts at τ²)."""
 
-    RANGES: ClassVar[dict[str, str]] = {
-        "rounds": "1..1000000", "fraction_fit": "(0, 1]", "local_epochs": ">= 0", "local_steps": ">= 0",
-        "batch_size": "1..65536 (the upper bound keeps a batch within memory)", "lr": "> 0",
-        "full_lr": ">= 0", "weight_decay": ">= 0", "prox_mu": ">= 0", "dat_weight": "[0, 1]",
-        "kd_weight": "[0, 1]", "kd_temperature": "> 0", "trim_ratio": "[0, 0.5)", "krum_byzantine": ">= 0",
-        "krum_select": ">= 1", "clip_update_norm": ">= 0", "max_update_norm": ">= 0",
-        "server_lr": "> 0", "server_momentum": "[0, 1)", "server_beta2": "[0, 1)", "server_tau": "> 0",
-    }
-    OWNED: ClassVar[frozenset[str]] = frozenset({"prox_mu", "dat_weight", "kd_weight", "kd_temperature"})
+    RANGES: ClassVar[dict[str, str]] = {}
+
+
+# the algorithm section's parts, in the order of its keys
+_ALGORITHM_PARTS = (TrainingOptions, FedProxOptions, FedDATOptions, TravelOptions, RobustOptions, ServerOptOptions)
+
+
+@dataclass
+class AlgorithmConfig(*reversed(_ALGORITHM_PARTS)):  # type: ignore[misc]
+    """The ``algorithm`` section: one flat set of keys composed of the plugins' own option classes, each
+    defined beside its plugin's name (``fedvl/options/``). A dataclass takes its bases' fields in reverse
+    MRO order, so listing the parts in reverse keeps the keys in ``_ALGORITHM_PARTS``' order (the order of
+    config.yaml and ``fedvl show-config``)."""
+
+    RANGES: ClassVar[dict[str, str]] = {k: v for part in _ALGORITHM_PARTS for k, v in part.RANGES.items()}
+    """Every part's ranges, merged (``check_ranges`` reads the section's class, which inherits only one)."""
+    OWNED: ClassVar[frozenset[str]] = frozenset().union(*(getattr(p, "OWNED", ()) for p in _ALGORITHM_PARTS))
     """Options of one algorithm, checked against their range by its own check only: a config shared
     between methods is not refused for an option the chosen one never reads."""
 

@@ -496,7 +496,7 @@ def test_kt_fedavg_reply_carries_its_weight_and_a_bad_one_is_a_malformed_reply()
     zero or non-integer size makes the reply malformed (the transport drops that client)."""
     from flwr.app import ConfigRecord, RecordDict
 
-    from fedvl.transport.wire import KnowledgeCodec
+    from fedvl.fedmmkt.codec import KnowledgeCodec
 
     codec = KnowledgeCodec()
     reply = {"train": {"train_loss": 0.5}, "weights": {"w": torch.ones(3)}, "num_examples": 8}

@@ -1,7 +1,9 @@
 """Pure tensor operations of the server: validation and averaging of client updates.
 
 No model, no network, no config object: dicts of tensors in, dicts of tensors
-out, so every rule can be tested with hand-computed tensors.
+out, so every rule can be tested with hand-computed tensors. Their options
+(``algorithm.aggregator``, ``trim_ratio``, ``krum_*``, the clipping and ``max_update_norm``) are
+``fedvl.options.aggregate``.
 """
 
 from __future__ import annotations

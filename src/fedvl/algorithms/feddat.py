@@ -28,6 +28,9 @@ mutual KD) and ``agree_shared_dat``, the share of the batch where z_S and its
 teacher (z_DAT; A_C alone under ``feddat_teacher=local``) pick the same
 answer. KD near 0 with agreement near 1 means the two adapters have learned
 the same function and there is nothing left to distill.
+
+Options: ``fedvl.options.feddat`` (``algorithm.dat_weight``, ``kd_weight``, ``kd_temperature``,
+``feddat_teacher``, ``feddat_mutual``, ``feddat_shared_pass``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from fedvl.data.features import EncodedSplit
 from fedvl.engine.loops import Batch, forward_logits, set_lr
 from fedvl.engine.loops import evaluate as evaluate_split
 from fedvl.models.params import param_group
+from fedvl.options.feddat import FedDATOptions
 from fedvl.schema import ConfigError, check_ranges
 
 
@@ -160,11 +164,11 @@ class FedDATClient(ClientUpdate):
 
 
 def check_options(cfg) -> None:
-    """FedDAT's own options (run when a config loads)."""
+    """FedDAT's own options (``fedvl.options.feddat``), run when a config loads."""
     a = cfg.algorithm
     if cfg.model.peft != "adapter":
         raise ConfigError(f"feddat needs model.peft=adapter (its dual adapters), got model.peft={cfg.model.peft}")
-    check_ranges(a, "algorithm.", ["dat_weight", "kd_weight", "kd_temperature"])
+    check_ranges(a, "algorithm.", list(FedDATOptions.RANGES))  # its OWNED ones, in their order
 
 
 ALGORITHM = register(Algorithm(

@@ -3,7 +3,7 @@ MLSys 2020, https://arxiv.org/abs/1812.06127.
 
 Client: the task loss plus (mu/2)·||w - w_global||² over the travelling
 parameters, which keeps local models near the global one under heterogeneity.
-Server: FedAvg.
+Server: FedAvg. Options: ``fedvl.options.fedprox`` (``algorithm.prox_mu``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 
 from fedvl.algorithms.base import Algorithm, ClientContext, ClientUpdate, ServerRule, register
 from fedvl.engine.loops import cross_entropy_step
+from fedvl.options.fedprox import FedProxOptions
 from fedvl.schema import check_ranges
 
 
@@ -30,7 +31,8 @@ class FedProxClient(ClientUpdate):
 
 
 def check_options(cfg) -> None:
-    check_ranges(cfg.algorithm, "algorithm.", ["prox_mu"])
+    """FedProx's own options (``fedvl.options.fedprox``), run when a config loads."""
+    check_ranges(cfg.algorithm, "algorithm.", list(FedProxOptions.RANGES))
 
 
 ALGORITHM = register(Algorithm(

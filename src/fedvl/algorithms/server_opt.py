@@ -5,7 +5,7 @@ https://arxiv.org/abs/2003.00295, Algorithm 2).
 Pure tensor steps (dicts of tensors in, new dicts out, inputs never modified), computed in
 float64 and returned in each parameter's dtype; :class:`ServerOptimizer` carries their state
 from round to round and hands it to the round checkpoint as named tensors, so a resumed run
-continues with exactly the moments it stopped with.
+continues with exactly the moments it stopped with. Options: ``fedvl.options.server_opt``.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def _pretrain_vl(ns) -> int:
 
     from fedvl.io import atomic_write
     from fedvl.models.vlbase import VLPretrainConfig, pretrain_key, shipped_path
-    from fedvl.models.vlpretrain import cached_base, pretrain
+    from fedvl.pretrain.vl import cached_base, pretrain
     from fedvl.report.progress import Progress
     from fedvl.schema import load_section
 

@@ -63,7 +63,7 @@ class KnowledgeFamily:
         return KnowledgeNode(fed, store)
 
     def codec(self):
-        from fedvl.transport.wire import KnowledgeCodec
+        from fedvl.fedmmkt.codec import KnowledgeCodec
 
         return KnowledgeCodec()
 

@@ -58,7 +58,7 @@ class ParameterFamily:
         return ParameterNode(fed, store)
 
     def codec(self):
-        from fedvl.transport.wire import ParameterCodec
+        from fedvl.finetune.codec import ParameterCodec
 
         return ParameterCodec()
 

@@ -167,7 +167,7 @@ class VisionLanguageModel(nn.Module):
                features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The encoder's output tokens ``[prompt, text, visual]``, their mask and the prompt length.
 
-        Shared by the answer heads and VL pretraining (``fedvl.models.vlpretrain``: ITM reads
+        Shared by the answer heads and VL pretraining (``fedvl.pretrain.vl``: ITM reads
         the first text token, MLM the caption tokens)."""
         text_h = self.text.embeddings(input_ids=input_ids)
         vis = features.float().flatten(2).transpose(1, 2)  # (B, h*w, C)

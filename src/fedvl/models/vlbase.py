@@ -1,6 +1,6 @@
 """The VL-pretrained base: its settings, its key, and loading it into a model.
 
-``fedvl pretrain vl`` (:mod:`fedvl.models.vlpretrain`) trains the connector, a
+``fedvl pretrain vl`` (:mod:`fedvl.pretrain.vl`) trains the connector, a
 low-rank delta on the text layers and the text LayerNorms with ViLT's objectives
 (image-text matching with hard negatives, masked language modelling) on a public
 caption corpus. What it produces is small (float16 safetensors, a few MB) and is

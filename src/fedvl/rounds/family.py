@@ -86,7 +86,8 @@ class Family(Protocol):
         ...
 
     def codec(self) -> Any:
-        """What puts this family's messages into Flower records and back (:mod:`fedvl.transport.wire`)."""
+        """What puts this family's messages into Flower records and back (in the family's folder, built of
+        :mod:`fedvl.transport.wire`'s records)."""
         ...
 
     def report(self, run: Finished) -> tuple[str, list[str], dict[str, Any]]:

@@ -100,7 +100,7 @@ def test_count_negatives_option_changes_the_key():
 
 
 def _pretrain(tmp_path, name: str, **kw):
-    from fedvl.models.vlpretrain import pretrain
+    from fedvl.pretrain.vl import pretrain
 
     cfg = VLPretrainConfig(**{**TINY_PRE, **kw, "cache_dir": str(tmp_path / name)})
     return pretrain(cfg, status=lambda s: None)
@@ -129,7 +129,7 @@ def test_pretraining_is_deterministic_and_writes_report_and_curves(tmp_path):
     assert path_a.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert not path_a.with_suffix(".ckpt").exists()  # the resumable checkpoint is gone once done
     # read back from the float16 file, built as fine-tuning builds it: the report's held-out ITM accuracy
-    from fedvl.models.vlpretrain import held_out_report
+    from fedvl.pretrain.vl import held_out_report
 
     back = held_out_report(path_a, VLPretrainConfig(**TINY_PRE))
     assert back["pairs"] == 12 and abs(back["itm_acc"] - report["held_out_itm_acc"]) <= 1 / 12 + 1e-9
@@ -142,7 +142,7 @@ def test_pretraining_is_deterministic_and_writes_report_and_curves(tmp_path):
 
 
 def test_a_killed_pretraining_resumes_to_the_same_weights(tmp_path):
-    from fedvl.models.vlpretrain import pretrain
+    from fedvl.pretrain.vl import pretrain
 
     whole, _ = _pretrain(tmp_path, "whole")
     cfg = VLPretrainConfig(**{**TINY_PRE, "cache_dir": str(tmp_path / "killed")})
@@ -178,7 +178,7 @@ def test_swapped_image_negatives_follow_vilt_and_spare_count_captions():
     count captions (often true of another image) are left as they are."""
     from types import SimpleNamespace
 
-    from fedvl.models.vlpretrain import MATCH, MISMATCH, swap_images
+    from fedvl.pretrain.vl import MATCH, MISMATCH, swap_images
 
     feats = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 2, 1, 1)  # image i's features are all i
     data = SimpleNamespace(features=feats, image=torch.tensor([0, 1, 2, 3, 4, 0]),
@@ -198,7 +198,7 @@ def test_swapped_image_negatives_follow_vilt_and_spare_count_captions():
 
 def test_grounded_masking_chooses_the_image_decided_words():
     from fedvl.models.backbones import load_tokenizer
-    from fedvl.models.vlpretrain import GROUNDED, _mask_tokens
+    from fedvl.pretrain.vl import GROUNDED, _mask_tokens
 
     tok = load_tokenizer()
     grounded = torch.tensor(tok.convert_tokens_to_ids([w for ws in GROUNDED.values() for w in ws]))
@@ -216,7 +216,7 @@ def test_grounded_masking_chooses_the_image_decided_words():
 def test_grounded_word_accuracy_shows_each_caption_another_image(tmp_path):
     """The "another image" reading feeds every caption an image that is not its own (and the same masked
     word both times); with every image identical the two readings agree exactly."""
-    from fedvl.models.vlpretrain import Encoded, Pretrainer
+    from fedvl.pretrain.vl import Encoded, Pretrainer
 
     pt = Pretrainer(VLPretrainConfig(**TINY_PRE))
     data = Encoded(make_corpus(12, 2, 64, seed=3, max_objects=2), pt.model, pt.tokenizer, 40, None)
@@ -360,7 +360,7 @@ def test_pretraining_device_is_checked_and_not_part_of_the_key(tmp_path):
 def test_pretraining_on_cuda_matches_the_cpu_and_resumes_there(tmp_path):
     """The same base from a CUDA pretraining as from the CPU one (float rounding apart); its
     checkpoint is device-free (a run killed on the GPU resumes on the CPU)."""
-    from fedvl.models.vlpretrain import pretrain
+    from fedvl.pretrain.vl import pretrain
 
     cpu, _ = _pretrain(tmp_path, "cpu")
     cfg = VLPretrainConfig(**{**TINY_PRE, "cache_dir": str(tmp_path / "gpu"), "device": "cuda"})
@@ -393,7 +393,7 @@ def test_shipped_base_is_the_default_settings_and_reads_the_image():
     checked where the base has it: masked words only the image decides."""
     from fedvl.io import file_sha256
     from fedvl.models.vlbase import shipped_path
-    from fedvl.models.vlpretrain import held_out_report
+    from fedvl.pretrain.vl import held_out_report
 
     path = shipped_path("default")
     assert path.name == f"{pretrain_key(VLPretrainConfig())}.safetensors"
