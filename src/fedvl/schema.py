@@ -100,6 +100,7 @@ class ModelConfig:
         "max_text_len": "4..512 (the text encoders hold 512 positions)",
         "head_hidden": "1..65536 (the upper bound keeps the head within memory)",
         "max_new_tokens": "1..4096",
+        "client_lora_ranks": "1..1024 (each; the model holds lora_rank, the largest)",
     }
     """Each numeric option's range, checked on load (see ``_within``)."""
 
