@@ -67,6 +67,9 @@ class KTFederation:
         """Every client of the run, in order, whichever of them this process holds data of."""
         return list(self.archs)
 
+    def close(self) -> None:
+        """Nothing runs beside this process (its task models train here: no run.client_procs)."""
+
 
 @dataclass
 class ServerState:

@@ -102,7 +102,7 @@ def _client_federation(cfg_text: str, pid: int, every_partition: bool, device: s
     key = (hashlib.sha256(cfg_text.encode()).hexdigest(), -1 if every_partition else pid, device)
     if key not in _FEDS:
         for old in _FEDS.values():  # one run per process at a time: do not keep an old model (or its workers) alive
-            getattr(old, "close", lambda: None)()
+            old.close()
         _FEDS.clear()
         cfg = cfg_from_text(cfg_text)
         if device:
