@@ -386,7 +386,8 @@ def run_comparison(config_path: str | None, overrides: list[str], methods: list[
                     console.print(f"[yellow]{m} seed {cfg.run.seed}: its config.yaml differs from this comparison's; "
                                   f"delete {run_dir} to run it again[/yellow]")
                 continue
-            console.rule(f"{m} · seed {cfg.run.seed}")
+            if jobs == 1:
+                console.rule(f"{m} · seed {cfg.run.seed}")
             if why not in (None, "not run yet") and not why.startswith("status "):
                 console.print(f"[yellow]{m} seed {cfg.run.seed}: {why}; running it again[/yellow]")
             # a run stopped mid-way (or whose results files are gone) with the same config continues
