@@ -38,7 +38,8 @@ from fedvl.fedmmkt.algorithms import KTClient
 from fedvl.config import load_config
 from fedvl.fedmmkt.generator.judge import judge_outputs
 from fedvl.fedmmkt.task_models import build_task_model
-from fedvl.fedmmkt.federation import ServerState, build, run_round, task_model
+from fedvl.fedmmkt.exchange import run_round
+from fedvl.fedmmkt.federation import ServerState, build, task_model
 from fedvl.seeding import derived_seed
 
 VARIANTS: dict[str, list[str]] = {

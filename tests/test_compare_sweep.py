@@ -123,3 +123,24 @@ def test_jobs_run_side_by_side_and_give_the_same_numbers(tmp_path):
         [(p["method"], p["point"], p["acc"], p["mb"]) for p in b["points"]]
     bad = fedvl(*args, "--name", "bad", "--jobs", "0", cwd=tmp_path)
     assert bad.returncode == 2 and "--jobs must be 1..64" in bad.stderr
+
+
+def test_frontier_merge_draws_one_frontier_from_several_comparisons(tmp_path):
+    from pathlib import Path
+
+    base = ["compare", *TINY, "algorithm.rounds=1", "algorithm.local_steps=1", f"run.cache_dir={tmp_path / 'cache'}",
+            "--quiet", "--seeds", "0"]
+    assert fedvl(*base, "--algorithms", "fedavg", "--name", "a", cwd=tmp_path).returncode == 0
+    assert fedvl(*base, "algorithm.keep_local=head", "--algorithms", "fedavg", "--name", "b", cwd=tmp_path).returncode == 0
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier_merge.py"
+    res = tmp_path / "results"
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "merged"), "T", f"{res / 'a'}:head travels",
+                        f"{res / 'b'}:head local", "--ref", "local=40"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    table = (tmp_path / "merged.md").read_text()
+    acc = {n: json.loads((res / n / "fedavg" / "seed0" / "summary.json").read_text())["final"]["avg"]["acc"]
+           for n in ("a", "b")}
+    assert f"| fedavg (head travels) | - | 1 |" in table and f"{100 * acc['a']:.1f} ± 0.0" in table
+    assert f"| fedavg (head local) | - | 1 |" in table and f"{100 * acc['b']:.1f} ± 0.0" in table
+    assert "| local | - | 0 | 0 | 40.0 ± 0.0 | n/a |" in table
+    assert (tmp_path / "merged.png").read_bytes()[:4] == b"\x89PNG"
