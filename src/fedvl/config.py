@@ -42,9 +42,13 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     from fedvl.models.adapters import check_lora_targets
 
     if cfg.model.client_lora_ranks:
-        _check_client_ranks(cfg)
+        from fedvl.algorithms.hetlora import check_options as check_client_ranks
+
+        check_client_ranks(cfg)
     if cfg.model.name == "hf-vlm":
-        _check_generative(cfg)
+        from fedvl.models.vlm import check_options as check_generative
+
+        check_generative(cfg)
     else:
         check_lora_targets("model.lora_targets", cfg.model.lora_targets, "clip" if cfg.model.name == "clip" else "bert")
     for key, names in (("algorithm.also_travel", cfg.algorithm.also_travel),
@@ -61,65 +65,6 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
 
     family_of(cfg.algorithm.name).check(cfg)  # e.g. the parameter family's data, aggregation and privacy options
     return cfg
-
-
-def _check_client_ranks(cfg: ExperimentConfig) -> None:
-    """model.client_lora_ranks: one rank per client, each within the model's rank, under a plain mean."""
-    ranks, m = cfg.model.client_lora_ranks, cfg.model
-    clients = len(cfg.data.clients) if cfg.data.benchmark == "real" else cfg.data.num_clients
-    problems = [
-        (m.peft == "lora", f"model.client_lora_ranks needs model.peft=lora, not {m.peft}"),
-        (len(ranks) == clients, f"model.client_lora_ranks gives {len(ranks)} ranks for {clients} clients; give one "
-                                "per client"),
-        (all(1 <= r <= m.lora_rank for r in ranks), f"model.client_lora_ranks must each be 1..model.lora_rank "
-                                                    f"({m.lora_rank}): the model holds the largest rank"),
-        (cfg.algorithm.aggregator == "mean" and not cfg.privacy.enabled and not cfg.run.secagg,
-         "model.client_lora_ranks aggregates each rank component over the clients that hold it: it needs "
-         "algorithm.aggregator=mean without privacy.enabled or run.secagg"),
-    ]
-    for ok, msg in problems:
-        if not ok:
-            raise ConfigError(msg)
-
-
-def _check_generative(cfg: ExperimentConfig) -> None:
-    """model.name=hf-vlm: what a generative checkpoint can do (fedvl.models.vlm)."""
-    from fedvl.models.vlm import lora_targets
-
-    m = cfg.model
-    if not m.checkpoint:
-        raise ConfigError("model.name=hf-vlm needs model.checkpoint (a local checkpoint directory, or a repo id in "
-                          "the local Hugging Face cache)")
-    if m.peft not in ("lora", "adapter", "full", "bitfit", "layernorm"):
-        raise ConfigError(f"model.peft={m.peft} is not available with model.name=hf-vlm "
-                          "(lora, adapter, full, bitfit, layernorm): a generative model has no answer head")
-    lora_targets(m)
-    if m.quantize == "4bit":
-        _check_qlora(cfg)
-    if len(set(m.lora_targets)) != len(m.lora_targets):
-        raise ConfigError(f"model.lora_targets names a layer twice: {','.join(m.lora_targets)}")
-    if cfg.data.benchmark == "task":
-        raise ConfigError("data.benchmark=task needs one answer head per task; use it with a classifier model "
-                          "(model.name=default, tiny, vilt, clip, blip)")
-
-
-def _check_qlora(cfg: ExperimentConfig) -> None:
-    import importlib.util
-
-    from fedvl.engine.device import DeviceError, resolve_device
-
-    if cfg.model.peft != "lora":
-        raise ConfigError(f"model.quantize=4bit (QLoRA) trains LoRA on the 4-bit base: use model.peft=lora, "
-                          f"not {cfg.model.peft}")
-    try:
-        device = resolve_device(cfg.run.device)
-    except DeviceError as e:
-        raise ConfigError(str(e)) from None
-    if device.type != "cuda" and cfg.run.runtime != "flower-deploy":
-        raise ConfigError(f"model.quantize=4bit (QLoRA) needs a CUDA device (bitsandbytes' 4-bit kernels); "
-                          f"run.device={cfg.run.device} is {device.type} here: use model.quantize=none")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError("model.quantize=4bit needs bitsandbytes: pip install 'fedvl[qlora]'")
 
 
 def _check_devices(cfg: ExperimentConfig) -> None:

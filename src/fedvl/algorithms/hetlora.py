@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fedvl.algorithms.aggregate import Params
+from fedvl.schema import ConfigError
 
 _A = re.compile(r"\.lora_A\.[^.]+\.weight$")
 _B = re.compile(r"\.lora_B\.[^.]+\.weight$")
@@ -92,3 +93,22 @@ def client_rank(cfg, client_ids: list[str], cid: str) -> int | None:
     if not ranks or cid not in client_ids:
         return None
     return ranks[client_ids.index(cid)]
+
+
+def check_options(cfg) -> None:
+    """model.client_lora_ranks: one rank per client, each within the model's rank, under a plain mean."""
+    ranks, m = cfg.model.client_lora_ranks, cfg.model
+    clients = len(cfg.data.clients) if cfg.data.benchmark == "real" else cfg.data.num_clients
+    problems = [
+        (m.peft == "lora", f"model.client_lora_ranks needs model.peft=lora, not {m.peft}"),
+        (len(ranks) == clients, f"model.client_lora_ranks gives {len(ranks)} ranks for {clients} clients; give one "
+                                "per client"),
+        (all(1 <= r <= m.lora_rank for r in ranks), f"model.client_lora_ranks must each be 1..model.lora_rank "
+                                                    f"({m.lora_rank}): the model holds the largest rank"),
+        (cfg.algorithm.aggregator == "mean" and not cfg.privacy.enabled and not cfg.run.secagg,
+         "model.client_lora_ranks aggregates each rank component over the clients that hold it: it needs "
+         "algorithm.aggregator=mean without privacy.enabled or run.secagg"),
+    ]
+    for ok, msg in problems:
+        if not ok:
+            raise ConfigError(msg)

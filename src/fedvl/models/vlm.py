@@ -21,7 +21,6 @@ trains, so the pixels are kept and the frozen tower runs in every step.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -278,9 +277,39 @@ def build_vlm(cfg: ModelConfig, seed: int, roles: tuple[str, ...], device=None) 
     return model
 
 
-_SPACE = re.compile(r"\s+")
+def check_options(cfg) -> None:
+    """model.name=hf-vlm: what a generative checkpoint can do (fedvl.models.vlm)."""
+    m = cfg.model
+    if not m.checkpoint:
+        raise ConfigError("model.name=hf-vlm needs model.checkpoint (a local checkpoint directory, or a repo id in "
+                          "the local Hugging Face cache)")
+    if m.peft not in ("lora", "adapter", "full", "bitfit", "layernorm"):
+        raise ConfigError(f"model.peft={m.peft} is not available with model.name=hf-vlm "
+                          "(lora, adapter, full, bitfit, layernorm): a generative model has no answer head")
+    lora_targets(m)
+    if m.quantize == "4bit":
+        _check_qlora(cfg)
+    if len(set(m.lora_targets)) != len(m.lora_targets):
+        raise ConfigError(f"model.lora_targets names a layer twice: {','.join(m.lora_targets)}")
+    if cfg.data.benchmark == "task":
+        raise ConfigError("data.benchmark=task needs one answer head per task; use it with a classifier model "
+                          "(model.name=default, tiny, vilt, clip, blip)")
 
 
-def decoded(text: str) -> str:
-    """A generated answer as one line (the end-of-turn token is already cut by the decoder)."""
-    return _SPACE.sub(" ", text).strip()
+def _check_qlora(cfg) -> None:
+    import importlib.util
+
+    from fedvl.engine.device import DeviceError, resolve_device
+
+    if cfg.model.peft != "lora":
+        raise ConfigError(f"model.quantize=4bit (QLoRA) trains LoRA on the 4-bit base: use model.peft=lora, "
+                          f"not {cfg.model.peft}")
+    try:
+        device = resolve_device(cfg.run.device)
+    except DeviceError as e:
+        raise ConfigError(str(e)) from None
+    if device.type != "cuda" and cfg.run.runtime != "flower-deploy":
+        raise ConfigError(f"model.quantize=4bit (QLoRA) needs a CUDA device (bitsandbytes' 4-bit kernels); "
+                          f"run.device={cfg.run.device} is {device.type} here: use model.quantize=none")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("model.quantize=4bit needs bitsandbytes: pip install 'fedvl[qlora]'")
