@@ -69,7 +69,8 @@ def build(family: str, out: Path, seed: int = 0) -> Path:
                              image_token="<|image_pad|>", video_token="<|video_pad|>")
         ids = {k: tok.convert_tokens_to_ids(v) for k, v in dict(image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
                vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>").items()}
-        text = _text(len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0})
+        rope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}  # sums to head_dim / 2
+        text = _text(len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, rope_parameters=rope)
         if family == "qwen2_vl":
             vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=8,
                           spatial_merge_size=2, temporal_patch_size=2, in_chans=3)

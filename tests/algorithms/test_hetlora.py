@@ -30,16 +30,17 @@ def test_each_rank_component_is_averaged_over_the_clients_that_hold_it():
 
 
 def test_a_limited_rank_client_never_moves_the_components_it_does_not_hold():
-    model = torch.nn.ModuleDict({"q": torch.nn.ModuleDict({"lora_A": torch.nn.ModuleDict({"shared": torch.nn.Linear(3, 4, bias=False)})})})
+    lin = torch.nn.Linear(3, 4, bias=False)  # named q.lora_A.shared.weight below, as peft names a factor
+    model = torch.nn.ModuleDict({"q": torch.nn.ModuleDict({"lora_A": torch.nn.ModuleDict({"shared": lin})})})
     name = "q.lora_A.shared.weight"
     opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
     with limited_rank(model, [name], 2):
         for _ in range(3):
-            loss = model["q"]["lora_A"]["shared"](torch.ones(1, 3)).pow(2).sum() - model["q"]["lora_A"]["shared"].weight.sum()
+            loss = lin(torch.ones(1, 3)).pow(2).sum() - lin.weight.sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
-    w = model["q"]["lora_A"]["shared"].weight
+    w = lin.weight
     assert (w[2:] == 0).all() and (w[:2] != 0).all()
     assert not w._backward_hooks  # the hooks are gone after the block
 

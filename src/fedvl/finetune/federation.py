@@ -124,7 +124,8 @@ def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None
     status(f"building the {cfg.model.name} model ({cfg.model.peft})")
     tasks = tuple(t for t in TASKS if t in tasks_present)
     model = build_model(cfg.model, num_answers, cfg.data.image_size, cfg.run.seed, roles=algo.adapter_roles,
-                        tasks=tasks, device=amp.device).to(amp.device)  # built on the CPU (same init everywhere), then moved
+                        tasks=tasks, device=amp.device).to(amp.device)
+    # (built on the CPU, the same init everywhere, then moved; a 4-bit base is loaded on its device)
     trainable = trainable_names(model, cfg.model.peft, algo.trainable_roles)
     set_trainable(model, trainable)
     local_groups = set(algo.local_groups)
