@@ -44,7 +44,6 @@ class GenerativeSplit:
     score_idx: torch.Tensor | None = None
     score_val: torch.Tensor | None = None
     questions: list[str] = field(default_factory=list)  # the question texts (multiple-choice options)
-    generative: bool = field(default=True, init=False)
 
     def __len__(self) -> int:
         return len(self.ids)
