@@ -331,7 +331,7 @@ def test_a_node_refused_first_after_wait_s_still_says_why(tmp_path, monkeypatch,
     monkeypatch.setattr(deploy.signal, "signal", lambda *a: None)  # join's SIGTERM handler: not in pytest
     monkeypatch.setattr(deploy, "_unreachable", lambda *a: None)
     monkeypatch.setattr(deploy, "start_worker",
-                        lambda folder: subprocess.Popen(["sleep", "30"], start_new_session=True))
+                        lambda folder, *port: subprocess.Popen(["sleep", "30"], start_new_session=True))
 
     def refused_after_the_deadline(*args):
         time.sleep(1.2)

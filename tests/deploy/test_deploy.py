@@ -83,8 +83,10 @@ def _running_with(text: str) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tls, secure", [(False, False), (True, False), (True, True)],
-                         ids=["insecure", "tls", "tls-secagg-auth"])
+                         ids=["insecure-flower-executor", "tls", "tls-secagg-auth"])
 def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_path):
+    """The nodes run fedvl's warm executor, except in the first case: Flower's flwr-clientapp per
+    message (`--executor flower`), each handing its message to the node's warm worker."""
     from fedvl.config import load_config
     from fedvl.experiment import run_experiment
     from fedvl.deploy.process import free_port, stop
@@ -112,7 +114,8 @@ def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_
         for i in range(2):
             procs.append(subprocess.Popen(
                 [FEDVL, "join", "--server", f"127.0.0.1:{port}", "--partition", str(i),
-                 "--state-dir", str(tmp_path / f"node{i}"), *node_sec, *keys[i]],
+                 "--state-dir", str(tmp_path / f"node{i}"), *node_sec, *keys[i],
+                 *([] if tls else ["--executor", "flower"])],
                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         if secure:  # claims partition 0 with a key the server never registered
             with open(tmp_path / "intruder.log", "w") as intruder_log:  # the child keeps its own handle

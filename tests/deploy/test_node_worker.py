@@ -107,10 +107,11 @@ def test_the_supernode_loop_sleeps_where_the_cap_expects(monkeypatch):
     assert "time.sleep(3)" in source and source.count("time.sleep(0.5)") == 2
     slept = []
     monkeypatch.setattr(time, "sleep", slept.append)
-    capped = CappedSleep(0.05)
-    capped.sleep(3)
+    capped = CappedSleep(0.05, local_cap=0.02)
+    capped.sleep(3)  # the wait for the next message: a request to the SuperLink
+    capped.sleep(0.5)  # a wait for the local reply
     capped.sleep(0.01)
-    assert slept == [0.05, 0.01]  # capped, and a shorter wait is left as it is
+    assert slept == [0.05, 0.02, 0.01]  # capped, each at its own cap; a shorter wait is left as it is
     assert capped.monotonic is time.monotonic and capped.time is time.time  # everything else is the time module's
 
 
@@ -120,8 +121,9 @@ def test_the_supernode_entry_point_caps_the_loop_at_the_poll_option(monkeypatch)
     import flwr.supernode.cli
     import flwr.supernode.start_client_internal as loop
 
-    from fedvl.deploy import supernode
+    from fedvl.deploy import flower_pins, supernode
 
+    monkeypatch.setattr(flower_pins, "cut_pull_backoff", lambda: None)  # (a process-wide change)
     ran = []
     monkeypatch.setattr(flwr.supernode.cli, "flower_supernode", lambda: ran.append((sys.argv[0], loop.time.cap)))
     monkeypatch.setattr(loop, "time", time)

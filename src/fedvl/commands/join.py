@@ -14,8 +14,12 @@ Gives up (exit 1) when no Flower SuperLink answers at --server for --wait-s seco
 start (an open port is not enough), and at once when it answers only over the other security
 (TLS vs --insecure); stops (exit 2) when the run has no partition --partition. If the server restarts
 (`fedvl serve --resume`) within --wait-s, the node joins it again and its clients go on
-from their state as of the server's last checkpoint. A warm worker process keeps this
-node's model and data in memory between messages.
+from their state as of the server's last checkpoint. A warm process keeps this node's
+model and data in memory between messages: by default fedvl's executor, which claims
+the SuperNode's ClientApp tasks itself (no process per message); --executor flower
+keeps Flower's own flwr-clientapp process per message, which hands it on. A warm
+process that dies is started again (3 times at most); a message it was running is
+reported failed at once, so the server can retry the round (run.round_retries).
 """
 
 
@@ -39,6 +43,9 @@ def add_parser(sub) -> None:
     jn.add_argument("--poll-s", type=float, default=0.2,
                     help="how often an idle node asks the SuperLink for its next message (Flower's own SuperNode "
                          "waits 3 s, most of a short round); raise it for many nodes on one SuperLink (default: 0.2)")
+    jn.add_argument("--executor", choices=("warm", "flower"), default="warm",
+                    help="who runs this node's ClientApp: fedvl's long-lived executor (warm, the default) or a "
+                         "Flower flwr-clientapp process per message that asks the warm worker (flower)")
     jn.set_defaults(handler=main)
 
 
@@ -52,4 +59,4 @@ def main(ns) -> int:
         raise ConfigError("give --root-certificates CA.pem (TLS) or --insecure")
     state = Path(ns.state_dir) if ns.state_dir else Path.home() / ".cache" / "fedvl" / f"node-{ns.partition}"
     return join(ns.server, ns.partition, state, Path(ns.root_certificates) if ns.root_certificates else None, ns.port,
-                Path(ns.auth_key) if ns.auth_key else None, ns.wait_s, ns.device, ns.poll_s)
+                Path(ns.auth_key) if ns.auth_key else None, ns.wait_s, ns.device, ns.poll_s, ns.executor)

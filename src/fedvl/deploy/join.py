@@ -1,14 +1,19 @@
-"""``fedvl join`` on a real Flower deployment: a SuperNode running the fedvl ClientApp for one
-partition, beside the node's warm worker (:mod:`fedvl.deploy.node_worker`).
+"""``fedvl join`` on a real Flower deployment: a SuperNode for one partition, beside the node's warm
+process, which keeps the model and the partition's data in memory between messages. By default
+that process is fedvl's executor (:mod:`fedvl.deploy.executor`), which claims the SuperNode's
+ClientApp tasks itself (``--isolation process``); ``--executor flower`` keeps Flower's own
+per-message ``flwr-clientapp`` processes, each handing its message to the warm worker
+(:mod:`fedvl.deploy.node_worker`).
 
-This process only starts, watches and stops those two and probes the SuperLink; it imports
-neither torch nor Flower (the worker and the SuperNode are processes of their own).
+This process only starts, watches (restarting the warm process when it dies) and stops those two
+and probes the SuperLink; it imports neither torch nor Flower.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import socket
@@ -19,18 +24,24 @@ import threading
 import time
 from pathlib import Path
 
-from fedvl.deploy.names import DEVICE_KEY, STATE_KEY
+from fedvl.deploy.names import DEVICE_KEY, EXIT_FATAL, FATAL, SECRET, STATE_KEY
 from fedvl.deploy.node_worker import WORKER_KEY, make_folder
+
+EXECUTORS = ("warm", "flower")  # fedvl's executor claims the tasks / Flower's flwr-clientapp per message
+MAX_RESTARTS = 3  # a warm process that keeps dying has a cause a restart does not fix
 from fedvl.deploy.process import die_with_parent, flower_env, free_port, stop
 from fedvl.deploy.supernode import DEFAULT_POLL_S, POLL_ENV
 from fedvl.schema import ConfigError
 
 
 def join_command(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int,
-                 auth_key: Path | None = None, device: str = "", worker: Path | None = None) -> list[str]:
+                 auth_key: Path | None = None, device: str = "", worker: Path | None = None,
+                 secret: Path | None = None) -> list[str]:
     """The ``flower-supernode`` command of one client node; ``auth_key``: the node's private key
     (OpenSSH format) when the SuperLink authenticates nodes; ``worker``: the folder of the node's
-    warm worker (:mod:`fedvl.deploy.node_worker`), which then answers every message."""
+    warm worker (:mod:`fedvl.deploy.node_worker`), which then answers every message; ``secret``: the
+    SuperExec secret file of fedvl's executor, which then claims the node's tasks
+    (``--isolation process``: the SuperNode launches no ClientApp process)."""
     if partition < 0:
         raise ConfigError(f"--partition must be >= 0, got {partition}")
     if tls_ca is not None and not Path(tls_ca).is_file():
@@ -53,7 +64,9 @@ def join_command(server: str, partition: int, state_dir: Path, tls_ca: Path | No
         node_config += f" {WORKER_KEY}={json.dumps(str(worker))}"
     # Flower's SuperNode, polling faster (fedvl.deploy.supernode)
     cmd = [sys.executable, "-m", "fedvl.deploy.supernode", "--superlink", server, "--node-config", node_config,
-           "--port", str(port)]
+           "--port", str(port), "--host", "127.0.0.1"]
+    if secret is not None:
+        cmd += ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
     cmd += ["--auth-supernode-private-key", str(Path(auth_key).resolve())] if auth_key else []
     return cmd + (["--root-certificates", str(tls_ca)] if tls_ca else ["--insecure"])
 
@@ -81,16 +94,56 @@ REPLY_PULL_S = 10.0
 REFUSED, ENDED, WORKER_GONE = "refused", "ended", "worker gone"
 
 
+class Worker:
+    """The node's warm process: fedvl's executor (``runtime_port`` given: it claims the tasks of the
+    SuperNode whose local API listens there) or the worker Flower's per-message ClientApp asks.
+    One that dies is started again (the executor's successor reports the lost task failed), up to
+    ``MAX_RESTARTS`` times; one that stops because the run cannot use this node is not."""
+
+    ALIVE, RESTARTED, FATAL, GONE = "alive", "restarted", "fatal", "gone"
+
+    def __init__(self, folder: Path, runtime_port: int | None = None):
+        self.folder, self.runtime_port, self.restarts = folder, runtime_port, 0
+        self.proc = start_worker(folder, runtime_port) if runtime_port else start_worker(folder)
+        self.returncode: int | None = None
+
+    def fatal(self) -> str | None:
+        path = self.folder / FATAL
+        return path.read_text() if path.exists() else None
+
+    def check(self) -> str:
+        if self.proc.poll() is None:
+            return self.ALIVE
+        self.returncode = self.proc.returncode
+        if self.returncode == EXIT_FATAL and self.fatal():
+            return self.FATAL
+        if self.restarts >= MAX_RESTARTS:
+            return self.GONE
+        self.restarts += 1
+        print(f"fedvl join: this node's fedvl {'executor' if self.runtime_port else 'worker'} exited with code "
+              f"{self.returncode}; starting it again ({self.restarts} of {MAX_RESTARTS})", file=sys.stderr, flush=True)
+        self.proc = start_worker(self.folder, self.runtime_port) if self.runtime_port else start_worker(self.folder)
+        return self.RESTARTED
+
+    def stop(self) -> None:
+        stop(self.proc, grace=3)
+
+
 def _watch_superlink(proc: subprocess.Popen, host: str, port: int, gone_s: float, ended: threading.Event,
-                     worker: subprocess.Popen | None = None, worker_gone: threading.Event | None = None) -> None:
+                     worker: Worker | None = None, worker_gone: threading.Event | None = None) -> None:
     """Stop the node once nothing has listened on host:port for ``gone_s``: the SuperLink went
     away with the run it served (a SuperNode would retry it forever); or once the node's warm
-    worker has died (every message would then fail)."""
+    process has died for good (every message would then fail). A warm process that stopped because
+    the run cannot use this node leaves the node to hand its error reply on (:func:`_run_node`)."""
     seen = time.monotonic()
     while proc.poll() is None:
-        if worker is not None and worker.poll() is not None:
+        state = worker.check() if worker is not None else Worker.ALIVE
+        if state == Worker.GONE:
             worker_gone.set()
             stop(proc, grace=3)
+            return
+        if state == Worker.FATAL:
+            threading.Timer(REPLY_WAIT_S + REPLY_PULL_S, stop, (proc, 3)).start()
             return
         if _listening(host, port):
             seen = time.monotonic()
@@ -101,14 +154,17 @@ def _watch_superlink(proc: subprocess.Popen, host: str, port: int, gone_s: float
         time.sleep(1)
 
 
-def start_worker(folder: Path) -> subprocess.Popen:
-    """The node's warm worker (:mod:`fedvl.deploy.node_worker`): its output goes to this terminal; it
-    imports torch and fedvl now, while the node connects, not when the first message arrives."""
-    return subprocess.Popen([sys.executable, "-m", "fedvl.deploy.node_worker", str(folder)], env=flower_env(),
-                            start_new_session=True, preexec_fn=die_with_parent)
+def start_worker(folder: Path, runtime_port: int | None = None) -> subprocess.Popen:
+    """The node's warm process: fedvl's executor when ``runtime_port`` is given, else the worker of
+    Flower's per-message ClientApp. Its output goes to this terminal; it imports torch and fedvl
+    now, while the node connects, not when the first message arrives."""
+    cmd = [sys.executable, "-m", "fedvl.deploy.node_worker", str(folder)]
+    if runtime_port:
+        cmd = [sys.executable, "-m", "fedvl.deploy.executor", str(folder), "--runtime", f"127.0.0.1:{runtime_port}"]
+    return subprocess.Popen(cmd, env=flower_env(), start_new_session=True, preexec_fn=die_with_parent)
 
 
-def _run_node(cmd: list[str], host: str, port: int, gone_s: float, worker: subprocess.Popen | None = None,
+def _run_node(cmd: list[str], host: str, port: int, gone_s: float, worker: Worker | None = None,
               poll_s: float = DEFAULT_POLL_S) -> tuple[int, str | None]:
     """Run one SuperNode in its own process group, its output passed through, until it ends,
     reports that the SuperLink refused it (REFUSED) or that its partition is not in the run
@@ -132,9 +188,12 @@ def _run_node(cmd: list[str], host: str, port: int, gone_s: float, worker: subpr
             if why is None and BAD_PARTITION in line:
                 why = line[line.index(BAD_PARTITION) + len("ConfigError: "):].strip()
                 give_up.start()  # the ClientApp logs its error before it hands the reply to the SuperNode
-            elif why is not None and any(m in line for m in REPLY_HANDED_ON):
-                time.sleep(REPLY_PULL_S)
-                break
+            elif any(m in line for m in REPLY_HANDED_ON):
+                # fedvl's executor writes why the run cannot use this node before it replies
+                why = why or (worker.fatal() if worker is not None else None)
+                if why is not None:
+                    time.sleep(REPLY_PULL_S)
+                    break
     finally:
         give_up.cancel()
         # the SuperNode and its children; short grace: whoever stops `fedvl join` may not wait long
@@ -240,7 +299,8 @@ def _unreachable(host: str, port: int, deadline: float, tls_ca: Path | None = No
 
 
 def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int | None = None,
-         auth_key: Path | None = None, wait_s: float = 300.0, device: str = "", poll_s: float = DEFAULT_POLL_S) -> int:
+         auth_key: Path | None = None, wait_s: float = 300.0, device: str = "", poll_s: float = DEFAULT_POLL_S,
+         executor: str = "warm") -> int:
     """Run a SuperNode for ``partition`` in the foreground until the run it serves has ended (its
     SuperLink gone for ``wait_s``: exit 0) or it is stopped.
 
@@ -252,15 +312,25 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
         raise ConfigError(f"--poll-s must be between 0.01 and 60 seconds, got {poll_s}")
     if not math.isfinite(wait_s) or wait_s < 0:  # nan would compare false with every deadline: wait forever
         raise ConfigError(f"--wait-s must be a finite number of seconds >= 0, got {wait_s}")
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     folder = make_folder()
     worker = None
     quick_exits = 0
     deadline = time.monotonic() + wait_s
     try:
-        cmd = join_command(server, partition, state_dir, tls_ca, port or free_port(), auth_key, device, worker=folder)
+        port = port or free_port()
+        if executor == "warm":
+            secret = folder / SECRET  # raw bytes, read by the SuperNode and by the executor (mode 0600)
+            fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(os.urandom(32).hex().encode())
+            cmd = join_command(server, partition, state_dir, tls_ca, port, auth_key, device, secret=secret)
+        else:
+            cmd = join_command(server, partition, state_dir, tls_ca, port, auth_key, device, worker=folder)
         # SIGTERM becomes an exception so the SuperNode and the worker are always stopped with `fedvl join`
         signal.signal(signal.SIGTERM, _interrupt)
-        worker = start_worker(folder)
+        worker = Worker(folder, port if executor == "warm" else None)
         while True:
             reason = _unreachable(host, server_port, time.monotonic(), tls_ca)  # one quick look first
             if reason is not None:
@@ -274,8 +344,9 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
             started = time.monotonic()
             code, why = _run_node(cmd, host, server_port, wait_s, worker, poll_s)
             if why == WORKER_GONE:
-                print(f"fedvl join: error: this node's fedvl worker exited with code {worker.returncode} (its "
-                      "error is above); stopping this node", file=sys.stderr)
+                print(f"fedvl join: error: this node's fedvl {'executor' if executor == 'warm' else 'worker'} "
+                      f"exited with code {worker.returncode} {MAX_RESTARTS + 1} times (its error is above); stopping "
+                      "this node", file=sys.stderr)
                 return 1
             if why is None:
                 # The SuperNode ended by itself: its SuperLink went away (Flower's SuperNode gives up
@@ -315,5 +386,6 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
     except KeyboardInterrupt:
         return 130
     finally:
-        stop(worker, grace=3)
+        if worker is not None:
+            worker.stop()
         shutil.rmtree(folder, ignore_errors=True)

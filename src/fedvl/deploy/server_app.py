@@ -9,6 +9,7 @@ so this module sits above both the experiment and the Flower runtime.
 import os
 from pathlib import Path
 
+from fedvl.deploy.flower_pins import cut_pull_backoff
 from fedvl.deploy.names import CONFIG_KEY, DEPLOYMENT_FILE, RESULTS_KEY, RESUME_KEY, RUN_TOKEN_KEY
 from fedvl.deploy.process import die_with_parent
 from fedvl.experiment import run_experiment
@@ -27,6 +28,8 @@ from fedvl.transport.flower import (
     run_rounds,
 )
 
+# the grid pulls each reply; one visible before its contents are stored waited 1 s (flower_pins)
+cut_pull_backoff()
 server_app = ServerApp()
 
 

@@ -5,11 +5,13 @@ waits for its ClientApp's reply in 0.5 s steps. On a short round those waits are
 time a deployment takes: a node answers a round's train message, finds nothing (the server is
 still aggregating), and sleeps 3 s before it sees the evaluate message. Flower has no option for
 either wait, so this entry point caps the sleeps of the SuperNode's message loop
-(``flwr.supernode.start_client_internal``, whose only sleeps are those three) at
-``FEDVL_NODE_POLL_S`` seconds (``fedvl join --poll-s``) and then runs Flower's SuperNode
-unchanged. flwr is pinned to 1.42 in pyproject.toml; ``tests/deploy/test_node_worker.py`` checks
-that the loop still sleeps where this expects, so a Flower upgrade that moves them fails a test
-instead of silently going back to 3 s.
+(``flwr.supernode.start_client_internal``, whose only sleeps are those three): the wait for the
+next message (a request to the SuperLink) at ``FEDVL_NODE_POLL_S`` seconds (``fedvl join
+--poll-s``), the two waits for the local reply (a look at the node's own memory) at
+``LOCAL_WAIT_S``; it also cuts Flower's 1 s back-off on contents not stored yet
+(:func:`fedvl.deploy.flower_pins.cut_pull_backoff`), then runs Flower's SuperNode unchanged.
+``tests/deploy/test_flower_pins.py`` checks that the loop still sleeps where this expects, so a
+Flower upgrade that moves them fails a test instead of silently going back to 3 s.
 
     python -m fedvl.deploy.supernode [flower-supernode options]
 """
@@ -24,25 +26,31 @@ from fedvl.transport import flower_env  # noqa: F401  (first: before flwr is imp
 
 POLL_ENV = "FEDVL_NODE_POLL_S"
 DEFAULT_POLL_S = 0.2  # 5 requests a second from an idle node: nothing on a LAN, fine for tens of nodes
+LOCAL_WAIT_S = 0.02  # the reply waits look at the node's own memory: cheap to do often
+IDLE_SLEEP_S = 3  # the loop's one network wait (no message yet); its other sleeps (0.5 s) are local
 
 
 class CappedSleep:
-    """The ``time`` module, except that ``sleep`` waits at most ``cap`` seconds."""
+    """The ``time`` module, except that ``sleep`` waits at most ``cap`` seconds for the loop's network
+    wait (``IDLE_SLEEP_S``) and at most ``local_cap`` for its local ones."""
 
-    def __init__(self, cap: float):
-        self.cap = cap
+    def __init__(self, cap: float, local_cap: float = LOCAL_WAIT_S):
+        self.cap, self.local_cap = cap, local_cap
 
     def __getattr__(self, name: str):
         return getattr(time, name)
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self.cap))
+        time.sleep(min(seconds, self.cap if seconds >= IDLE_SLEEP_S else self.local_cap))
 
 
 def main() -> None:
     import flwr.supernode.start_client_internal as loop
     from flwr.supernode.cli import flower_supernode
 
+    from fedvl.deploy.flower_pins import cut_pull_backoff
+
+    cut_pull_backoff()
     loop.time = CappedSleep(float(os.environ.get(POLL_ENV, DEFAULT_POLL_S)))
     sys.argv[0] = "flower-supernode"
     flower_supernode()

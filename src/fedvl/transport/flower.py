@@ -92,14 +92,15 @@ def node_device(device: str) -> tuple[str, int]:
         raise ConfigError(str(e).replace("run.device", "--device")) from None
 
 
-def _client_federation(cfg_text: str, pid: int, every_partition: bool, device: str = ""):
+def _client_federation(cfg_text: str, pid: int, every_partition: bool, device: str = "", run: str = ""):
     """A deployed node builds its own partition only; a simulation worker serves every
     partition in turn, so it builds them all once (vision features come from the disk cache).
     ``device``: the node's own choice (``fedvl join --device``), over the run's run.device.
     The algorithm's exchange family builds it (:meth:`fedvl.rounds.family.Family.build_node`: a
     knowledge-exchange node builds its clients' data and task models, never the server's generator
-    or judge)."""
-    key = (hashlib.sha256(cfg_text.encode()).hexdigest(), -1 if every_partition else pid, device)
+    or judge). ``run``: the run it serves; a process that outlives runs (a deployed node's warm
+    executor) builds afresh for a new run, so nothing one run left in memory reaches the next."""
+    key = (hashlib.sha256(cfg_text.encode()).hexdigest(), -1 if every_partition else pid, device, run)
     if key not in _FEDS:
         for old in _FEDS.values():  # one run per process at a time: do not keep an old model (or its workers) alive
             old.close()
@@ -151,7 +152,8 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
         else:
             text = cfg_text or str(context.run_config[CONFIG_KEY])
             built = _client_federation(text, pid, every_partition=cfg_text is not None,
-                                       device=str(context.node_config.get(DEVICE_KEY, "")))
+                                       device=str(context.node_config.get(DEVICE_KEY, "")),
+                                       run=str(context.run_config.get(RUN_TOKEN_KEY) or context.run_id))
         return text, built, built.client_ids[pid]
 
     def setup(context: Context, to: str):
