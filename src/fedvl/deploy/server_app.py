@@ -26,6 +26,7 @@ from fedvl.transport.flower import (
     cfg_from_text,
     make_client_app,
     run_rounds,
+    warm_up,
 )
 
 # the grid pulls each reply; one visible before its contents are stored waited 1 s (flower_pins)
@@ -50,6 +51,7 @@ def main(grid: Grid, context: Context) -> None:
         return run_rounds(grid, fed, history, progress, server, start)
 
     run_dir = Path(str(context.run_config[RESULTS_KEY]))
+    warm_up(grid)  # the nodes build while this process builds the server's side
     try:
         run_experiment(cfg, run_dir, progress_enabled=False, runner=rounds, server_only=True,
                        resume=bool(context.run_config.get(RESUME_KEY, False)),

@@ -168,6 +168,12 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
+        if msg.content["config"].get(WARM_UP):  # the server's head start (warm_up): build now, answer nothing;
+            try:  # a node that cannot serve the run says so to the server's real query (discover)
+                federation(context)
+            except Exception:  # noqa: BLE001
+                pass
+            return Message(RecordDict({"config": ConfigRecord({})}), reply_to=msg)
         _, built, cid = federation(context)
         info: dict[str, Any] = {"cid": cid}
         if built.cfg.run.secagg:  # SecAgg+ scales every weight by the largest client's sample count
@@ -252,6 +258,20 @@ def _send(grid: Grid, nodes: dict[str, int], cids: list[str], kind: str, rnd: in
         if cid not in ok and cid not in failed:
             failed[cid] = f"no reply within {timeout}s (disconnected?)" if timeout else "no reply"
     return ok, failed
+
+
+WARM_UP = "warm-up"  # a query's config key: build your side of the run now, the real query follows
+
+
+def warm_up(grid: Grid) -> None:
+    """Ask every node connected now to build its side of the run (model, data, features) while the
+    server builds its own: a node builds on its first message, and the server's first message (the
+    query of :func:`discover`) otherwise comes only once the server has built. The replies are not
+    awaited; a node that joins later builds on the real query."""
+    nodes = list(grid.get_node_ids())
+    if nodes:
+        grid.push_messages([Message(RecordDict({"config": ConfigRecord({WARM_UP: 1})}), dst_node_id=n,
+                                    message_type="query") for n in nodes])
 
 
 def discover(grid: Grid, client_ids: list[str], wait_s: float, sizes: dict[str, int] | None = None,
