@@ -41,10 +41,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(msg)
     from fedvl.models.adapters import check_lora_targets
 
-    if cfg.model.client_lora_ranks:
-        from fedvl.algorithms.hetlora import check_options as check_client_ranks
+    if cfg.model.client_lora_ranks or cfg.model.lora_aggregation != "zeropad":
+        from fedvl.algorithms.hetlora import check_options as check_lora_aggregation
 
-        check_client_ranks(cfg)
+        check_lora_aggregation(cfg)
     if cfg.model.name == "hf-vlm":
         from fedvl.models.vlm import check_options as check_generative
 

@@ -64,8 +64,13 @@ class ModelConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])
     client_lora_ranks: list[int] = field(default_factory=list)
     """peft=lora: one LoRA rank per client, in client order, each <= lora_rank (sites with less GPU memory
-    train fewer rank components; aggregated by zero-padding, see fedvl.algorithms.hetlora); empty = every
-    client uses lora_rank."""
+    train fewer rank components; aggregated as lora_aggregation says, see fedvl.algorithms.hetlora); empty =
+    every client uses lora_rank."""
+    lora_aggregation: Literal["zeropad", "stack"] = "zeropad"
+    """peft=lora: how the server combines the clients' factors. zeropad: each factor averaged (each rank
+    component over the clients that hold it, HetLoRA); stack: the clients' products B_k A_k summed
+    exactly and merged into the frozen base weights, which then travel down too, and every client starts
+    each round from fresh factors (FLoRA, fedvl.algorithms.flora). Any client ranks, equal ones too."""
     prompt_length: int = 8
     """Soft-prompt vectors prepended to the tokens when peft=prompt (Lester et al. 2021)."""
     vision_tokens: Literal["multiscale", "s32", "s16"] = "multiscale"

@@ -144,12 +144,18 @@ class ServerRule:
             return global_params
         a, dp = self.cfg.algorithm, self.cfg.privacy
         updates = [r.params for r in results]
-        if self.cfg.model.client_lora_ranks:  # clients of different LoRA ranks (config allows the mean only)
-            from fedvl.algorithms.hetlora import rank_aware_mean
-
-            top = self.cfg.model.lora_rank
+        m = self.cfg.model
+        if m.client_lora_ranks or m.lora_aggregation == "stack":  # LoRA rules of their own (config: the mean only)
+            top = m.lora_rank
             ranks = [min(max(int(r.metrics.get("lora_rank", top)), 1), top) for r in results]
             weights = [float(r.num_examples) if a.aggregation == "weighted" else 1.0 for r in results]
+            if m.lora_aggregation == "stack":  # FLoRA: the products merged into the base weights
+                from fedvl.algorithms.flora import fresh_factors, stack_merge
+
+                fresh = fresh_factors(global_params, self.cfg.run.seed, rnd)
+                return stack_merge(global_params, updates, ranks, weights, m.lora_alpha / top, fresh)
+            from fedvl.algorithms.hetlora import rank_aware_mean
+
             return rank_aware_mean(updates, ranks, weights)
         if dp.enabled:
             # noise from (seed, round): the same in every runtime and after a resume

@@ -7,6 +7,9 @@ rank r trains the first r rank components only: rows ``:r`` of every ``lora_A`` 
 is zero beyond r. The server averages each rank component over the clients that trained it (a plain
 mean of the zero-padded factors would shrink the components only the larger clients hold towards zero
 every round). Every other travelling tensor is averaged as usual.
+
+The other aggregation, ``model.lora_aggregation=stack``, merges the clients' products into the base
+weights instead (FLoRA: :mod:`fedvl.algorithms.flora`); the clients train their ranks as here.
 """
 
 from __future__ import annotations
@@ -96,8 +99,15 @@ def client_rank(cfg, client_ids: list[str], cid: str) -> int | None:
 
 
 def check_options(cfg) -> None:
-    """model.client_lora_ranks: one rank per client, each within the model's rank, under a plain mean."""
+    """model.client_lora_ranks: one rank per client, each within the model's rank, under a plain mean;
+    model.lora_aggregation=stack: its own conditions (:func:`fedvl.algorithms.flora.check_options`)."""
+    if cfg.model.lora_aggregation == "stack":
+        from fedvl.algorithms.flora import check_options as check_stack
+
+        check_stack(cfg)
     ranks, m = cfg.model.client_lora_ranks, cfg.model
+    if not ranks:
+        return
     clients = len(cfg.data.clients) if cfg.data.benchmark == "real" else cfg.data.num_clients
     problems = [
         (m.peft == "lora", f"model.client_lora_ranks needs model.peft=lora, not {m.peft}"),

@@ -33,6 +33,12 @@ from fedvl.schema import ExperimentConfig
 from fedvl.seeding import derived_seed
 
 
+def sent_up(fed: Federation, global_params: Params) -> Params:
+    """The part of the global parameters a client sends back: all of it unless some only go down
+    (the base weights under ``model.lora_aggregation=stack``)."""
+    return {k: global_params[k] for k in fed.travel} if fed.down_only else global_params
+
+
 def load_client(fed: Federation, store: ClientStateStore, cid: str, global_params: Params) -> None:
     """Put the global travelling parameters and this client's own state into the model."""
     set_params(fed.model, global_params)
@@ -73,7 +79,7 @@ def client_fit(fed: Federation, store: ClientStateStore, cid: str, rnd: int, glo
     if cid in fed.attackers and fed.travel:
         # the attacker trains honestly, then sends a poisoned update instead (experiments only)
         gen = torch.Generator().manual_seed(derived_seed(cfg.run.seed, "attack", rnd, cid))
-        res.params = attack_update(global_params, res.params, cfg.attack.kind, cfg.attack.scale, gen)
+        res.params = attack_update(sent_up(fed, global_params), res.params, cfg.attack.kind, cfg.attack.scale, gen)
         res.metrics["attacker"] = 1.0
     res.params = to_wire(res.params, cfg)  # half-precision transport: what leaves the client is already cast
     return res
@@ -105,7 +111,7 @@ def check_result(fed: Federation, cid: str, res: Any, global_params: Params,
         raise UpdateRejected(f"not a FitResult but {type(res).__name__}")
     known = fed.train.get(cid)
     # an update arrives in the transport dtype; validate it against the global model in that dtype
-    validate_update(to_wire(global_params, fed.cfg), res.params, res.num_examples,
+    validate_update(to_wire(sent_up(fed, global_params), fed.cfg), res.params, res.num_examples,
                     max_update_norm=fed.cfg.algorithm.max_update_norm, reference_norm=reference_norm,
                     max_examples=len(known) if known is not None else None)
     if not isinstance(res.metrics, dict) or not all(
@@ -129,7 +135,8 @@ def server_aggregate(fed: Federation, rnd: int, global_params: Params,
     train_metrics: dict[str, dict[str, float]] = {}
     rejected: dict[str, str] = {}
     # one global model per round: its norm (the scale of the update-norm check) is computed once
-    ref_norm = global_norm(to_wire(global_params, fed.cfg)) if fed.cfg.algorithm.max_update_norm > 0 else None
+    ref_norm = global_norm(to_wire(sent_up(fed, global_params), fed.cfg)) \
+        if fed.cfg.algorithm.max_update_norm > 0 else None
     for cid, res in results.items():
         try:
             check_result(fed, cid, res, global_params, ref_norm)
@@ -210,7 +217,7 @@ class ParameterServer:
                  global_params: Params | None = None, config_digest: str | None = None):
         self.fed, self.store, self.run_dir, self.config_digest = fed, store, run_dir, config_digest
         self.rounds = fed.cfg.algorithm.rounds
-        self.global_params = global_params if global_params is not None else get_params(fed.model, fed.travel)
+        self.global_params = global_params if global_params is not None else get_params(fed.model, fed.down)
         # algorithm.server_opt: a step from the global model towards each round's aggregate
         self.server_opt = server_optimizer(fed.cfg, fed.algo.pooled)
 
@@ -226,7 +233,7 @@ class ParameterServer:
             if self.server_opt is not None and not self.server_opt.load_state_tensors(ckpt.server_tensors, fed.travel):
                 warn(f"fedvl: warning: the checkpoint holds no {fed.cfg.algorithm.server_opt} state; it starts afresh")
 
-        return resume_from(self.run_dir, fed.travel, self.store, history, self.rounds, restore, warn)
+        return resume_from(self.run_dir, fed.down, self.store, history, self.rounds, restore, warn)
 
     def sample(self, rnd: int) -> list[str]:
         return sample_round(self.fed, rnd)

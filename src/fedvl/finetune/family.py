@@ -73,7 +73,8 @@ class ParameterFamily:
             + f"; trainable {params['trainable_params']:,} of {params['total_params']:,} "
             f"parameters ({100 * params['trainable_frac']:.2f}%); travelling {params['travel_params']:,} "
             f"({100 * params['travel_frac']:.2f}%, {params['bytes_up_per_client_round'] / 1e6:.2f} MB up per client "
-            "per round)",
+            "per round" + (f", {params['bytes_down_per_client_round'] / 1e6:.2f} MB down with the merged base weights"
+                           if fed.down_only and not fed.algo.pooled else "") + ")",
             f"aggregation: {cfg.algorithm.aggregation}, rule {cfg.algorithm.aggregator}"
             + (f" (update clip {cfg.algorithm.clip_update_norm:g})" if cfg.algorithm.clip_update_norm > 0 else "")
             + (" (update clip: round median norm)" if cfg.algorithm.clip_to_median else "")

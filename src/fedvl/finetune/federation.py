@@ -16,6 +16,7 @@ from fedvl.algorithms import get_algorithm
 from fedvl.algorithms.aggregate import Params
 from fedvl.algorithms.attacks import choose_attackers
 from fedvl.algorithms.base import Algorithm, ClientUpdate, ServerRule
+from fedvl.algorithms.flora import merged_bases
 from fedvl.data.benchmarks import NUM_ANSWERS, benchmark_client_ids, benchmark_tasks, build_benchmark, make_client_split
 from fedvl.data.features import EncodedSplit, encode_split
 from fedvl.data.lazy import LazyClientData
@@ -59,6 +60,14 @@ class Federation:
     procs: Any = None
     """``run.client_procs > 1``: the worker processes that train each client (:mod:`fedvl.finetune.procs`),
     started by the first fit; :meth:`close` stops them."""
+    down_only: list[str] = field(default_factory=list)
+    """Global parameters that go down with ``travel`` but never come back: the frozen base weights that
+    ``model.lora_aggregation=stack`` merges the clients' LoRA products into (:mod:`fedvl.algorithms.flora`)."""
+
+    @property
+    def down(self) -> list[str]:
+        """The global parameters: what the server holds, checkpoints and sends down each round."""
+        return self.travel + self.down_only
 
     def close(self) -> None:
         """Stop what the federation started beside this process (the end of a run; safe to repeat)."""
@@ -78,7 +87,9 @@ class Federation:
                 # which foundation the run fine-tuned: the VL base's key, or the raw glue
                 "base": "vl" if base else "raw", "base_key": base.get("key", ""),
                 "trained_groups": sorted({param_group(n).split(".")[0] for n in self.trainable}),
-                "bytes_up_per_client_round": nbytes(to_wire(get_params(self.model, travel_names), self.cfg))}
+                "bytes_up_per_client_round": nbytes(to_wire(get_params(self.model, travel_names), self.cfg)),
+                # the global parameters go down as the server holds them (no transport cast)
+                "bytes_down_per_client_round": nbytes(get_params(self.model, [] if self.algo.pooled else self.down))}
 
 
 def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None = None) -> Federation:
@@ -171,8 +182,10 @@ def build_federation(cfg: ExperimentConfig, status=print, only: list[int] | None
             train = {"pooled": type(parts[0]).concat(parts)}
     attackers = [] if cfg.attack.kind == "none" or algo.pooled else \
         choose_attackers(client_ids, cfg.attack.fraction, cfg.run.seed)
+    # stacking (FLoRA) moves the global state into the LoRA-targeted base weights: they go down, frozen
+    down_only = merged_bases(travel) if cfg.model.lora_aggregation == "stack" else []
     return Federation(cfg, algo, model, algo.server(cfg), algo.client(cfg), train, test, trainable,
-                      travel, local, get_params(model, local), client_ids, attackers, amp)
+                      travel, local, get_params(model, local), client_ids, attackers, amp, down_only=down_only)
 
 
 def transport_dtype(cfg: ExperimentConfig) -> torch.dtype:

@@ -53,7 +53,7 @@ class ClientProcs:
 
         cfg = fed.cfg
         self.world = cfg.run.client_procs
-        self.names = list(dict.fromkeys(fed.trainable + fed.travel + fed.local))
+        self.names = list(dict.fromkeys(fed.trainable + fed.down + fed.local))  # down: + stacking's bases
         devices = rank_devices(fed.amp.device, self.world)
         backend = "nccl" if devices[0].type == "cuda" else "gloo"
         self.closed = False
