@@ -156,12 +156,13 @@ class _Grid:
 
 
 def test_exchange_polls_quickly_and_stops_at_the_timeout(monkeypatch):
-    grid, pauses = _Grid(delay=4), []
+    grid, pauses = _Grid(delay=8), []
     with monkeypatch.context() as m:
         m.setattr(flower.time, "sleep", pauses.append)
         replies = flower.exchange(grid, [_query(), _query()], timeout=None)
-    assert len(replies) == 2 and grid.pulls == 4
-    assert pauses == pytest.approx([0.02, 0.03, 0.045])  # three quick polls backing off, not three times 3 s
+    assert len(replies) == 2 and grid.pulls == 8
+    # quick polls backing off to a tenth of a second, not 3 s each
+    assert pauses == pytest.approx([0.02, 0.03, 0.045, 0.0675, 0.1, 0.1, 0.1])
     grid = _Grid(delay=10**6)
     t0 = time.perf_counter()
     assert flower.exchange(grid, [_query()], timeout=0.3) == []

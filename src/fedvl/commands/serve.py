@@ -55,31 +55,37 @@ def add_parser(sub) -> None:
 def main(ns) -> int:
     from pathlib import Path
 
-    from fedvl.config import load_config
-    from fedvl.deploy.serve import TLS, serve
-    from fedvl.experiment import run_dir_for
+    from fedvl.deploy.serve import TLS, serve, start_superlink
     from fedvl.schema import ConfigError
 
     path, overrides = split_args(ns.args)
-    if ns.resume:
-        if path or overrides or ns.overwrite:
-            raise ConfigError("serve --resume takes only the results folder: its config.yaml decides the run")
-        run_dir = Path(ns.resume)
-        if not resumable(run_dir):
-            return 0
-        cfg = load_config(run_dir / "config.yaml", [])
-    else:
-        cfg = load_config(path, overrides + ["run.runtime=flower-deploy"])  # what this run is, in its config.yaml
+    if ns.resume and (path or overrides or ns.overwrite):
+        raise ConfigError("serve --resume takes only the results folder: its config.yaml decides the run")
+    if ns.resume and not resumable(Path(ns.resume)):
+        return 0
     certs = [ns.ssl_certfile, ns.ssl_keyfile, ns.ssl_ca_certfile]
     if any(certs) and not all(certs):
         raise ConfigError("TLS needs all three of --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile")
     if not any(certs) and not ns.insecure:
         raise ConfigError("give TLS certificates (--ssl-certfile/--ssl-keyfile/--ssl-ca-certfile) or --insecure")
     tls = TLS(Path(certs[0]), Path(certs[1]), Path(certs[2])).check() if all(certs) else None
-    if not ns.resume:
-        run_dir = run_dir_for(cfg, overwrite=ns.overwrite)
-    code = serve(cfg, run_dir, ns.host, ns.port, tls, auth_keys=Path(ns.auth_keys) if ns.auth_keys else None,
-                 resume=bool(ns.resume))
+    auth_keys = Path(ns.auth_keys) if ns.auth_keys else None
+    # the SuperLink starts now: it listens while the config is loaded and checked (imports torch)
+    link = start_superlink(ns.host, ns.port, tls, auth_keys)
+    try:
+        from fedvl.config import load_config
+        from fedvl.experiment import run_dir_for
+
+        if ns.resume:
+            run_dir = Path(ns.resume)
+            cfg = load_config(run_dir / "config.yaml", [])
+        else:
+            cfg = load_config(path, overrides + ["run.runtime=flower-deploy"])  # what this run is, in config.yaml
+            run_dir = run_dir_for(cfg, overwrite=ns.overwrite)
+    except BaseException:
+        link.stop(discard=True)
+        raise
+    code = serve(cfg, run_dir, ns.host, ns.port, tls, auth_keys=auth_keys, resume=bool(ns.resume), link=link)
     print(f"results: {run_dir}")
     return code
 

@@ -123,70 +123,99 @@ def run_token(run_dir: Path) -> str:
                           "by `fedvl run` resumes with `fedvl run --resume`)") from None
 
 
-def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS | None, log=print,
-          timeout: float | None = None, auth_keys: Path | None = None, resume: bool = False) -> int:
-    """Start a SuperLink, submit the experiment, wait for it, stop the SuperLink.
-    ``auth_keys``: a folder of node public keys; only those nodes may join (needs TLS).
-    ``resume``: continue the run in ``run_dir`` from its newest checkpoint (its nodes keep their
-    clients' state by the run's token). Returns 0 when the results folder says ``complete``."""
-    from fedvl.algorithms import get_algorithm
+class SuperLink:
+    """A ``flower-superlink`` process and its private Flower home (``scratch``). Started before the
+    experiment's config is even loaded (:func:`start_superlink`): it takes a second or two to listen,
+    which the config's checks and imports then overlap."""
 
-    if get_algorithm(cfg.algorithm.name).pooled:
-        raise ConfigError(f"algorithm {cfg.algorithm.name} pools every client's data in one place; it has no "
-                          "federated deployment")
+    def __init__(self, host: str, port: int, tls: TLS | None, node_auth: bool):
+        self.host, self.port, self.tls = host, port, tls
+        self.local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        self.scratch = Path(tempfile.mkdtemp(prefix="fedvl-serve-"))
+        self.home = self.scratch / "flwr-home"
+        write_connection(self.home, f"{self.local}:{port}", tls)
+        self.env = flower_env(self.home)
+        cmd = [_bin("flower-superlink"), "--host", host, "--port", str(port)]
+        cmd += (["--ssl-certfile", str(tls.certfile), "--ssl-keyfile", str(tls.keyfile),
+                 "--ssl-ca-certfile", str(tls.cafile)] if tls else ["--insecure"])
+        cmd += ["--enable-supernode-auth"] if node_auth else []
+        self.log_path = self.scratch / "superlink.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, preexec_fn=die_with_parent)
+        self.failed = False  # it did not start: its log stays for the error message that names it
+
+    def wait_listening(self) -> None:
+        try:
+            wait_for_port(self.local, self.port, 60, self.proc)
+        except (RuntimeError, TimeoutError) as e:  # e.g. a TLS file it cannot load: its own words, not just a code
+            self.log.flush()
+            self.failed = True
+            raise RuntimeError(f"the SuperLink did not start ({e}): {last_error(self.log_path)} "
+                               f"(full log: {self.log_path})") from None
+
+    def stop(self, discard: bool = False) -> None:
+        """``discard``: also remove its folder (nothing was run, nothing to look at)."""
+        stop(self.proc)
+        self.log.close()
+        if discard and not self.failed:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def start_superlink(host: str, port: int, tls: TLS | None, auth_keys: Path | None) -> SuperLink:
     if tls:
         tls.check()
     if auth_keys is not None and tls is None:
         raise ConfigError("--auth-keys needs TLS (Flower authenticates nodes only over TLS): give --ssl-certfile, "
                           "--ssl-keyfile and --ssl-ca-certfile")
-    keys = auth_public_keys(auth_keys) if auth_keys is not None else []
-    token = run_token(run_dir) if resume else secrets.token_hex(8)
-    if resume:  # a server killed a moment ago: its SuperLink is still stopping the ServerApp that holds the folder
-        wait_until_free(run_dir, RELEASE_WAIT_S, log)
-    scratch = Path(tempfile.mkdtemp(prefix="fedvl-serve-"))
-    home, app = scratch / "flwr-home", scratch / "app"
-    write_app(app, cfg, run_dir, token, resume)
-    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    write_connection(home, f"{local}:{port}", tls)
-    env = flower_env(home)
-    link_cmd = [_bin("flower-superlink"), "--host", host, "--port", str(port)]
-    link_cmd += (["--ssl-certfile", str(tls.certfile), "--ssl-keyfile", str(tls.keyfile),
-                  "--ssl-ca-certfile", str(tls.cafile)] if tls else ["--insecure"])
-    link_cmd += ["--enable-supernode-auth"] if keys else []
-    link_log = open(scratch / "superlink.log", "w")
-    link = runner = None
+    return SuperLink(host, port, tls, auth_keys is not None)
+
+
+def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS | None, log=print,
+          timeout: float | None = None, auth_keys: Path | None = None, resume: bool = False,
+          link: SuperLink | None = None) -> int:
+    """Start a SuperLink (unless ``link`` is one already started), submit the experiment, wait for
+    it, stop the SuperLink. ``auth_keys``: a folder of node public keys; only those nodes may join
+    (needs TLS). ``resume``: continue the run in ``run_dir`` from its newest checkpoint (its nodes keep
+    their clients' state by the run's token). Returns 0 when the results folder says ``complete``."""
+    from fedvl.algorithms import get_algorithm
+
+    runner = None
     try:
-        link = subprocess.Popen(link_cmd, env=env, stdout=link_log, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=die_with_parent)
-        try:
-            wait_for_port(local, port, 60, link)
-        except (RuntimeError, TimeoutError) as e:  # e.g. a TLS file it cannot load: its own words, not just a code
-            link_log.flush()
-            raise RuntimeError(f"the SuperLink did not start ({e}): {last_error(scratch / 'superlink.log')} "
-                               f"(full log: {scratch / 'superlink.log'})") from None
+        if get_algorithm(cfg.algorithm.name).pooled:
+            raise ConfigError(f"algorithm {cfg.algorithm.name} pools every client's data in one place; it has no "
+                              "federated deployment")
+        keys = auth_public_keys(auth_keys) if auth_keys is not None else []
+        link = link or start_superlink(host, port, tls, auth_keys)
+        token = run_token(run_dir) if resume else secrets.token_hex(8)
+        if resume:  # a server killed a moment ago: its SuperLink is still stopping the ServerApp that holds the folder
+            wait_until_free(run_dir, RELEASE_WAIT_S, log)
+        app = link.scratch / "app"
+        write_app(app, cfg, run_dir, token, resume)
+        link.wait_listening()
         if keys:
-            register_nodes(keys, env, scratch, log)
+            register_nodes(keys, link.env, link.scratch, log)
         log(f"SuperLink listening on {host}:{port} ({'TLS' if tls else 'insecure: no TLS'}); "
-            f"on each client machine run: fedvl join --server {local}:{port} --partition i"
+            f"on each client machine run: fedvl join --server {link.local}:{port} --partition i"
             + (" --root-certificates CA.pem" if tls else " --insecure") + (" --auth-key NODE_KEY" if keys else ""))
-        runner = subprocess.Popen([_bin("flwr"), "run", str(app), "fedvl", "--stream"], env=env, cwd=scratch,
-                                  start_new_session=True, preexec_fn=die_with_parent)
+        runner = subprocess.Popen([_bin("flwr"), "run", str(app), "fedvl", "--stream"], env=link.env,
+                                  cwd=link.scratch, start_new_session=True, preexec_fn=die_with_parent)
         runner.wait(timeout=timeout)
     except BaseException:
         stop(runner)
         raise
     finally:
-        stop(link)
-        link_log.close()
+        if link is not None:
+            link.stop(discard=runner is None)
         _settle_status(run_dir)
     record = read_status(run_dir) or {"state": "missing"}
     state = record.get("state")
     if state != "complete":
         why = f": {record['error']}" if record.get("error") else ""
         print(f"fedvl serve: error: the deployed run did not complete (status: {state}{why}); SuperLink log: "
-              f"{scratch / 'superlink.log'}", file=sys.stderr)
+              f"{link.log_path}", file=sys.stderr)
         return 1
-    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(link.scratch, ignore_errors=True)
     return 0
 
 
