@@ -207,3 +207,34 @@ def test_packed_records_round_trip_every_dtype_and_refuse_malformed_ones():
         from_record(with_index([["w", "nn", [3]]]))
     with pytest.raises(ValueError, match="not a fedvl tensor record"):
         from_record(ArrayRecord.from_torch_state_dict({"w": torch.ones(2)}))
+
+
+def test_the_executors_retry_hands_a_refusal_back_and_retries_a_lost_connection(monkeypatch):
+    """Flower's own retry stops its process with SIGINT on a 401; the executor's gives the error to the
+    task (which is dropped) and retries only a connection the restarting SuperNode lost."""
+    import httpx
+
+    from fedvl.deploy.executor import _retry
+
+    signalled = []
+    monkeypatch.setattr(os, "kill", lambda *a: signalled.append(a))
+    monkeypatch.setattr(signal, "raise_signal", signalled.append)
+    request = httpx.Request("POST", "http://127.0.0.1:1/flwr.proto.Runtime/PullTaskInput")
+
+    def refused():
+        raise httpx.HTTPStatusError("401", request=request, response=httpx.Response(401, request=request))
+
+    with pytest.raises(httpx.HTTPStatusError):
+        _retry().invoke(refused)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise httpx.ConnectError("connection refused", request=request)
+        return "answered"
+
+    retry = _retry()
+    retry.wait_function = lambda s: None
+    assert retry.invoke(flaky) == "answered" and len(calls) == 3
+    assert not signalled
