@@ -10,13 +10,20 @@ On a machine with CUDA it measures, on ``cuda``:
    evaluation), with its phases' times;
 3. CPU-vs-GPU agreement: one round of a tiny FedAvg and a tiny FedDAT run on each device from
    the same seed; the mean training loss must agree within ``LOSS_RTOL`` (relative) and the
-   average accuracy within ``ACC_ATOL`` (absolute: a question or two flipping).
+   average accuracy within ``ACC_ATOL`` (absolute: a question or two flipping);
+4. the generative rows (``model.name=hf-vlm``, :mod:`vlm_throughput`): for the real-size shapes of
+   ``configs/vlm/`` (Qwen2-VL-2B, SmolVLM-256M; random weights) LoRA training tokens/s, model FLOP
+   utilisation and peak memory in bf16, with and without gradient checkpointing and on a 4-bit NF4
+   base, and one FedAvg-LoRA and one FedDAT round through fedvl.
 
 Without CUDA (or with ``--cpu``) it runs the reduced CPU path: the tiny model's samples/s
-in fp32 and bf16 and a tiny FedMMKT round, and says it saw no GPU; agreement is skipped.
+in fp32 and bf16, a tiny FedMMKT round, and tokens/s and a FedAvg-LoRA and a FedDAT round of each
+tiny generative family of ``tests/vlm_fixtures.py``; it says it saw no GPU; agreement is skipped.
 
-    python benchmarks/device.py                 # everything (about 3-5 min on one H200)
-    python benchmarks/device.py --cpu           # the reduced CPU path (about a minute on 2 cores)
+    python benchmarks/device.py                     # everything (not yet timed on a GPU)
+    python benchmarks/device.py --skip-generative   # 1-3 (about 3-5 min on one H200)
+    python benchmarks/device.py --generative-only   # 4 alone, into the same JSON (its other sections kept)
+    python benchmarks/device.py --cpu               # the reduced CPU path (under a minute on 2 cores)
 
 Writes ``benchmarks/results/device.json`` (or ``$FEDVL_BENCH_OUT``).
 """
@@ -27,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +43,9 @@ import torch
 
 import fedvl  # noqa: F401  (thread wait policy before torch does any work)
 from fedvl.config import load_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vlm_throughput  # noqa: E402  (beside this file; benchmarks/ is not a package)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("FEDVL_BENCH_OUT", ROOT / "benchmarks" / "results" / "device.json"))
@@ -158,6 +169,42 @@ def agreement(work: Path) -> dict:
     return out
 
 
+def classifier_rows(result: dict, device: torch.device, gpu: bool, steps: int, warmup: int, batch: int,
+                    work: Path) -> None:
+    """Sections 1-3 (the classifier models, FedMMKT, CPU-vs-GPU agreement), into ``result``."""
+    models = {"tiny": TINY[:1] + ["data.image_size=64"]} if not gpu else {
+        "default": [],
+        "vilt-b-random": ["model.name=vilt", f"model.checkpoint={vilt_b_checkpoint(work)}",
+                          "data.image_size=384"]}
+    result["throughput"] = {}
+    for name, over in models.items():
+        for algo in ("fedavg", "feddat"):
+            for prec in ("fp32", "bf16"):
+                key = f"{name}/{algo}-adapter/{prec}".replace("feddat-adapter", "feddat")
+                r = throughput(over, algo, prec, device, steps, warmup, batch)
+                result["throughput"][key] = r
+                print(f"{key:38s} {r['samples_per_s']:9.1f} samples/s  ({1000 * r['step_s']:.1f} ms/step"
+                      + (f", peak {r['peak_gpu_gb']:.2f} GB)" if "peak_gpu_gb" in r else ")"))
+                if gpu:
+                    torch.cuda.empty_cache()
+    if gpu:  # the shipped FedMMKT experiment (its pretrained generator ships with fedvl); the fidelity
+        # judge trains on the CPU during setup (about 100 s on 1 thread here): give it the cores
+        threads = f"run.threads={min(8, os.cpu_count() or 1)}"
+        result["fedmmkt_round"] = fedmmkt_round(ROOT / "configs" / "fedmmkt.yaml", [threads], device, work)
+    else:
+        result["fedmmkt_round"] = fedmmkt_round(None, KT_TINY + ["run.threads=1"], device, work)
+    print(f"one FedMMKT round on {device}: {result['fedmmkt_round']['round_s']:.1f} s "
+          f"({', '.join(f'{k} {v:.1f}' for k, v in result['fedmmkt_round']['timing'].items())})")
+    if gpu:
+        result["agreement"] = agreement(work)
+        for algo, a in result["agreement"].items():
+            print(f"CPU vs GPU, tiny {algo} round: loss {a['cpu']['train_loss']:.5f} vs "
+                  f"{a['cuda']['train_loss']:.5f} (rel {a['loss_rel_diff']:.1e}), acc {a['cpu']['acc']:.4f} vs "
+                  f"{a['cuda']['acc']:.4f} -> {'agree' if a['agree'] else 'DISAGREE'}")
+    else:
+        result["agreement"] = {"skipped": "no CUDA device"}
+
+
 def machine() -> dict:
     info = {"torch": torch.__version__, "cpus": os.cpu_count(), "platform": platform.platform(),
             "cuda": torch.version.cuda, "gpu": None}
@@ -171,9 +218,19 @@ def machine() -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu", action="store_true", help="the reduced CPU path even where a GPU exists")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per measurement (GPU 30, CPU 3)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (GPU 5, CPU 1)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps per measurement (GPU 30, generative rows 10; CPU 3)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (GPU 5, generative rows 3; CPU 1)")
     ap.add_argument("--batch", type=int, default=32)
+    only = ap.add_mutually_exclusive_group()
+    only.add_argument("--skip-generative", action="store_true", help="without the generative (hf-vlm) rows")
+    only.add_argument("--generative-only", action="store_true",
+                      help="only the generative rows, written into the JSON's 'generative' section")
+    ap.add_argument("--vlm-batch", type=int, default=None, help="generative rows: sequences per step (GPU 8, CPU 4)")
+    ap.add_argument("--vlm-seq", type=int, default=None, help="generative rows: positions per sequence, image "
+                                                               "tokens included (GPU 512, CPU 64)")
+    ap.add_argument("--vlm-families", default=None,
+                    help="CPU path: the tiny families to time, comma-separated (default: all five)")
     args = ap.parse_args(argv)
     gpu = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda" if gpu else "cpu")
@@ -181,48 +238,35 @@ def main(argv: list[str] | None = None) -> dict:
     if not gpu:
         torch.set_num_threads(min(2, os.cpu_count() or 1))
         print("no CUDA device" + (" used (--cpu)" if torch.cuda.is_available() else " on this machine")
-              + ": running the reduced CPU path (tiny model, tiny FedMMKT round; no CPU-vs-GPU agreement)")
+              + ": running the reduced CPU path (tiny model, tiny FedMMKT round, tiny generative families; "
+                "no CPU-vs-GPU agreement)")
     result: dict = {"machine": machine(), "device": str(device), "path": "gpu" if gpu else "cpu-reduced",
                     "started": time.strftime("%Y-%m-%d %H:%M:%S"), "tolerance": {"loss_rtol": LOSS_RTOL,
                                                                                   "acc_atol": ACC_ATOL}}
     t_start = time.perf_counter()
+    if args.generative_only:  # the other sections of an earlier run on this machine stay in the JSON
+        earlier = json.loads(OUT.read_text()) if OUT.is_file() else {}
+        if earlier.get("machine") == result["machine"] and earlier.get("device") == str(device):
+            result = earlier
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        models = {"tiny": TINY[:1] + ["data.image_size=64"]} if not gpu else {
-            "default": [],
-            "vilt-b-random": ["model.name=vilt", f"model.checkpoint={vilt_b_checkpoint(work)}",
-                              "data.image_size=384"]}
-        result["throughput"] = {}
-        for name, over in models.items():
-            for algo in ("fedavg", "feddat"):
-                for prec in ("fp32", "bf16"):
-                    key = f"{name}/{algo}-adapter/{prec}".replace("feddat-adapter", "feddat")
-                    r = throughput(over, algo, prec, device, steps, warmup, args.batch)
-                    result["throughput"][key] = r
-                    print(f"{key:38s} {r['samples_per_s']:9.1f} samples/s  ({1000 * r['step_s']:.1f} ms/step"
-                          + (f", peak {r['peak_gpu_gb']:.2f} GB)" if "peak_gpu_gb" in r else ")"))
-                    if gpu:
-                        torch.cuda.empty_cache()
-        if gpu:  # the shipped FedMMKT experiment (its pretrained generator ships with fedvl); the fidelity
-            # judge trains on the CPU during setup (about 100 s on 1 thread here): give it the cores
-            threads = f"run.threads={min(8, os.cpu_count() or 1)}"
-            result["fedmmkt_round"] = fedmmkt_round(ROOT / "configs" / "fedmmkt.yaml", [threads], device, work)
-        else:
-            result["fedmmkt_round"] = fedmmkt_round(None, KT_TINY + ["run.threads=1"], device, work)
-        print(f"one FedMMKT round on {device}: {result['fedmmkt_round']['round_s']:.1f} s "
-              f"({', '.join(f'{k} {v:.1f}' for k, v in result['fedmmkt_round']['timing'].items())})")
-        if gpu:
-            result["agreement"] = agreement(work)
-            for algo, a in result["agreement"].items():
-                print(f"CPU vs GPU, tiny {algo} round: loss {a['cpu']['train_loss']:.5f} vs "
-                      f"{a['cuda']['train_loss']:.5f} (rel {a['loss_rel_diff']:.1e}), acc {a['cpu']['acc']:.4f} vs "
-                      f"{a['cuda']['acc']:.4f} -> {'agree' if a['agree'] else 'DISAGREE'}")
-        else:
-            result["agreement"] = {"skipped": "no CUDA device"}
-    result["wall_s"] = time.perf_counter() - t_start
+        if not args.generative_only:
+            classifier_rows(result, device, gpu, steps, warmup, args.batch, work)
+        if not args.skip_generative:
+            t0 = time.perf_counter()
+            families = tuple(args.vlm_families.split(",")) if args.vlm_families else None
+            gen = vlm_throughput.run(device, work, steps=args.steps, warmup=args.warmup, families=families,
+                                     batch=args.vlm_batch, seq_len=args.vlm_seq)
+            gen["wall_s"] = time.perf_counter() - t0
+            result["generative"] = gen
+            print("generative (hf-vlm, LoRA rank 16 on q/k/v/o):")
+            print("\n".join("  " + line for line in vlm_throughput.summary_rows(gen)))
+    wall = time.perf_counter() - t_start
+    if not args.generative_only:  # (a generative-only run's time is its section's wall_s)
+        result["wall_s"] = wall
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2, default=float))
-    print(f"{result['wall_s']:.0f} s; written: {OUT}")
+    print(f"{wall:.0f} s; written: {OUT}")
     return result
 
 

@@ -191,7 +191,8 @@ def test_join_device_reaches_the_node_config_and_its_federation(tiny_cfg, tmp_pa
 @pytest.mark.slow
 def test_device_benchmark_runs_its_reduced_cpu_path(tmp_path):
     """benchmarks/device.py without a GPU (or with --cpu): tiny-model samples/s in fp32 and bf16 for
-    FedAvg-adapter and FedDAT, a tiny FedMMKT round, JSON out, agreement skipped."""
+    FedAvg-adapter and FedDAT, a tiny FedMMKT round, JSON out, agreement skipped (its generative rows:
+    test_device_generative.py)."""
     import json
     import os
     import subprocess
@@ -200,12 +201,13 @@ def test_device_benchmark_runs_its_reduced_cpu_path(tmp_path):
 
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "device.py"
     env = dict(os.environ, FEDVL_BENCH_OUT=str(tmp_path / "device.json"))
-    r = subprocess.run([sys.executable, str(script), "--cpu", "--steps", "2", "--batch", "8"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, str(script), "--cpu", "--skip-generative", "--steps", "2", "--batch", "8"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "reduced CPU path" in r.stdout
     out = json.loads((tmp_path / "device.json").read_text())
     assert out["path"] == "cpu-reduced" and out["agreement"] == {"skipped": "no CUDA device"}
+    assert "generative" not in out
     assert set(out["throughput"]) == {f"tiny/{a}/{p}" for a in ("fedavg-adapter", "feddat") for p in ("fp32", "bf16")}
     for m in out["throughput"].values():
         assert m["samples_per_s"] > 0 and m["steps"] == 2 and m["batch"] == 8 and m["loss"] > 0
