@@ -28,6 +28,7 @@ from pathlib import Path
 
 from fedvl.deploy.names import CONFIG_KEY, DEPLOYMENT_FILE, RESULTS_KEY, RESUME_KEY, RUN_TOKEN_KEY
 from fedvl.deploy.process import _bin, die_with_parent, flower_env, last_error, stop, wait_for_port
+from fedvl.deploy.submit import APP, READY
 from fedvl.runfolder import read_status, wait_until_free
 from fedvl.schema import ConfigError, ExperimentConfig, dump_config
 
@@ -144,6 +145,10 @@ class SuperLink:
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True, preexec_fn=die_with_parent)
         self.failed = False  # it did not start: its log stays for the error message that names it
+        # `flwr run`, importing Flower's CLI meanwhile; it submits once READY is written (fedvl.deploy.submit)
+        self.runner = subprocess.Popen([sys.executable, "-m", "fedvl.deploy.submit", str(self.scratch),
+                                        f"{self.local}:{port}"], env=self.env, cwd=self.scratch,
+                                       start_new_session=True, preexec_fn=die_with_parent)
 
     def wait_listening(self) -> None:
         try:
@@ -154,8 +159,13 @@ class SuperLink:
             raise RuntimeError(f"the SuperLink did not start ({e}): {last_error(self.log_path)} "
                                f"(full log: {self.log_path})") from None
 
+    def submit(self) -> None:
+        """Let ``flwr run`` submit the Flower App written in the folder."""
+        (self.scratch / READY).touch()
+
     def stop(self, discard: bool = False) -> None:
         """``discard``: also remove its folder (nothing was run, nothing to look at)."""
+        stop(self.runner)
         stop(self.proc)
         self.log.close()
         if discard and not self.failed:
@@ -180,7 +190,7 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
     their clients' state by the run's token). Returns 0 when the results folder says ``complete``."""
     from fedvl.algorithms import get_algorithm
 
-    runner = None
+    submitted = False
     try:
         if get_algorithm(cfg.algorithm.name).pooled:
             raise ConfigError(f"algorithm {cfg.algorithm.name} pools every client's data in one place; it has no "
@@ -190,23 +200,19 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
         token = run_token(run_dir) if resume else secrets.token_hex(8)
         if resume:  # a server killed a moment ago: its SuperLink is still stopping the ServerApp that holds the folder
             wait_until_free(run_dir, RELEASE_WAIT_S, log)
-        app = link.scratch / "app"
-        write_app(app, cfg, run_dir, token, resume)
+        write_app(link.scratch / APP, cfg, run_dir, token, resume)
         link.wait_listening()
         if keys:
             register_nodes(keys, link.env, link.scratch, log)
         log(f"SuperLink listening on {host}:{port} ({'TLS' if tls else 'insecure: no TLS'}); "
             f"on each client machine run: fedvl join --server {link.local}:{port} --partition i"
             + (" --root-certificates CA.pem" if tls else " --insecure") + (" --auth-key NODE_KEY" if keys else ""))
-        runner = subprocess.Popen([_bin("flwr"), "run", str(app), "fedvl", "--stream"], env=link.env,
-                                  cwd=link.scratch, start_new_session=True, preexec_fn=die_with_parent)
-        runner.wait(timeout=timeout)
-    except BaseException:
-        stop(runner)
-        raise
+        link.submit()
+        submitted = True
+        link.runner.wait(timeout=timeout)
     finally:
         if link is not None:
-            link.stop(discard=runner is None)
+            link.stop(discard=not submitted)
         _settle_status(run_dir)
     record = read_status(run_dir) or {"state": "missing"}
     state = record.get("state")
