@@ -95,7 +95,8 @@ def measure(model: str, overrides: list[str], executors: list[str], tmp: Path) -
             "ratio_to_simulator": ratio, "round_s": {k: [r["time_s"] for r in h] for k, h in hist.items()},
             "per_message_overhead_s": overhead, "max_metric_deviation": max_dev,
             "metrics_identical": all(v == 0 for v in max_dev.values()),
-            "target_ratio": TARGETS.get(model), "holds_ratio": ratio.get("deployment-warm", 1e9) <= TARGETS.get(model, 0),
+            "target_ratio": TARGETS.get(model),
+            "holds_ratio": ratio.get("deployment-warm", 1e9) <= TARGETS.get(model, 0),
             "holds_overhead": overhead.get("deployment-warm", 1e9) <= OVERHEAD_TARGET_S}
 
 
