@@ -10,7 +10,7 @@ model on small data). Deployments: the nodes' warm executor claims the SuperNode
 Per-message overhead: the median over rounds of (the deployed round's time - the in-process
 round's time) / 2 (a round is a train and an evaluate message per client, the clients in parallel):
 what a message costs from the server's send to its reply stored, beyond the client's compute.
-Issue 26's bar: default model deployed <= 1.5x in process, tiny <= 2.5x, overhead <= 0.4 s.
+Targets: the default model deployed <= 1.5x its in-process time, the tiny model <= 2.5x, overhead <= 0.4 s.
 Writes ``benchmarks/results/flower_overhead.json`` (or ``$FEDVL_BENCH_OUT``).
 """
 

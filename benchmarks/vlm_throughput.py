@@ -1,4 +1,4 @@
-"""The generative rows of the device benchmark (issue 25): what training an ``hf-vlm`` model costs.
+"""The generative rows of the device benchmark: what training an ``hf-vlm`` model costs.
 
 For a transformers image-text-to-text config it builds the model with random weights (throughput
 needs no trained ones), puts peft LoRA (rank 16) on the language model's q/k/v/o projections, and
@@ -48,13 +48,12 @@ MFU_DEFINITION = ("6 * N * tokens/s / peak bf16 FLOP/s, the standard estimate; N
 
 
 def fixtures():
-    """tests/vlm_fixtures.py, imported by path (tests/ is not a package)."""
-    if "vlm_fixtures" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("vlm_fixtures", ROOT / "tests" / "vlm_fixtures.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        sys.modules["vlm_fixtures"] = mod
-    return sys.modules["vlm_fixtures"]
+    """tests/vlm_fixtures.py (tests/ is not a package: its folder goes on the path, as pytest puts it)."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
+    import vlm_fixtures
+
+    return vlm_fixtures
 
 
 def load_shape(name: str, layers: int | None = None):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedvl.report.history import History
+from deploy_fixtures import assert_as_in_process, running_with  # tests/deploy_fixtures.py
 from kt_fixtures import KT_TINY  # tests/kt_fixtures.py
 
 FEDVL = str(Path(sys.executable).parent / "fedvl")
@@ -65,30 +66,12 @@ def _node_key(d: Path, name: str) -> Path:
     return d / name
 
 
-def _running_with(text: str) -> list[int]:
-    """Live (non-zombie) processes whose command line contains ``text`` (Linux /proc)."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (d / "stat").read_text().split(") ", 1)[1][0]
-        except OSError:
-            continue
-        if text in cmd and state != "Z":
-            found.append(int(d.name))
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("tls, secure", [(False, False), (True, False), (True, True)],
                          ids=["insecure-flower-executor", "tls", "tls-secagg-auth"])
 def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_path):
     """The nodes run fedvl's warm executor, except in the first case: Flower's flwr-clientapp per
     message (`--executor flower`), each handing its message to the node's warm worker."""
-    from fedvl.config import load_config
-    from fedvl.experiment import run_experiment
     from fedvl.deploy.process import free_port, stop
 
     args = tiny_overrides + ["algorithm.name=feddat", "data.num_clients=2", "data.domains=photo,sketch",
@@ -131,7 +114,7 @@ def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_
             stop(p, grace=5)
     for p in procs:  # nothing this test started is left running, children included
         assert p.poll() is not None
-    assert not _running_with(f"127.0.0.1:{port}"), "a process this test started is still running"
+    assert not running_with(f"127.0.0.1:{port}"), "a process this test started is still running"
     run = tmp_path / "results" / "dep"
     assert json.loads((run / "status.json").read_text())["state"] == "complete"
     hist = History.read(run)
@@ -141,17 +124,9 @@ def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_
         ["c0-photo.r00001.safetensors", "c0-photo.r00002.safetensors"]  # one per round, for a restarted server
     assert len(list((tmp_path / "node1").rglob("c1-sketch.r*.safetensors"))) == 2
     assert not list(run.glob("client_states/*.safetensors"))  # nothing client-local on the server
-    # the same numbers as the in-process simulator
-    cfg = load_config(None, [a for a in args if not a.startswith(("run.name", "run.secagg"))] + ["run.name=sim"])
-    run_experiment(cfg, tmp_path / "sim", progress_enabled=False)
-    sim = History.read(tmp_path / "sim")
     # the same numbers as the in-process simulator (under SecAgg+ within its quantisation, which
     # Adam carries on into round 2)
-    tol = 2e-2 if secure else 1e-5
-    for a, b in zip(sim, hist):
-        for cid in a["eval"]:
-            for k, v in a["eval"][cid].items():
-                assert b["eval"][cid][k] == pytest.approx(v, abs=tol), (a["round"], cid, k)
+    assert_as_in_process(args, hist, tmp_path, tol=2e-2 if secure else 1e-5, drop=("run.name", "run.secagg"))
     if secure:
         assert all(r["secagg"]["clients"] == 2 for r in hist)
         refused = (tmp_path / "intruder.log").read_text()
@@ -180,8 +155,6 @@ def test_serve_resume_after_sigkill_mid_round_ends_as_an_uninterrupted_run(name,
     committed it; `fedvl serve --resume` on the same port continues from round 2's checkpoint, the
     running nodes join its new SuperLink, train round 3 again from their state as of round 2, and
     the run ends with the in-process simulator's numbers."""
-    from fedvl.config import load_config
-    from fedvl.experiment import run_experiment
     from fedvl.deploy.process import free_port, stop
 
     args = tiny_overrides + DEPLOYED[name] + ["algorithm.rounds=4", "run.round_timeout_s=600"]
@@ -209,20 +182,11 @@ def test_serve_resume_after_sigkill_mid_round_ends_as_an_uninterrupted_run(name,
     finally:
         for p in procs:
             stop(p, grace=5)
-    assert not _running_with(f"127.0.0.1:{port}"), "a process this test started is still running"
+    assert not running_with(f"127.0.0.1:{port}"), "a process this test started is still running"
     hist = History.read(run)
     assert [r["round"] for r in hist] == [1, 2, 3, 4]
-    cfg = load_config(None, args + ["run.name=sim"])
-    run_experiment(cfg, tmp_path / "sim", progress_enabled=False)
-    for a, b in zip(History.read(tmp_path / "sim"), hist, strict=True):
-        for cid in a["eval"]:
-            for k, v in a["eval"][cid].items():
-                assert b["eval"][cid][k] == pytest.approx(v, abs=1e-5), (a["round"], cid, k)
-        # FedMMKT: the server's own side (ensemble, filter, generator update, fidelity) as in process too
-        for part in ("server", "generator"):
-            assert set(b.get(part, {})) == set(a.get(part, {}))
-            for k, v in a.get(part, {}).items():
-                assert b[part][k] == pytest.approx(v, abs=1e-5), (a["round"], part, k)
+    # FedMMKT: the server's own side (ensemble, filter, generator update, fidelity) as in process too
+    assert_as_in_process(args, hist, tmp_path, parts=("server", "generator"))
     assert not list(run.glob("client_states/*.safetensors"))  # client state stays on the nodes
     assert len(list((tmp_path / "node0").rglob("*.r0000[234].safetensors"))) == 3  # the newest 3 rounds
     # and a resume of a run that was never deployed says so in one line
@@ -274,9 +238,7 @@ def test_a_generative_vlm_deployed_on_two_nodes_gives_the_in_process_numbers(vlm
     LoRA on the answer tokens and generates its answers; the server sees the LoRA factors only."""
     from conftest import vlm_overrides
 
-    from fedvl.config import load_config
     from fedvl.deploy.process import free_port, stop
-    from fedvl.experiment import run_experiment
 
     args = vlm_overrides(vlm_checkpoint("qwen2_vl"), tmp_path, "data.num_clients=2", "data.domains=photo,sketch",
                          "run.name=dep", "run.round_timeout_s=600")
@@ -297,14 +259,7 @@ def test_a_generative_vlm_deployed_on_two_nodes_gives_the_in_process_numbers(vlm
     finally:
         for p in procs:
             stop(p, grace=5)
-    assert not _running_with(f"127.0.0.1:{port}"), "a process this test started is still running"
+    assert not running_with(f"127.0.0.1:{port}"), "a process this test started is still running"
     hist = History.read(tmp_path / "results" / "dep")
-    cfg = load_config(None, [a for a in args if not a.startswith("run.name")] + ["run.name=sim"])
-    run_experiment(cfg, tmp_path / "sim", progress_enabled=False)
-    sim = History.read(tmp_path / "sim")
     assert [r["round"] for r in hist] == [1, 2]
-    for a, b in zip(sim, hist):
-        for cid in a["eval"]:
-            for k, v in a["eval"][cid].items():
-                if k != "gen_seconds":
-                    assert b["eval"][cid][k] == pytest.approx(v, abs=1e-5), (a["round"], cid, k)
+    assert_as_in_process(args, hist, tmp_path, skip=("gen_seconds",))

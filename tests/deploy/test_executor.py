@@ -21,26 +21,26 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from deploy_fixtures import assert_as_in_process, cmdlines  # tests/deploy_fixtures.py
 from fedvl.report.history import History
 
 FEDVL = str(Path(sys.executable).parent / "fedvl")
 
 
-def _cmdlines() -> dict[int, str]:
-    out = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                out[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
+def _raw_cmdlines() -> list[bytes]:
+    out = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            out.append(path.read_bytes())
+        except OSError:  # ended meanwhile
+            continue
     return out
 
 
 def _executor_folders() -> dict[int, Path]:
     """pid -> private folder of every live fedvl executor."""
     found = {}
-    for pid, cmd in _cmdlines().items():
+    for pid, cmd in cmdlines().items():
         parts = cmd.split()
         if "fedvl.deploy.executor" in parts:
             found[pid] = Path(parts[parts.index("fedvl.deploy.executor") + 1])
@@ -50,10 +50,9 @@ def _executor_folders() -> dict[int, Path]:
 @pytest.mark.slow
 def test_an_executor_killed_mid_training_is_restarted_and_the_run_ends_as_an_uninterrupted_one(tiny_overrides,
                                                                                                  tmp_path):
-    from fedvl.config import load_config
-    from fedvl.deploy.names import INFLIGHT, SECRET
+    from fedvl.deploy.names import INFLIGHT
+    from fedvl.deploy.node_worker import KEY
     from fedvl.deploy.process import free_port, stop
-    from fedvl.experiment import run_experiment
 
     # enough local work that a train message lasts long enough to be caught running
     # min_clients=2: a round with a failed client is retried, not aggregated without it
@@ -79,14 +78,14 @@ def test_an_executor_killed_mid_training_is_restarted_and_the_run_ends_as_an_uni
             assert serve.poll() is None and time.monotonic() < deadline, "the nodes' executors did not start"
             executors = _executor_folders()
             time.sleep(0.05)
-        secrets = [(folder / SECRET).read_bytes() for folder in executors.values()]
+        secrets = [(folder / KEY).read_bytes() for folder in executors.values()]  # the SuperExec secrets
         while not killed:  # round 1 is over; kill whichever executor then holds a train message
             assert serve.poll() is None and time.monotonic() < deadline, "the run ended before a kill"
             if not (run / "metrics.jsonl").exists():
                 time.sleep(0.01)
                 continue
             # (the server's flwr-serverapp carries its token on its command line: Flower's, not the node's)
-            seen_clientapp += [c for c in _cmdlines().values()
+            seen_clientapp += [c for c in cmdlines().values()
                                if "flwr-clientapp" in c or "--token" in c and "flwr-serverapp" not in c]
             for pid, folder in executors.items():
                 try:
@@ -99,7 +98,7 @@ def test_an_executor_killed_mid_training_is_restarted_and_the_run_ends_as_an_uni
             time.sleep(0.002)
         serve.wait(timeout=600)
         assert serve.returncode == 0, "".join(out)[-3000:]
-        cmds = list(_cmdlines().values())
+        cmds = _raw_cmdlines()
     finally:
         for p in procs:
             stop(p, grace=5)
@@ -110,15 +109,10 @@ def test_an_executor_killed_mid_training_is_restarted_and_the_run_ends_as_an_uni
     assert "reported the message it was running when it died as failed" in node_logs
     # no per-message process, and neither the secret nor a task token on any command line
     assert not seen_clientapp
-    assert secrets and not any(s.decode() in c for s in set(secrets) for c in cmds)
+    assert secrets and not any(s in c or s.hex().encode() in c for s in set(secrets) for c in cmds)
     hist = History.read(run)
     assert [r["round"] for r in hist] == [1, 2, 3]
-    cfg = load_config(None, args + ["run.name=sim"])
-    run_experiment(cfg, tmp_path / "sim", progress_enabled=False)
-    for a, b in zip(History.read(tmp_path / "sim"), hist, strict=True):
-        for cid in a["eval"]:
-            for k, v in a["eval"][cid].items():
-                assert b["eval"][cid][k] == pytest.approx(v, abs=1e-5), (a["round"], cid, k)
+    assert_as_in_process(args, hist, tmp_path)
 
 
 def _fab(clientapp: str) -> SimpleNamespace:

@@ -28,7 +28,7 @@ import re
 import torch
 from torch import nn
 
-from fedvl.algorithms.aggregate import Params
+from fedvl.algorithms.aggregate import Params, weighted_average
 from fedvl.schema import ConfigError
 from fedvl.seeding import derived_seed
 
@@ -70,12 +70,11 @@ def stack_merge(global_params: Params, updates: list[Params], ranks: list[int], 
     ``fresh``: the next round's factors (:func:`fresh_factors`). Returns the new global parameters:
     every merged base ``W + scaling * sum_k p_k B_k[:, :r_k] A_k[:r_k]`` (accumulated in float64), the
     factors reset to ``fresh``, every other travelling tensor the weighted mean."""
-    if not updates or len(updates) != len(ranks) or len(updates) != len(weights):
-        raise ValueError(f"{len(updates)} updates, {len(ranks)} ranks and {len(weights)} weights")
-    total = float(sum(weights))
-    if not (total > 0 and math.isfinite(total)) or any(w < 0 for w in weights):
-        raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
-    p = [w / total for w in weights]
+    if len(updates) != len(ranks):
+        raise ValueError(f"{len(updates)} updates but {len(ranks)} ranks")
+    # every tensor but the factors: the weighted mean (which also checks the weights)
+    out = weighted_average([{k: v for k, v in u.items() if not _FACTOR.match(k)} for u in updates], weights)
+    p = [w / float(sum(weights)) for w in weights]
     deltas: dict[str, torch.Tensor] = {}  # base weight name -> sum_k p_k B_k A_k over its adapters
     for name in updates[0]:
         m = _FACTOR.match(name)
@@ -88,18 +87,13 @@ def stack_merge(global_params: Params, updates: list[Params], ranks: list[int], 
         acc = deltas.setdefault(base, torch.zeros(global_params[base].shape, dtype=torch.float64))
         for u, r, pk in zip(updates, ranks, p):
             acc += pk * (u[b_name][:, :r].double() @ u[name][:r].double())
-    out: Params = {}
     for name, g in global_params.items():
         if name in deltas:
-            out[name] = (g.double() + scaling * deltas[name]).to(g.dtype)
+            out[name] = g.double() + scaling * deltas[name]
         elif _FACTOR.match(name):
-            out[name] = fresh[name].to(g.dtype)
-        else:
-            acc = torch.zeros(g.shape, dtype=torch.float64)
-            for u, pk in zip(updates, p):
-                acc += pk * u[name].double()
-            out[name] = acc.to(g.dtype)
-    return out
+            out[name] = fresh[name]
+    # in the global parameters' order and dtypes (updates may come in a half-precision transport dtype)
+    return {name: out[name].to(g.dtype) for name, g in global_params.items()}
 
 
 def check_options(cfg) -> None:

@@ -17,8 +17,8 @@ line; the secret is a file in the node's private folder (0700). A task in flight
 dies is written down first (``inflight``: the token and the message's metadata, no contents); the
 executor ``fedvl join`` starts next reports it failed at once with an error reply, rather than the
 SuperNode waiting a minute for a heartbeat to lapse. The model in memory is keyed by run (a new run
-builds its own), and each client's local state is written to the node's state folder after every
-message, as before.
+builds its own); each client's local state is written to the node's state folder after every
+message, so an executor that dies loses none of it.
 
     python -m fedvl.deploy.executor FOLDER --runtime 127.0.0.1:PORT   (started by ``fedvl join``)
 """
@@ -56,7 +56,8 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from fedvl.deploy.flower_pins import ACQUIRE_TASK, cut_pull_backoff
-from fedvl.deploy.names import EXIT_FATAL, FATAL, INFLIGHT, SECRET
+from fedvl.deploy.names import EXIT_FATAL, FATAL, INFLIGHT
+from fedvl.deploy.node_worker import KEY
 
 CLIENT_APP_REF = "fedvl.deploy.node_app:client_app"  # the only ClientApp this executor runs (fedvl serve's)
 DEFAULT_POLL_S = 0.02  # a look for the next task: a local request to the node's own API
@@ -111,12 +112,11 @@ class Executor:
         from fedvl.transport.flower import make_client_app
 
         self.folder, self.address, self.poll_s = folder, address, poll_s
-        secret = (folder / SECRET).read_bytes()
+        secret = (folder / KEY).read_bytes()  # the SuperExec secret `fedvl join` gave the SuperNode
         self.tasks = _client(address, [RuntimeVersionHttpInterceptor(component_name="SuperExec"),
                                        SuperExecAuthHttpInterceptor(master_secret=secret,
                                                                     protected_methods={ACQUIRE_TASK})])
         self.app = make_client_app()
-        self.served = 0
 
     def next_token(self) -> str | None:
         res = self.tasks.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
@@ -167,7 +167,6 @@ class Executor:
             beat.stopped.set()
             client.close()
             (self.folder / INFLIGHT).unlink(missing_ok=True)
-        self.served += 1
         return fatal
 
     def _write_inflight(self, token: str, message: Message) -> None:
@@ -196,7 +195,7 @@ class Executor:
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=why), reply_to=message)
             push_message(client, reply, _Where(message))
             push_task_output(client, None, SubStatus.FAILED, why)
-            print(f"fedvl executor: reported the message it was running when it died as failed", file=sys.stderr,
+            print("fedvl executor: reported the message it was running when it died as failed", file=sys.stderr,
                   flush=True)
         except httpx.HTTPError as e:  # the task was already revoked: Flower answered for it
             print(f"fedvl executor: the lost task was already closed ({e})", file=sys.stderr, flush=True)

@@ -58,7 +58,7 @@ def missing() -> list[str]:
 
 
 def cut_pull_backoff(seconds: float = PULL_BACKOFF_S) -> None:
-    """Make this process wait ``seconds`` (doubling, capped as before) instead of Flower's 1 s when it
+    """Make this process wait ``seconds`` (doubling up to Flower's cap) instead of Flower's 1 s when it
     pulls a message whose contents are not stored yet. A message becomes visible before its contents
     on both the server's grid and a node, so on a localhost run this wait alone added about 1 s to
     some messages. The wait is a keyword default of two functions: the defaults are replaced."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 import socket
@@ -24,8 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-from fedvl.deploy.names import DEVICE_KEY, EXIT_FATAL, FATAL, SECRET, STATE_KEY
-from fedvl.deploy.node_worker import WORKER_KEY, make_folder
+from fedvl.deploy.names import DEVICE_KEY, EXIT_FATAL, FATAL, STATE_KEY
+from fedvl.deploy.node_worker import KEY, WORKER_KEY, make_folder
 
 EXECUTORS = ("warm", "flower")  # fedvl's executor claims the tasks / Flower's flwr-clientapp per message
 MAX_RESTARTS = 3  # a warm process that keeps dying has a cause a restart does not fix
@@ -104,8 +103,11 @@ class Worker:
 
     def __init__(self, folder: Path, runtime_port: int | None = None):
         self.folder, self.runtime_port, self.restarts = folder, runtime_port, 0
-        self.proc = start_worker(folder, runtime_port) if runtime_port else start_worker(folder)
-        self.returncode: int | None = None
+        self.proc = start_worker(folder, runtime_port)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
 
     def fatal(self) -> str | None:
         path = self.folder / FATAL
@@ -114,7 +116,6 @@ class Worker:
     def check(self) -> str:
         if self.proc.poll() is None:
             return self.ALIVE
-        self.returncode = self.proc.returncode
         if self.returncode == EXIT_FATAL and self.fatal():
             return self.FATAL
         if self.restarts >= MAX_RESTARTS:
@@ -122,7 +123,7 @@ class Worker:
         self.restarts += 1
         print(f"fedvl join: this node's fedvl {'executor' if self.runtime_port else 'worker'} exited with code "
               f"{self.returncode}; starting it again ({self.restarts} of {MAX_RESTARTS})", file=sys.stderr, flush=True)
-        self.proc = start_worker(self.folder, self.runtime_port) if self.runtime_port else start_worker(self.folder)
+        self.proc = start_worker(self.folder, self.runtime_port)
         return self.RESTARTED
 
     def stop(self) -> None:
@@ -320,12 +321,8 @@ def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port
     deadline = time.monotonic() + wait_s
     try:
         port = port or free_port()
-        if executor == "warm":
-            secret = folder / SECRET  # raw bytes, read by the SuperNode and by the executor (mode 0600)
-            fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(os.urandom(32).hex().encode())
-            cmd = join_command(server, partition, state_dir, tls_ca, port, auth_key, device, secret=secret)
+        if executor == "warm":  # the folder's key (mode 0600) is the SuperExec secret of the node and the executor
+            cmd = join_command(server, partition, state_dir, tls_ca, port, auth_key, device, secret=folder / KEY)
         else:
             cmd = join_command(server, partition, state_dir, tls_ca, port, auth_key, device, worker=folder)
         # SIGTERM becomes an exception so the SuperNode and the worker are always stopped with `fedvl join`

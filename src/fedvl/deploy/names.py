@@ -13,8 +13,8 @@ RUN_TOKEN_KEY = "run-token"  # run_config key: names the run on every node, the 
 STATE_KEY = "state-dir"  # node_config key: where a node keeps its clients' local state
 DEVICE_KEY = "device"  # node_config key: the node's own run.device (`fedvl join --device cuda:1`)
 
-# the node's private folder (`fedvl join`, mode 0700), as fedvl's executor uses it (fedvl.deploy.executor)
-SECRET = "superexec-secret"  # the SuperExec secret shared by the SuperNode and the executor (raw bytes)
+# the node's private folder (`fedvl join`, mode 0700), as fedvl's executor uses it (fedvl.deploy.executor);
+# its key file (fedvl.deploy.node_worker.KEY) is the SuperExec secret the SuperNode and the executor share
 INFLIGHT = "inflight"  # the task the executor holds: its token and the message's metadata
 FATAL = "fatal"  # why the run cannot use this node; the executor then exits EXIT_FATAL
 EXIT_FATAL = 3

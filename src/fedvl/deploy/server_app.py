@@ -29,8 +29,6 @@ from fedvl.transport.flower import (
     warm_up,
 )
 
-# the grid pulls each reply; one visible before its contents are stored waited 1 s (flower_pins)
-cut_pull_backoff()
 server_app = ServerApp()
 
 
@@ -42,6 +40,8 @@ def main(grid: Grid, context: Context) -> None:
     die_with_parent()
     if os.getppid() == 1:  # the parent was gone before the line above
         raise SystemExit("fedvl: the SuperExec that started this ServerApp is gone")
+    # the grid pulls each reply; one visible before its contents are stored would wait 1 s (flower_pins)
+    cut_pull_backoff()
     cfg = cfg_from_text(str(context.run_config[CONFIG_KEY]))
     token = str(context.run_config[RUN_TOKEN_KEY])
 
