@@ -5,8 +5,10 @@ back; wall times as ratios to the in-process run, and the per-message overhead o
     .venv/bin/python benchmarks/flower_overhead.py [--models tiny,default] [--executors warm,flower] [key=value ...]
 
 Experiments (2 clients, 3 rounds, FedAvg): ``tiny`` (the tiny model) and ``default`` (the default
-model on small data). Deployments: the nodes' warm executor claims the SuperNode's tasks (``warm``,
-`fedvl join`'s default) and Flower's per-message ClientApp process (``flower``, `--executor flower`).
+model on small data). Deployments (the nodes started beside ``serve``, as a first run finds them):
+``warm`` (the defaults of `fedvl serve` and `fedvl join`: serve runs the ServerApp itself, each node's
+warm executor claims its SuperNode's tasks) and ``flower`` (`--executor flower` on both: Flower's
+ServerApp process per run and ClientApp process per message).
 Per-message overhead: the median over rounds of (the deployed round's time - the in-process
 round's time) / 2 (a round is a train and an evaluate message per client, the clients in parallel):
 what a message costs from the server's send to its reply stored, beyond the client's compute.
@@ -58,7 +60,7 @@ def _deployment(args: list[str], tmp: Path, name: str, executor: str) -> float:
              for i in range(2)]
     try:
         return _timed([FEDVL, "serve", *args, f"run.name={name}", "--host", "127.0.0.1", "--port", str(port),
-                       "--insecure"], tmp)
+                       "--insecure", "--executor", executor], tmp)
     finally:
         for p in nodes:
             stop(p, grace=5)
@@ -111,6 +113,7 @@ def main(overrides: list[str], models: list[str] | None = None, executors: list[
     result.update({k: first[k] for k in ("wall_s", "ratio_to_simulator")})
     result["flower_sim_metrics_identical"] = first["max_metric_deviation"]["flower-sim"] == 0
     result["clientapp_processes"] = {"flower": 2 * (2 * first["rounds"] + 1), "warm": 0}
+    result["serverapp_processes"] = {"flower": 1, "warm": 0}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2))
     print("| experiment | runtime | wall s | ratio to in-process | per-message overhead s | max metric diff |")

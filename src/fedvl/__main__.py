@@ -1,3 +1,3 @@
-from fedvl.cli import main
+from fedvl.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

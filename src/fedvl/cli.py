@@ -65,3 +65,16 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"fedvl: error: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, ModelUnavailableError) else 1
+
+
+def entry() -> int:
+    """The ``fedvl`` console script (and ``python -m fedvl``): :func:`main`, then a quick exit. At exit
+    Python's garbage collector walks every object torch and transformers made (about 1 s on a
+    2-core machine, a fifth of a tiny run); frozen objects are skipped, while exit handlers, file
+    flushes and module teardown run as usual. Only here, at the process's end: a test calling
+    :func:`main` in its own process keeps collecting."""
+    code = main()
+    import gc
+
+    gc.freeze()
+    return code

@@ -68,10 +68,11 @@ def _node_key(d: Path, name: str) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tls, secure", [(False, False), (True, False), (True, True)],
-                         ids=["insecure-flower-executor", "tls", "tls-secagg-auth"])
+                         ids=["insecure-flower-executors", "tls", "tls-secagg-auth"])
 def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_path):
-    """The nodes run fedvl's warm executor, except in the first case: Flower's flwr-clientapp per
-    message (`--executor flower`), each handing its message to the node's warm worker."""
+    """`serve` runs the ServerApp itself and the nodes run fedvl's warm executor, except in the first
+    case: Flower's processes on both sides (`--executor flower`): a flwr-serverapp for the run, its
+    output streamed, and a flwr-clientapp per message, each handing its message to the node's warm worker."""
     from fedvl.deploy.process import free_port, stop
 
     args = tiny_overrides + ["algorithm.name=feddat", "data.num_clients=2", "data.domains=photo,sketch",
@@ -90,7 +91,8 @@ def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_
         intruder_key = _node_key(tmp_path / "other", "intruder")
     procs = []
     try:
-        server = subprocess.Popen([FEDVL, "serve", *args, "--host", "127.0.0.1", "--port", str(port), *server_sec],
+        server = subprocess.Popen([FEDVL, "serve", *args, "--host", "127.0.0.1", "--port", str(port), *server_sec,
+                                   *([] if tls else ["--executor", "flower"])],
                                   cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   start_new_session=True)
         procs.append(server)
@@ -109,6 +111,9 @@ def test_real_deployment_two_supernodes_feddat(tls, secure, tiny_overrides, tmp_
                     cwd=tmp_path, stdout=intruder_log, stderr=subprocess.STDOUT, start_new_session=True))
         out, _ = server.communicate(timeout=1500)
         assert server.returncode == 0, out[-3000:]
+        # Flower's ServerApp process (and the log stream that carries its output) only where asked for
+        assert ("Start `flwr-serverapp` process" in out) == (not tls), out[-3000:]
+        assert ("Starting logstream" in out) == (not tls), out[-3000:]
     finally:
         for p in procs:
             stop(p, grace=5)

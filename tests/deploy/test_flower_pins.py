@@ -51,3 +51,22 @@ def test_the_executor_calls_what_flwr_clientapp_calls():
     from flwr.supercore.retry import http_retry
 
     assert "os.kill(os.getpid(), signal.SIGINT)" in inspect.getsource(http_retry)
+
+
+def test_serve_makes_the_calls_flwr_serverapp_makes():
+    """fedvl.deploy.server_task runs the ServerApp task as Flower's run_serverapp does: the same task
+    input and output calls, the run id messages read from TaskIdentity, the run config fused from the
+    Flower App; and the SuperLink takes the two options serve starts it with."""
+    import importlib
+
+    from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
+
+    run_serverapp = importlib.import_module("flwr.superlink.runtime.run_serverapp")  # the package shadows the name
+    source = inspect.getsource(run_serverapp.run_serverapp)
+    for call in ("PullTaskInput(", "PushTaskOutput(", "TaskIdentity.run_id = res.run.run_id", "grid.set_run(run)",
+                 "HttpGrid(", "get_fused_config_from_dir("):
+        assert call in source, call
+    message_module = importlib.import_module("flwr.app.message.message")
+    assert "run_id=TaskIdentity.run_id" in inspect.getsource(message_module)
+    args = _parse_args_run_superlink().parse_args(["--isolation", "process", "--superexec-auth-secret-file", "k"])
+    assert args.isolation == "process" and args.superexec_auth_secret_file == "k"

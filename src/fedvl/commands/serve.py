@@ -9,8 +9,8 @@ from fedvl.commands.run import resumable
 
 SERVE_HELP = """\
 Run an experiment on a real Flower deployment. Starts a Flower SuperLink on
---host:--port, submits the experiment (the fedvl ServerApp), waits until it ends
-and stops the SuperLink. Start one `fedvl join` per client, on the client
+--host:--port, submits the experiment (the fedvl ServerApp, which this process
+then runs itself), waits until it ends and stops the SuperLink. Start one `fedvl join` per client, on the client
 machines (or here), with --partition 0..N-1. The results folder is the same as
 `fedvl run` writes.
 
@@ -49,6 +49,10 @@ def add_parser(sub) -> None:
                      help="continue a deployed run whose server stopped, from its last complete round, with the "
                           "folder's config.yaml; the nodes (still running, or restarted with the same --state-dir) "
                           "keep their clients' state")
+    srv.add_argument("--executor", choices=("warm", "flower"), default="warm",
+                     help="who runs the ServerApp: this process, with the config and code already loaded (warm, the "
+                          "default), or Flower's flwr-serverapp process per run, its output streamed through the "
+                          "SuperLink (flower)")
     srv.set_defaults(handler=main)
 
 
@@ -71,7 +75,7 @@ def main(ns) -> int:
     tls = TLS(Path(certs[0]), Path(certs[1]), Path(certs[2])).check() if all(certs) else None
     auth_keys = Path(ns.auth_keys) if ns.auth_keys else None
     # the SuperLink starts now: it listens while the config is loaded and checked (imports torch)
-    link = start_superlink(ns.host, ns.port, tls, auth_keys)
+    link = start_superlink(ns.host, ns.port, tls, auth_keys, ns.executor)
     try:
         from fedvl.config import load_config
         from fedvl.experiment import run_dir_for

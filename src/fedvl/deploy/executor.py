@@ -64,16 +64,21 @@ DEFAULT_POLL_S = 0.02  # a look for the next task: a local request to the node's
 HEARTBEAT_S = HEARTBEAT_DEFAULT_INTERVAL / 3  # Flower revokes a task after 2 intervals without one
 
 
-def _retry() -> RetryInvoker:
-    """Retry only what a restarting SuperNode causes (the connection), quickly and for ever; an HTTP
-    error (a revoked token, a refused call) goes to the caller. Flower's own invoker would SIGINT."""
+def _retry(max_time: float | None = None) -> RetryInvoker:
+    """Retry only what a restarting SuperNode causes (the connection), quickly and for ever (or for
+    ``max_time`` seconds); an HTTP error (a revoked token, a refused call) goes to the caller.
+    Flower's own invoker would SIGINT."""
     return RetryInvoker(wait_gen_factory=lambda: constant(0.2), recoverable_exceptions=httpx.TransportError,
-                        max_tries=None, max_time=None, on_backoff=None, on_giveup=None, on_success=None)
+                        max_tries=None, max_time=max_time, on_backoff=None, on_giveup=None, on_success=None)
 
 
-def _client(address: str, interceptors: list) -> RuntimeHttpClient:
-    return RuntimeHttpClient.from_server_address(server_address=address, insecure=True, root_certificates=None,
-                                                 interceptors=interceptors, retry_invoker=_retry())
+def runtime_client(address: str, interceptors: list, root_certificates: bytes | None = None,
+                   max_time: float | None = None) -> RuntimeHttpClient:
+    """A client of a Runtime API (a SuperNode's local one, or a SuperLink's: TLS when it has a CA)."""
+    return RuntimeHttpClient.from_server_address(server_address=address, insecure=root_certificates is None,
+                                                 root_certificates=root_certificates, interceptors=interceptors,
+                                                 retry_invoker=_retry(max_time))
+
 
 
 class Heartbeat(threading.Thread):
@@ -113,7 +118,7 @@ class Executor:
 
         self.folder, self.address, self.poll_s = folder, address, poll_s
         secret = (folder / KEY).read_bytes()  # the SuperExec secret `fedvl join` gave the SuperNode
-        self.tasks = _client(address, [RuntimeVersionHttpInterceptor(component_name="SuperExec"),
+        self.tasks = runtime_client(address, [RuntimeVersionHttpInterceptor(component_name="SuperExec"),
                                        SuperExecAuthHttpInterceptor(master_secret=secret,
                                                                     protected_methods={ACQUIRE_TASK})])
         self.app = make_client_app()
@@ -134,7 +139,7 @@ class Executor:
 
     def run_task(self, token: str) -> bool:
         """Run one claimed task to its end; True when the node must stop (the run cannot use it)."""
-        client = _client(self.address, [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+        client = runtime_client(self.address, [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
                                         RuntimeTokenHttpInterceptor(token)])
         beat = Heartbeat(client)
         beat.start()
@@ -188,7 +193,7 @@ class Executor:
         token, _, proto = path.read_bytes().partition(b"\n")
         path.unlink()
         message = serde.message_from_proto(ProtoMessage.FromString(proto))
-        client = _client(self.address, [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+        client = runtime_client(self.address, [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
                                         RuntimeTokenHttpInterceptor(token.decode())])
         why = "the node's fedvl executor died while running this message (it has been restarted)"
         try:
@@ -210,6 +215,15 @@ class _Where:
         self.node_id, self.run_id = message.metadata.dst_node_id, message.metadata.run_id
 
 
+def _import_models() -> None:
+    """Import what building any of fedvl's VL models imports (transformers' BERT: 3 s on a 2-core
+    machine, most of building the tiny model) while the node waits for its first task, not in it."""
+    try:
+        import transformers.models.bert.modeling_bert  # noqa: F401
+    except Exception:  # noqa: BLE001  (a head start only: the build imports it again and says what is wrong)
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m fedvl.deploy.executor", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="the node's private folder (its SuperExec secret)")
@@ -217,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--poll-s", type=float, default=DEFAULT_POLL_S, help="wait between looks for a task")
     args = p.parse_args(argv)
     cut_pull_backoff()
+    threading.Thread(target=_import_models, daemon=True, name="fedvl-imports").start()
     Executor(args.folder, args.runtime, args.poll_s).serve_forever()
 
 

@@ -1,13 +1,15 @@
 """Every Flower internal fedvl relies on, in one place (flwr is pinned to 1.42 in pyproject.toml).
 
 Flower's public API covers apps, not the runtime around them; a deployment as fast as the in-process
-run needs four things of the runtime (``../shared/DESIGN.md`` section 4b has the file and line of each):
+run needs five things of the runtime (``../shared/DESIGN.md`` section 4b has the file and line of each):
 
 - the SuperNode's message loop and its three sleeps (:mod:`fedvl.deploy.supernode` caps them);
 - the local Runtime API a ``--isolation process`` SuperNode serves, and the calls ``flwr-clientapp``
   makes on it (:mod:`fedvl.deploy.executor` makes the same calls from one long-lived process);
 - the back-off when a message is visible before its contents (:func:`cut_pull_backoff`);
-- the SuperExec's HMAC signature of ``AcquireTask`` (the executor signs with the node's secret).
+- the SuperExec's HMAC signature of ``AcquireTask`` (the executor signs with the node's secret);
+- the SuperLink's Runtime API under ``--isolation process`` and the calls ``flwr-serverapp`` makes on
+  it, with Flower's HTTP grid (:mod:`fedvl.deploy.server_task` makes them from ``fedvl serve``).
 
 ``tests/deploy/test_flower_pins.py`` checks each of them against the installed Flower, so a release
 that moves one fails a test instead of silently slowing or breaking deployments.
@@ -34,8 +36,13 @@ PINNED: dict[str, tuple[str, ...]] = {
     "flwr.supercore.constant": ("TaskType", "PULL_INITIAL_BACKOFF"),
     "flwr.supercore.inflatable.inflatable_utils": ("pull_objects", "pull_and_inflate_object_from_tree"),
     "flwr.common.constant": ("HEARTBEAT_DEFAULT_INTERVAL", "HEARTBEAT_PATIENCE", "ErrorCode", "SubStatus"),
-    "flwr.common.config": ("get_fab_config",),
-    "flwr.proto.runtime_pb2": ("AcquireTaskRequest", "SendTaskHeartbeatRequest"),
+    "flwr.common.config": ("get_fab_config", "get_fused_config_from_fab"),
+    "flwr.common.serde": ("context_from_proto", "fab_from_proto", "run_from_proto"),
+    "flwr.proto.runtime_pb2": ("AcquireTaskRequest", "SendTaskHeartbeatRequest", "PullTaskInputRequest",
+                               "PushTaskOutputRequest"),
+    "flwr.superlink.grid": ("HttpGrid",),
+    "flwr.supercore.task_identity": ("TaskIdentity",),
+    "flwr.superlink.runtime.run_serverapp": ("run_serverapp",),
 }
 
 ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"  # the one Runtime call signed with the SuperExec secret

@@ -88,6 +88,7 @@ REPLY_WAIT_S = 30.0  # a SuperNode that never says so is stopped after this long
 # unavailable", not the reply it holds: the node stays this long after sending, while the server
 # (which looks every 0.5 s) pulls it.
 REPLY_PULL_S = 10.0
+PROBE_EVERY_S = 0.1  # how often a node looks for a SuperLink that is not there yet
 
 
 REFUSED, ENDED, WORKER_GONE = "refused", "ended", "worker gone"
@@ -296,7 +297,8 @@ def _unreachable(host: str, port: int, deadline: float, tls_ca: Path | None = No
             return None
         if time.monotonic() >= deadline:
             return reason
-        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        # a refused connection costs nothing: look often, so the node starts soon after the SuperLink does
+        time.sleep(min(PROBE_EVERY_S, max(0.0, deadline - time.monotonic())))
 
 
 def join(server: str, partition: int, state_dir: Path, tls_ca: Path | None, port: int | None = None,

@@ -38,9 +38,9 @@ class NodeWorkerError(RuntimeError):
     """The worker could not be reached, or its ClientApp raised; the message says which."""
 
 
-def make_folder() -> Path:
+def make_folder(prefix: str = "fedvl-node-") -> Path:
     """A private folder with a fresh key; short, because a Unix socket path must fit in 108 bytes."""
-    folder = Path(tempfile.mkdtemp(prefix="fedvl-node-"))  # mkdtemp makes it 0700
+    folder = Path(tempfile.mkdtemp(prefix=prefix))  # mkdtemp makes it 0700
     key = folder / KEY
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:

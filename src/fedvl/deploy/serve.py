@@ -4,8 +4,11 @@
 components are :mod:`fedvl.deploy.server_app` and whose run config carries the
 experiment config; points a private ``FLWR_HOME`` at the SuperLink; starts
 ``flower-superlink``; submits the run with ``flwr run``; and stops everything it
-started when the run ends, fails or is interrupted. The ServerApp writes the
-same results folder as the in-process simulator.
+started when the run ends, fails or is interrupted. By default (``--executor warm``)
+the SuperLink launches no ServerApp process: ``serve`` claims the run and runs the
+ServerApp itself (:mod:`fedvl.deploy.server_task`); ``--executor flower`` leaves it
+to Flower's ``flwr-serverapp`` and streams its output. Either writes the same
+results folder as the in-process simulator.
 
 Node authentication (``serve --auth-keys DIR``, ``join --auth-key KEY``) is Flower's
 own: the SuperLink runs with ``--enable-supernode-auth`` (which Flower allows only
@@ -21,18 +24,19 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedvl.deploy.names import CONFIG_KEY, DEPLOYMENT_FILE, RESULTS_KEY, RESUME_KEY, RUN_TOKEN_KEY
+from fedvl.deploy.node_worker import KEY, make_folder
 from fedvl.deploy.process import _bin, die_with_parent, flower_env, last_error, stop, wait_for_port
 from fedvl.deploy.submit import APP, READY
 from fedvl.runfolder import read_status, wait_until_free
 from fedvl.schema import ConfigError, ExperimentConfig, dump_config
 
 RELEASE_WAIT_S = 60.0  # serve --resume: how long the previous ServerApp may take to let go of the results folder
+EXECUTORS = ("warm", "flower")  # serve runs the ServerApp itself / Flower's flwr-serverapp process per run
 
 
 @dataclass
@@ -125,14 +129,17 @@ def run_token(run_dir: Path) -> str:
 
 
 class SuperLink:
-    """A ``flower-superlink`` process and its private Flower home (``scratch``). Started before the
-    experiment's config is even loaded (:func:`start_superlink`): it takes a second or two to listen,
-    which the config's checks and imports then overlap."""
+    """A ``flower-superlink`` process and its private Flower home (``scratch``, 0700, with the SuperExec
+    secret of ``executor="warm"``). Started before the experiment's config is even loaded
+    (:func:`start_superlink`): it takes a second or two to listen, which the config's checks and
+    imports then overlap."""
 
-    def __init__(self, host: str, port: int, tls: TLS | None, node_auth: bool):
-        self.host, self.port, self.tls = host, port, tls
+    def __init__(self, host: str, port: int, tls: TLS | None, node_auth: bool, executor: str = "warm"):
+        if executor not in EXECUTORS:
+            raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+        self.host, self.port, self.tls, self.executor = host, port, tls, executor
         self.local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        self.scratch = Path(tempfile.mkdtemp(prefix="fedvl-serve-"))
+        self.scratch = make_folder(prefix="fedvl-serve-")
         self.home = self.scratch / "flwr-home"
         write_connection(self.home, f"{self.local}:{port}", tls)
         self.env = flower_env(self.home)
@@ -140,6 +147,8 @@ class SuperLink:
         cmd += (["--ssl-certfile", str(tls.certfile), "--ssl-keyfile", str(tls.keyfile),
                  "--ssl-ca-certfile", str(tls.cafile)] if tls else ["--insecure"])
         cmd += ["--enable-supernode-auth"] if node_auth else []
+        if executor == "warm":  # no flower-superexec: the run is a task that `serve` claims with the secret
+            cmd += ["--isolation", "process", "--superexec-auth-secret-file", str(self.scratch / KEY)]
         self.log_path = self.scratch / "superlink.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -147,8 +156,9 @@ class SuperLink:
         self.failed = False  # it did not start: its log stays for the error message that names it
         # `flwr run`, importing Flower's CLI meanwhile; it submits once READY is written (fedvl.deploy.submit)
         self.runner = subprocess.Popen([sys.executable, "-m", "fedvl.deploy.submit", str(self.scratch),
-                                        f"{self.local}:{port}"], env=self.env, cwd=self.scratch,
-                                       start_new_session=True, preexec_fn=die_with_parent)
+                                        f"{self.local}:{port}"] + (["--stream"] if executor == "flower" else []),
+                                       env=self.env, cwd=self.scratch, start_new_session=True,
+                                       preexec_fn=die_with_parent)
 
     def wait_listening(self) -> None:
         try:
@@ -172,13 +182,14 @@ class SuperLink:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def start_superlink(host: str, port: int, tls: TLS | None, auth_keys: Path | None) -> SuperLink:
+def start_superlink(host: str, port: int, tls: TLS | None, auth_keys: Path | None,
+                    executor: str = "warm") -> SuperLink:
     if tls:
         tls.check()
     if auth_keys is not None and tls is None:
         raise ConfigError("--auth-keys needs TLS (Flower authenticates nodes only over TLS): give --ssl-certfile, "
                           "--ssl-keyfile and --ssl-ca-certfile")
-    return SuperLink(host, port, tls, auth_keys is not None)
+    return SuperLink(host, port, tls, auth_keys is not None, executor)
 
 
 def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS | None, log=print,
@@ -197,6 +208,9 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
                               "federated deployment")
         keys = auth_public_keys(auth_keys) if auth_keys is not None else []
         link = link or start_superlink(host, port, tls, auth_keys)
+        if link.executor == "warm":  # Flower's runtime and the experiment's code, imported while the SuperLink starts
+            import fedvl.deploy.server_app  # noqa: F401
+            import fedvl.deploy.server_task  # noqa: F401
         token = run_token(run_dir) if resume else secrets.token_hex(8)
         if resume:  # a server killed a moment ago: its SuperLink is still stopping the ServerApp that holds the folder
             wait_until_free(run_dir, RELEASE_WAIT_S, log)
@@ -209,7 +223,10 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
             + (" --root-certificates CA.pem" if tls else " --insecure") + (" --auth-key NODE_KEY" if keys else ""))
         link.submit()
         submitted = True
-        link.runner.wait(timeout=timeout)
+        if link.executor == "warm":
+            _run_here(link, token, timeout)
+        else:
+            link.runner.wait(timeout=timeout)
     finally:
         if link is not None:
             link.stop(discard=not submitted)
@@ -223,6 +240,22 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
         return 1
     shutil.rmtree(link.scratch, ignore_errors=True)
     return 0
+
+
+def _run_here(link: SuperLink, token: str, timeout: float | None) -> None:
+    """Claim the submitted run and run its ServerApp in this process (:mod:`fedvl.deploy.server_task`);
+    a run that another program submitted to this SuperLink meanwhile is refused and the wait goes on."""
+    from fedvl.deploy.server_task import ServerTask, SubmitError
+
+    ca = Path(link.tls.cafile).read_bytes() if link.tls else None
+    task = ServerTask(f"{link.local}:{link.port}", (link.scratch / KEY).read_bytes(), ca)
+    try:
+        while not task.run(task.claim(link.runner, link.proc, timeout), token, link.proc):
+            pass
+    except SubmitError as e:
+        raise ConfigError(str(e)) from None
+    finally:
+        task.close()
 
 
 def _settle_status(run_dir: Path, wait_s: float = 20.0) -> None:

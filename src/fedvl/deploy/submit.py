@@ -3,10 +3,11 @@
 Importing Flower's CLI takes about a second, and so does the SuperLink's start-up; ``serve`` starts
 this process beside the SuperLink, before it has even loaded the experiment's config, so both
 happen at once. Once ``serve`` has written the Flower App (``READY`` in the folder) and the SuperLink
-listens, this runs ``flwr run APP fedvl --stream`` unchanged. It ends with ``serve``
+listens, this runs ``flwr run APP fedvl`` unchanged (with ``--stream`` when Flower's own ServerApp
+process runs the experiment and its output comes through the SuperLink). It ends with ``serve``
 (parent-death signal) and gives up if ``serve`` never says go.
 
-    python -m fedvl.deploy.submit FOLDER HOST:PORT   (started by ``fedvl serve``)
+    python -m fedvl.deploy.submit FOLDER HOST:PORT [--stream]   (started by ``fedvl serve``)
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ def main() -> None:
     from fedvl.transport import flower_env  # noqa: F401  (Flower's environment before flwr is imported)
     from flwr.cli.app import app
 
-    folder, address = Path(sys.argv[1]), sys.argv[2]
+    folder, address, stream = Path(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["--stream"]
     host, _, port = address.rpartition(":")
     _wait(folder / READY, host, int(port))
-    sys.argv = ["flwr", "run", str(folder / APP), "fedvl", "--stream"]
+    sys.argv = ["flwr", "run", str(folder / APP), "fedvl"] + (["--stream"] if stream else [])
     sys.exit(app())
 
 

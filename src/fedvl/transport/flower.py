@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,7 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        if msg.content["config"].get(WARM_UP):  # the server's head start (warm_up): build now, answer nothing;
+        if msg.content["config"].get(WARM_UP):  # the server's head start (WarmUp): build now, answer nothing;
             try:  # a node that cannot serve the run says so to the server's real query (discover)
                 federation(context)
             except Exception:  # noqa: BLE001
@@ -265,15 +266,34 @@ def _send(grid: Grid, nodes: dict[str, int], cids: list[str], kind: str, rnd: in
 WARM_UP = "warm-up"  # a query's config key: build your side of the run now, the real query follows
 
 
-def warm_up(grid: Grid) -> None:
-    """Ask every node connected now to build its side of the run (model, data, features) while the
-    server builds its own: a node builds on its first message, and the server's first message (the
-    query of :func:`discover`) otherwise comes only once the server has built. The replies are not
-    awaited; a node that joins later builds on the real query."""
-    nodes = list(grid.get_node_ids())
-    if nodes:
-        grid.push_messages([Message(RecordDict({"config": ConfigRecord({WARM_UP: 1})}), dst_node_id=n,
-                                    message_type="query") for n in nodes])
+class WarmUp(threading.Thread):
+    """Ask each node to build its side of the run (model, data, features) as soon as it is connected,
+    while the server builds its own: a node builds on its first message, and the server's first
+    message (the query of :func:`discover`) otherwise comes only once the server has built. Nodes
+    that connect during the server's build are asked as they appear (a server that starts in a
+    blink, ``fedvl serve``'s own, is often up before its nodes). The replies are not awaited;
+    :meth:`stop` before the rounds use the grid, which is then this thread's no more."""
+
+    def __init__(self, grid: Grid, poll_s: float = 0.1):
+        super().__init__(daemon=True, name="fedvl-warm-up")
+        self.grid, self.poll_s, self.done, self.asked = grid, poll_s, threading.Event(), set()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                new = [n for n in self.grid.get_node_ids() if n not in self.asked]
+                if new:
+                    self.grid.push_messages([Message(RecordDict({"config": ConfigRecord({WARM_UP: 1})}), dst_node_id=n,
+                                                     message_type="query") for n in new])
+                    self.asked.update(new)
+            except Exception:  # noqa: BLE001  (a head start only: the real query says what is wrong)
+                return
+            self.done.wait(self.poll_s)
+
+    def stop(self) -> None:
+        self.done.set()
+        if self.is_alive():
+            self.join()
 
 
 def discover(grid: Grid, client_ids: list[str], wait_s: float, sizes: dict[str, int] | None = None,
