@@ -29,8 +29,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
      ("fedvl.config", "fedvl.rounds", "fedvl.finetune", "fedvl.fedmmkt.exchange", "fedvl.fedmmkt.federation",
       "fedvl.fedmmkt.family", "fedvl.fedmmkt.codec", "fedvl.transport", "fedvl.deploy", "fedvl.report",
       "fedvl.runfolder", "fedvl.fedmmkt.experiment")),
-    ("entry points", ("fedvl.experiment", "fedvl.sweep", "fedvl.estimate", "fedvl.deploy.server_app", "fedvl.commands",
-                      "fedvl.cli", "fedvl.__main__")),
+    # serve runs the experiment in its own process (fedvl.deploy.server_task), so it stands with the entry points
+    ("entry points", ("fedvl.experiment", "fedvl.sweep", "fedvl.estimate", "fedvl.deploy.server_app",
+                      "fedvl.deploy.server_task", "fedvl.deploy.serve", "fedvl.commands", "fedvl.cli",
+                      "fedvl.__main__")),
 ]
 
 # (importer, imported): imports allowed to run up a layer because they register a plugin.
