@@ -70,3 +70,13 @@ def test_serve_makes_the_calls_flwr_serverapp_makes():
     assert "run_id=TaskIdentity.run_id" in inspect.getsource(message_module)
     args = _parse_args_run_superlink().parse_args(["--isolation", "process", "--superexec-auth-secret-file", "k"])
     assert args.isolation == "process" and args.superexec_auth_secret_file == "k"
+
+
+def test_the_supernodes_reconnection_wait_is_read_when_it_retries():
+    """fedvl.deploy.supernode caps the wait by setting http_retry's module constant: Flower's invoker
+    must read it when it builds its waits, not copy it at import."""
+    from flwr.supercore.retry import http_retry
+
+    assert http_retry.MAX_RETRY_DELAY == 20  # Flower's own cap (the cut is only worth it while so high)
+    assert "wait_gen_factory=lambda: exponential(max_delay=MAX_RETRY_DELAY)" in \
+        inspect.getsource(http_retry.make_simple_http_retry_invoker)

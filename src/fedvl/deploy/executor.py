@@ -215,15 +215,6 @@ class _Where:
         self.node_id, self.run_id = message.metadata.dst_node_id, message.metadata.run_id
 
 
-def _import_models() -> None:
-    """Import what building any of fedvl's VL models imports (transformers' BERT: 3 s on a 2-core
-    machine, most of building the tiny model) while the node waits for its first task, not in it."""
-    try:
-        import transformers.models.bert.modeling_bert  # noqa: F401
-    except Exception:  # noqa: BLE001  (a head start only: the build imports it again and says what is wrong)
-        pass
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m fedvl.deploy.executor", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="the node's private folder (its SuperExec secret)")
@@ -231,7 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--poll-s", type=float, default=DEFAULT_POLL_S, help="wait between looks for a task")
     args = p.parse_args(argv)
     cut_pull_backoff()
-    threading.Thread(target=_import_models, daemon=True, name="fedvl-imports").start()
+    from fedvl.models.backbones import import_text_encoder
+
+    # while the node waits for its first task, not in it
+    threading.Thread(target=import_text_encoder, daemon=True, name="fedvl-imports").start()
     Executor(args.folder, args.runtime, args.poll_s).serve_forever()
 
 

@@ -3,7 +3,8 @@
 Flower's public API covers apps, not the runtime around them; a deployment as fast as the in-process
 run needs five things of the runtime (``../shared/DESIGN.md`` section 4b has the file and line of each):
 
-- the SuperNode's message loop and its three sleeps (:mod:`fedvl.deploy.supernode` caps them);
+- the SuperNode's message loop and its three sleeps, and its reconnection delay
+  (:mod:`fedvl.deploy.supernode` caps them);
 - the local Runtime API a ``--isolation process`` SuperNode serves, and the calls ``flwr-clientapp``
   makes on it (:mod:`fedvl.deploy.executor` makes the same calls from one long-lived process);
 - the back-off when a message is visible before its contents (:func:`cut_pull_backoff`);
@@ -32,6 +33,7 @@ PINNED: dict[str, tuple[str, ...]] = {
     "flwr.supercore.interceptors": ("RuntimeTokenHttpInterceptor", "RuntimeVersionHttpInterceptor",
                                     "SuperExecAuthHttpInterceptor"),
     "flwr.supercore.retry.retry_invoker": ("RetryInvoker", "constant"),
+    "flwr.supercore.retry.http_retry": ("MAX_RETRY_DELAY", "make_simple_http_retry_invoker"),
     "flwr.supercore.superexec.run_superexec": ("_SUPEREXEC_AUTH_METHODS",),
     "flwr.supercore.constant": ("TaskType", "PULL_INITIAL_BACKOFF"),
     "flwr.supercore.inflatable.inflatable_utils": ("pull_objects", "pull_and_inflate_object_from_tree"),

@@ -209,8 +209,13 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
         keys = auth_public_keys(auth_keys) if auth_keys is not None else []
         link = link or start_superlink(host, port, tls, auth_keys)
         if link.executor == "warm":  # Flower's runtime and the experiment's code, imported while the SuperLink starts
+            import threading
+
             import fedvl.deploy.server_app  # noqa: F401
             import fedvl.deploy.server_task  # noqa: F401
+            from fedvl.models.backbones import import_text_encoder
+
+            threading.Thread(target=import_text_encoder, daemon=True, name="fedvl-imports").start()
         token = run_token(run_dir) if resume else secrets.token_hex(8)
         if resume:  # a server killed a moment ago: its SuperLink is still stopping the ServerApp that holds the folder
             wait_until_free(run_dir, RELEASE_WAIT_S, log)

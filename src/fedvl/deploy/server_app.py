@@ -14,6 +14,7 @@ from fedvl.deploy.flower_pins import cut_pull_backoff
 from fedvl.deploy.names import CONFIG_KEY, DEPLOYMENT_FILE, RESULTS_KEY, RESUME_KEY, RUN_TOKEN_KEY
 from fedvl.deploy.process import die_with_parent
 from fedvl.experiment import run_experiment
+from fedvl.models.backbones import text_encoder_imported
 from fedvl.report.history import write_json_atomic
 from fedvl.runfolder import read_status
 
@@ -62,6 +63,7 @@ def run_server_app(grid: Grid, context: Context) -> None:
 
     run_dir = Path(str(context.run_config[RESULTS_KEY]))
     warm.start()
+    text_encoder_imported()  # `fedvl serve` imports it while its SuperLink starts: not twice at once
     try:
         run_experiment(cfg, run_dir, progress_enabled=False, runner=rounds, server_only=True,
                        resume=bool(context.run_config.get(RESUME_KEY, False)),

@@ -9,7 +9,8 @@ either wait, so this entry point caps the sleeps of the SuperNode's message loop
 next message (a request to the SuperLink) at ``FEDVL_NODE_POLL_S`` seconds (``fedvl join
 --poll-s``), the two waits for the local reply (a look at the node's own memory) at
 ``LOCAL_WAIT_S``; it also cuts Flower's 1 s back-off on contents not stored yet
-(:func:`fedvl.deploy.flower_pins.cut_pull_backoff`), then runs Flower's SuperNode unchanged.
+(:func:`fedvl.deploy.flower_pins.cut_pull_backoff`) and caps its reconnection waits at
+``RECONNECT_MAX_S``, then runs Flower's SuperNode unchanged.
 ``tests/deploy/test_flower_pins.py`` checks that the loop still sleeps where this expects, so a
 Flower upgrade that moves them fails a test instead of silently going back to 3 s.
 
@@ -28,6 +29,9 @@ POLL_ENV = "FEDVL_NODE_POLL_S"
 DEFAULT_POLL_S = 0.2  # 5 requests a second from an idle node: nothing on a LAN, fine for tens of nodes
 LOCAL_WAIT_S = 0.02  # the reply waits look at the node's own memory: cheap to do often
 IDLE_SLEEP_S = 3  # the loop's one network wait (no message yet); its other sleeps (0.5 s) are local
+# a SuperNode whose SuperLink went away retries at random waits up to this (Flower: doubling up to 20 s),
+# so it finds a restarted server (`fedvl serve --resume`, the next run on the same port) within a second
+RECONNECT_MAX_S = 1.0
 
 
 class CappedSleep:
@@ -45,6 +49,7 @@ class CappedSleep:
 
 
 def main() -> None:
+    import flwr.supercore.retry.http_retry as http_retry
     import flwr.supernode.start_client_internal as loop
     from flwr.supernode.cli import flower_supernode
 
@@ -52,6 +57,7 @@ def main() -> None:
 
     cut_pull_backoff()
     loop.time = CappedSleep(float(os.environ.get(POLL_ENV, DEFAULT_POLL_S)))
+    http_retry.MAX_RETRY_DELAY = RECONNECT_MAX_S
     sys.argv[0] = "flower-supernode"
     flower_supernode()
 

@@ -11,6 +11,7 @@ features are computed once per image (see :mod:`fedvl.data.features`).
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 
 import torch
@@ -198,6 +199,28 @@ class VisionLanguageModel(nn.Module):
         if self.adapter_mix is None:
             raise RuntimeError("this model has no bottleneck adapters")
         self.adapter_mix.set(weights)
+
+
+_IMPORTING = threading.Lock()  # held by import_text_encoder while it runs
+
+
+def import_text_encoder() -> None:
+    """Import the code every fedvl VL model's text encoder (transformers' BERT) needs: 2-3 s on a
+    2-core machine, most of building the tiny model. A process that waits for its first run (a
+    deployed node, `fedvl serve` while its SuperLink starts) calls this in a background thread so the
+    build does not pay it; any error is left for the build itself to report. transformers' lazy
+    imports are not safe from two threads at once: the build calls :func:`text_encoder_imported` first."""
+    with _IMPORTING:
+        try:
+            import transformers.models.bert.modeling_bert  # noqa: F401
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def text_encoder_imported() -> None:
+    """Wait for an :func:`import_text_encoder` running in another thread (returns at once if none)."""
+    with _IMPORTING:
+        pass
 
 
 def _text_default() -> nn.Module:
