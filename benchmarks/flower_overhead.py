@@ -5,15 +5,15 @@ back; wall times as ratios to the in-process run, and the per-message overhead o
     .venv/bin/python benchmarks/flower_overhead.py [--models tiny,default] [--executors warm,flower] [key=value ...]
 
 Experiments (2 clients, 3 rounds, FedAvg): ``tiny`` (the tiny model) and ``default`` (the default
-model on small data). Deployments (the nodes started beside ``serve``, as a first run finds them):
-``warm`` (the defaults of `fedvl serve` and `fedvl join`: serve runs the ServerApp itself, each node's
-warm executor claims its SuperNode's tasks) and ``flower`` (`--executor flower` on both: Flower's
-ServerApp process per run and ClientApp process per message).
+model on small data). Deployments: ``warm`` (the defaults of `fedvl serve` and `fedvl join`: serve
+runs the ServerApp itself, each node's warm executor claims its SuperNode's tasks) and ``flower``
+(`--executor flower` on both: Flower's ServerApp process per run and ClientApp process per message).
 Each deployment runs twice on one port: first with its nodes started beside ``serve`` (what a first
 run pays: every node's start-up too), then the next run on the same nodes, still running (``-next``:
-what each further run of a deployment whose nodes stay pays). Per-message overhead: the median over rounds of (the deployed round's time - the in-process
-round's time) / 2 (a round is a train and an evaluate message per client, the clients in parallel):
-what a message costs from the server's send to its reply stored, beyond the client's compute.
+what each further run of a deployment whose nodes stay pays). Per-message overhead: the median over
+rounds of (the deployed round's time - the in-process round's time) / 2 (a round is a train and an
+evaluate message per client, the clients in parallel): what a message costs from the server's send
+to its reply stored, beyond the client's compute.
 Targets: the default model deployed <= 1.5x its in-process time, the tiny model <= 2.5x, overhead <= 0.4 s.
 Writes ``benchmarks/results/flower_overhead.json`` (or ``$FEDVL_BENCH_OUT``).
 """
