@@ -115,6 +115,22 @@ def test_the_supernode_loop_sleeps_where_the_cap_expects(monkeypatch):
     assert capped.monotonic is time.monotonic and capped.time is time.time  # everything else is the time module's
 
 
+def test_a_node_that_just_handled_a_message_looks_for_the_next_one_sooner(monkeypatch):
+    from fedvl.deploy.supernode import BUSY_DIVISOR, BUSY_S, CappedSleep
+
+    now = [100.0]
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    capped = CappedSleep(0.2, local_cap=0.02, clock=lambda: now[0])
+    capped.sleep(3)  # idle: every cap
+    capped.sleep(0.5)  # a message is being answered (a local wait)
+    now[0] += BUSY_S / 2
+    capped.sleep(3)  # soon after: the round's next message is near
+    now[0] += BUSY_S
+    capped.sleep(3)  # idle again
+    assert slept == [0.2, 0.02, 0.2 / BUSY_DIVISOR, 0.2]
+
+
 def test_the_supernode_entry_point_caps_the_loop_at_the_poll_option(monkeypatch):
     """``python -m fedvl.deploy.supernode`` puts the cap from FEDVL_NODE_POLL_S (default 0.2 s) on the
     SuperNode loop's sleeps, then runs Flower's own SuperNode as ``flower-supernode``."""

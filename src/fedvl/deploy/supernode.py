@@ -32,20 +32,30 @@ IDLE_SLEEP_S = 3  # the loop's one network wait (no message yet); its other slee
 # a SuperNode whose SuperLink went away retries at random waits up to this (Flower: doubling up to 20 s),
 # so it finds a restarted server (`fedvl serve --resume`, the next run on the same port) within a second
 RECONNECT_MAX_S = 1.0
+# after handling a message a node looks for the next one BUSY_DIVISOR times as often, for BUSY_S seconds
+BUSY_S, BUSY_DIVISOR = 1.0, 4
 
 
 class CappedSleep:
     """The ``time`` module, except that ``sleep`` waits at most ``cap`` seconds for the loop's network
-    wait (``IDLE_SLEEP_S``) and at most ``local_cap`` for its local ones."""
+    wait (``IDLE_SLEEP_S``) and at most ``local_cap`` for its local ones. For ``BUSY_S`` after a local
+    wait (the node has just handled a message: the next one of the round is likely near) the network
+    wait is ``cap / BUSY_DIVISOR``: a deployed round's next message is found a few tens of ms after it
+    is sent instead of half a poll later on average, and an idle node still asks only every ``cap``."""
 
-    def __init__(self, cap: float, local_cap: float = LOCAL_WAIT_S):
-        self.cap, self.local_cap = cap, local_cap
+    def __init__(self, cap: float, local_cap: float = LOCAL_WAIT_S, clock=time.monotonic):
+        self.cap, self.local_cap, self.clock = cap, local_cap, clock
+        self.busy_until = float("-inf")
+
+    def sleep(self, seconds: float) -> None:
+        if seconds >= IDLE_SLEEP_S:
+            time.sleep(min(seconds, self.cap / BUSY_DIVISOR if self.clock() < self.busy_until else self.cap))
+        else:
+            self.busy_until = self.clock() + BUSY_S
+            time.sleep(min(seconds, self.local_cap))
 
     def __getattr__(self, name: str):
         return getattr(time, name)
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self.cap if seconds >= IDLE_SLEEP_S else self.local_cap))
 
 
 def main() -> None:
