@@ -214,15 +214,15 @@ def make_client_app(cfg_text: str | None = None, state_root: str | None = None,
 
 # reply polling: quick while a reply is likely, then backing off to 0.1 s (a round of seconds costs ten small
 # requests a second; at 0.5 s a reply that came just after a look waited up to half a second more)
-POLL_FIRST_S, POLL_MAX_S = 0.02, 0.1
+POLL_FIRST_S, POLL_MAX_S = 0.02, 0.05  # one server's requests: 20 a second at most
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:
     """Push ``messages`` and pull their replies until all are in or ``timeout`` passes.
 
     Flower's ``Grid.send_and_receive`` polls a deployed SuperLink every 3 s, which on a short
-    round adds up to 3 s per exchange; this polls after 20 ms and backs off to 0.1 s, so a reply
-    is seen within a tenth of a second and a long round costs ten small requests a second."""
+    round adds up to 3 s per exchange; this polls after 20 ms and backs off to 0.05 s, so a reply
+    is seen within 50 ms and a long round costs twenty small requests a second (one server's)."""
     waiting = set(grid.push_messages(messages))
     end = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []
