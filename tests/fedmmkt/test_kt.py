@@ -142,6 +142,20 @@ def test_a_rejected_client_is_recorded_and_the_round_goes_on(kt_cfg, tmp_path):
     assert "generator" in rec
 
 
+def test_a_round_whose_every_client_missed_the_evaluation_is_recorded_without_scores(kt_cfg, tmp_path):
+    from fedvl.fedmmkt.exchange import KnowledgeServer
+
+    fed = build(kt_cfg(), tmp_path / "x", status=lambda s: None)
+    server, record = KnowledgeServer(fed), {"round": 1}
+    missed = {cid: "no reply within 15.0s" for cid in fed.client_ids}
+    server.aggregate_evaluate(1, record, {}, missed, None)
+    assert "eval" not in record and "avg" not in record and record["eval_dropped"] == missed
+    record = {"round": 2}
+    scores = {"a": {"acc": 0.5, "bal_acc": 0.25}, "b": {"acc": 1.0, "bal_acc": 0.75}}
+    server.aggregate_evaluate(2, record, scores, {}, None)
+    assert record["avg"] == {"acc": 0.75, "bal_acc": 0.5} and "eval_dropped" not in record
+
+
 @pytest.mark.parametrize("override, message", [
     ("fedmmkt.archs=cnn,mlp", "give one per client"),
     ("fedmmkt.archs=cnn,resnet9000,cnn", "unknown architecture"),

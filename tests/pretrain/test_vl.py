@@ -162,6 +162,30 @@ def test_a_killed_pretraining_resumes_to_the_same_weights(tmp_path):
     assert len(meta["itm_loss"]) == 4
 
 
+class _Planted:
+    """What a hostile checkpoint file could hold: a pickle that runs code when it is loaded."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_checkpoint_that_runs_code_when_unpickled_is_not_run_and_the_pretraining_starts_afresh(tmp_path):
+    from fedvl.pretrain.vl import pretrain
+
+    cfg = VLPretrainConfig(**{**TINY_PRE, "cache_dir": str(tmp_path / "c")})
+    ckpt = tmp_path / "c" / "vl" / f"{pretrain_key(cfg)}.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    torch.save({"step": 3, "planted": _Planted(str(marker))}, ckpt)
+    said = []
+    pretrain(cfg, status=said.append)
+    assert not marker.exists()  # loaded with torch's weights-only unpickler: nothing ran
+    assert not any("resuming pretraining" in s for s in said)
+
+
 def test_both_objectives_learn_on_a_small_corpus(tmp_path):
     """200 steps on the tiny model: both losses fall and masked words are read back well above chance
     (the vocabulary has 30,522 entries). Measured: ITM 0.71 -> 0.63, MLM 10.2 -> 9.5, MLM accuracy 0.48."""

@@ -154,8 +154,9 @@ class KnowledgeServer:
     def aggregate_evaluate(self, rnd: int, record: dict[str, Any], scores: dict[str, dict[str, float]],
                            failed: dict[str, str], progress) -> None:
         fed, state = self.fed, self.state
-        record["eval"] = scores
-        record["avg"] = {k: sum(m[k] for m in scores.values()) / len(scores) for k in ("acc", "bal_acc")}
+        if scores:  # every client can miss an evaluation (a deployment's nodes gone): the round has no average
+            record["eval"] = scores
+            record["avg"] = {k: sum(m[k] for m in scores.values()) / len(scores) for k in ("acc", "bal_acc")}
         if failed:
             record["eval_dropped"] = failed
         if fed.judge is not None and (rnd == 1 or fed.server.update_generator or rnd == self.rounds):

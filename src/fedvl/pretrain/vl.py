@@ -298,7 +298,8 @@ def _read_checkpoint(path: Path, pt: Pretrainer) -> dict | None:
     """The state in ``path`` if it is a checkpoint of this pretraining (its settings, its parameter
     shapes), else None: checked before anything is restored, so a bad one leaves the fresh start intact."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights only: tensors and plain containers; a full unpickle would run any code planted in the file
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # truncated or not a checkpoint at all: torch raises many kinds
         return None
     settings = {k: v for k, v in asdict(pt.cfg).items() if k not in _NOT_KEYED}
