@@ -10,9 +10,9 @@ from fedvl.commands.run import resumable
 SERVE_HELP = """\
 Run an experiment on a real Flower deployment. Starts a Flower SuperLink on
 --host:--port, submits the experiment (the fedvl ServerApp, which this process
-then runs itself), waits until it ends and stops the SuperLink. Start one `fedvl join` per client, on the client
-machines (or here), with --partition 0..N-1. The results folder is the same as
-`fedvl run` writes.
+then runs itself), waits until it ends and stops the SuperLink. Start one
+`fedvl join` per client, on the client machines (or here), with --partition
+0..N-1. The results folder is the same as `fedvl run` writes.
 
   fedvl serve configs/task-feddat.yaml --port 9092 \\
       --ssl-certfile server.pem --ssl-keyfile server.key --ssl-ca-certfile ca.pem
