@@ -222,10 +222,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--poll-s", type=float, default=DEFAULT_POLL_S, help="wait between looks for a task")
     args = p.parse_args(argv)
     cut_pull_backoff()
-    from fedvl.models.backbones import import_text_encoder
-
-    # while the node waits for its first task, not in it
-    threading.Thread(target=import_text_encoder, daemon=True, name="fedvl-imports").start()
     Executor(args.folder, args.runtime, args.poll_s).serve_forever()
 
 

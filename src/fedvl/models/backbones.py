@@ -206,10 +206,11 @@ _IMPORTING = threading.Lock()  # held by import_text_encoder while it runs
 
 def import_text_encoder() -> None:
     """Import the code every fedvl VL model's text encoder (transformers' BERT) needs: 2-3 s on a
-    2-core machine, most of building the tiny model. A process that waits for its first run (a
-    deployed node, `fedvl serve` while its SuperLink starts) calls this in a background thread so the
-    build does not pay it; any error is left for the build itself to report. transformers' lazy
-    imports are not safe from two threads at once: the build calls :func:`text_encoder_imported` first."""
+    2-core machine, most of building the tiny model. `fedvl serve` calls this in a background thread
+    while its SuperLink starts, so the build does not pay it; any error is left for the build itself
+    to report. transformers' lazy imports are not safe from two threads at once: the build calls
+    :func:`text_encoder_imported` first. (A deployed node does not: a knowledge-transfer node never
+    needs BERT, and the import costs some 150 MB of memory.)"""
     with _IMPORTING:
         try:
             import transformers.models.bert.modeling_bert  # noqa: F401

@@ -42,7 +42,6 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedvl.algorithms.aggregate import Params
 from fedvl.config import load_config_dict
-from fedvl.models.backbones import text_encoder_imported
 from fedvl.report.history import History
 from fedvl.schema import ConfigError, ExperimentConfig, dump_config
 from fedvl.transport import secagg
@@ -104,7 +103,6 @@ def _client_federation(cfg_text: str, pid: int, every_partition: bool, device: s
     executor) builds afresh for a new run, so nothing one run left in memory reaches the next."""
     key = (hashlib.sha256(cfg_text.encode()).hexdigest(), -1 if every_partition else pid, device, run)
     if key not in _FEDS:
-        text_encoder_imported()  # a deployed node's executor imports it while idle: not twice at once
         for old in _FEDS.values():  # one run per process at a time: do not keep an old model (or its workers) alive
             old.close()
         _FEDS.clear()
