@@ -26,3 +26,4 @@ def test_serve_claims_its_own_run_only(tiny_cfg, tmp_path):
     (tmp_path / "app" / "pyproject.toml").write_text(text.replace("fedvl.deploy.server_app:server_app",
                                                                   "mine.app:server_app"))
     assert not is_ours(_fab(tmp_path / "app"), "a1b2c3")
+    assert not is_ours(SimpleNamespace(content=b"not a zip"), "a1b2c3")  # a bundle that is not even one

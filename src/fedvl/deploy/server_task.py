@@ -62,7 +62,10 @@ def _app_config(fab) -> dict:
 
 def is_ours(fab, token: str) -> bool:
     """Whether a run's Flower App is the one this ``serve`` wrote: fedvl's ServerApp and this run's token."""
-    app = _app_config(fab)
+    try:
+        app = _app_config(fab)
+    except Exception:  # noqa: BLE001  (not even a readable Flower App: not this serve's)
+        return False
     return (app.get("components", {}).get("serverapp") == "fedvl.deploy.server_app:server_app"
             and app.get("config", {}).get(RUN_TOKEN_KEY) == token)
 
@@ -110,17 +113,19 @@ class ServerTask:
                                                RuntimeTokenHttpInterceptor(token)], self.ca, max_time=PUSH_WAIT_S)
         beat = Heartbeat(client)
         beat.start()
-        status, details, ours = SubStatus.FAILED, "fedvl serve's ServerApp failed", False
+        # a task whose input cannot even be read is taken for this serve's own (it submitted one run):
+        # its failure ends the wait rather than leaving serve waiting for a run that will not come
+        status, details, ours = SubStatus.FAILED, "fedvl serve's ServerApp failed", True
         watch = _Watch(link_proc)
         try:
             res = client.PullTaskInput(PullTaskInputRequest())
             fab = fab_from_proto(res.fab)
             if not is_ours(fab, run_token):
+                ours = False
                 details = "this SuperLink runs the experiment of the `fedvl serve` that started it, no other run"
                 print(f"fedvl serve: refused run {res.run.run_id}: it is not the run this serve submitted",
                       file=sys.stderr, flush=True)
                 return False
-            ours = True
             # what flwr-serverapp sets: messages take their run id from here
             TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = \
                 res.task_id, res.run.run_id, res.context.node_id
