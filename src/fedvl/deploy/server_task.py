@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 import traceback
-from pathlib import Path
 
 import httpx
 from flwr.common.config import get_fab_config, get_fused_config_from_fab
