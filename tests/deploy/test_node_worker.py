@@ -223,3 +223,39 @@ def test_a_nodes_rounded_store_trains_from_the_state_before_the_round(tmp_path):
     store.at(4, fit=False).save("c0", {"w": torch.zeros(2)})
     assert [r for r, _ in store.rounds("c0")] == [4, 3, 2]
     assert store.at(5, fit=True).load("c0")["w"][0] == 0.0 and store.at(4, fit=True).load("c0")["w"][0] == 3.0
+
+
+class _JoiningGrid:
+    """Nodes connect over time: the n-th look at the node ids sees the n-th list."""
+
+    def __init__(self, seen: list[list[int]]):
+        self.seen, self.looks, self.pushed = seen, 0, []
+
+    def get_node_ids(self):
+        ids = self.seen[min(self.looks, len(self.seen) - 1)]
+        self.looks += 1
+        return ids
+
+    def push_messages(self, messages):
+        self.pushed += [(m.metadata.dst_node_id, m.metadata.message_type, dict(m.content["config"]))
+                        for m in messages]
+        return [f"w{i}" for i in range(len(messages))]
+
+
+def test_the_warm_up_asks_each_node_once_as_it_connects_and_stops_before_the_rounds(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):  # a message reads them (a ServerApp's)
+        monkeypatch.setattr(TaskIdentity, name, value)
+    grid = _JoiningGrid([[], [7], [7], [7, 9]])
+    warm = flower.WarmUp(grid, poll_s=0.001)
+    warm.start()
+    deadline = time.monotonic() + 10
+    while grid.looks < 6 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    warm.stop()
+    assert not warm.is_alive()
+    assert grid.pushed == [(7, "query", {flower.WARM_UP: 1}), (9, "query", {flower.WARM_UP: 1})]
+    looks = grid.looks
+    time.sleep(0.01)
+    assert grid.looks == looks  # stopped: the grid is the rounds' now

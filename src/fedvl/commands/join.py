@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fedvl.deploy.names import EXECUTORS
+
 JOIN_HELP = """\
 Join a Flower deployment started by `fedvl serve` as the client holding
 partition --partition (0..N-1 in the experiment's client order): starts a Flower
@@ -43,7 +45,7 @@ def add_parser(sub) -> None:
     jn.add_argument("--poll-s", type=float, default=0.2,
                     help="how often an idle node asks the SuperLink for its next message (Flower's own SuperNode "
                          "waits 3 s, most of a short round); raise it for many nodes on one SuperLink (default: 0.2)")
-    jn.add_argument("--executor", choices=("warm", "flower"), default="warm",
+    jn.add_argument("--executor", choices=EXECUTORS, default="warm",
                     help="who runs this node's ClientApp: fedvl's long-lived executor (warm, the default) or a "
                          "Flower flwr-clientapp process per message that asks the warm worker (flower)")
     jn.set_defaults(handler=main)

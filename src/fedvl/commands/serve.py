@@ -6,6 +6,7 @@ import argparse
 
 from fedvl.commands import split_args
 from fedvl.commands.run import resumable
+from fedvl.deploy.names import EXECUTORS
 
 SERVE_HELP = """\
 Run an experiment on a real Flower deployment. Starts a Flower SuperLink on
@@ -49,7 +50,7 @@ def add_parser(sub) -> None:
                      help="continue a deployed run whose server stopped, from its last complete round, with the "
                           "folder's config.yaml; the nodes (still running, or restarted with the same --state-dir) "
                           "keep their clients' state")
-    srv.add_argument("--executor", choices=("warm", "flower"), default="warm",
+    srv.add_argument("--executor", choices=EXECUTORS, default="warm",
                      help="who runs the ServerApp: this process, with the config and code already loaded (warm, the "
                           "default), or Flower's flwr-serverapp process per run, its output streamed through the "
                           "SuperLink (flower)")

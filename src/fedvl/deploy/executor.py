@@ -56,10 +56,9 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from fedvl.deploy.flower_pins import ACQUIRE_TASK, cut_pull_backoff
-from fedvl.deploy.names import EXIT_FATAL, FATAL, INFLIGHT
+from fedvl.deploy.names import CLIENT_APP_REF, EXIT_FATAL, FATAL, INFLIGHT
 from fedvl.deploy.node_worker import KEY
 
-CLIENT_APP_REF = "fedvl.deploy.node_app:client_app"  # the only ClientApp this executor runs (fedvl serve's)
 DEFAULT_POLL_S = 0.02  # a look for the next task: a local request to the node's own API
 HEARTBEAT_S = HEARTBEAT_DEFAULT_INTERVAL / 3  # Flower revokes a task after 2 intervals without one
 
@@ -80,7 +79,6 @@ def runtime_client(address: str, interceptors: list, root_certificates: bytes | 
                                                  retry_invoker=_retry(max_time))
 
 
-
 class Heartbeat(threading.Thread):
     """Keeps a claimed task alive while it runs. A refused heartbeat (the task was revoked) is only
     recorded: the task's outcome then cannot be pushed and is dropped, and the executor goes on."""
@@ -99,10 +97,14 @@ class Heartbeat(threading.Thread):
                 continue
 
 
+def app_table(fab) -> dict:
+    """A Flower App bundle's ``[tool.flwr.app]`` (its components and run config)."""
+    return get_fab_config(fab.content).get("tool", {}).get("flwr", {}).get("app", {})
+
+
 def _check_app(fab) -> None:
     """Refuse to run a Flower App other than fedvl's: this node's secret, data and memory are for it."""
-    ref = get_fab_config(fab.content).get("tool", {}).get("flwr", {}).get("app", {}).get("components", {}) \
-        .get("clientapp")
+    ref = app_table(fab).get("components", {}).get("clientapp")
     if ref != CLIENT_APP_REF:
         raise RuntimeError(f"this node runs fedvl's ClientApp only ({CLIENT_APP_REF}), the run asks for {ref!r}")
 
@@ -119,8 +121,8 @@ class Executor:
         self.folder, self.address, self.poll_s = folder, address, poll_s
         secret = (folder / KEY).read_bytes()  # the SuperExec secret `fedvl join` gave the SuperNode
         self.tasks = runtime_client(address, [RuntimeVersionHttpInterceptor(component_name="SuperExec"),
-                                       SuperExecAuthHttpInterceptor(master_secret=secret,
-                                                                    protected_methods={ACQUIRE_TASK})])
+                                              SuperExecAuthHttpInterceptor(master_secret=secret,
+                                                                           protected_methods={ACQUIRE_TASK})])
         self.app = make_client_app()
 
     def next_token(self) -> str | None:
@@ -140,7 +142,7 @@ class Executor:
     def run_task(self, token: str) -> bool:
         """Run one claimed task to its end; True when the node must stop (the run cannot use it)."""
         client = runtime_client(self.address, [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                                        RuntimeTokenHttpInterceptor(token)])
+                                               RuntimeTokenHttpInterceptor(token)])
         beat = Heartbeat(client)
         beat.start()
         message = context = reply = None
@@ -194,7 +196,7 @@ class Executor:
         path.unlink()
         message = serde.message_from_proto(ProtoMessage.FromString(proto))
         client = runtime_client(self.address, [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                                        RuntimeTokenHttpInterceptor(token.decode())])
+                                               RuntimeTokenHttpInterceptor(token.decode())])
         why = "the node's fedvl executor died while running this message (it has been restarted)"
         try:
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=why), reply_to=message)

@@ -23,10 +23,9 @@ import threading
 import time
 from pathlib import Path
 
-from fedvl.deploy.names import DEVICE_KEY, EXIT_FATAL, FATAL, STATE_KEY
+from fedvl.deploy.names import DEVICE_KEY, EXECUTORS, EXIT_FATAL, FATAL, STATE_KEY
 from fedvl.deploy.node_worker import KEY, WORKER_KEY, make_folder
 
-EXECUTORS = ("warm", "flower")  # fedvl's executor claims the tasks / Flower's flwr-clientapp per message
 MAX_RESTARTS = 3  # a warm process that keeps dying has a cause a restart does not fix
 from fedvl.deploy.process import die_with_parent, flower_env, free_port, stop
 from fedvl.deploy.supernode import DEFAULT_POLL_S, POLL_ENV
@@ -85,8 +84,8 @@ BAD_PARTITION = "ConfigError: this node holds partition"
 REPLY_HANDED_ON = ("Sent successfully", "Failed to send message", "is not in `RUNNING` status")
 REPLY_WAIT_S = 30.0  # a SuperNode that never says so is stopped after this long
 # Once a node has left, Flower's SuperLink answers the server's pull of a reply from it with "node
-# unavailable", not the reply it holds: the node stays this long after sending, while the server
-# (which looks every 0.5 s) pulls it.
+# unavailable", not the reply it holds: the node stays this long after sending, while the server pulls
+# it (it looks every 50 ms or so; the margin is for a server slowed by a loaded machine).
 REPLY_PULL_S = 10.0
 PROBE_EVERY_S = 0.1  # how often a node looks for a SuperLink that is not there yet
 

@@ -13,6 +13,13 @@ RUN_TOKEN_KEY = "run-token"  # run_config key: names the run on every node, the 
 STATE_KEY = "state-dir"  # node_config key: where a node keeps its clients' local state
 DEVICE_KEY = "device"  # node_config key: the node's own run.device (`fedvl join --device cuda:1`)
 
+# the Flower App `fedvl serve` writes; fedvl's own processes run it and no other
+SERVER_APP_REF = "fedvl.deploy.server_app:server_app"
+CLIENT_APP_REF = "fedvl.deploy.node_app:client_app"
+# who runs the apps (`--executor` of serve and join): fedvl's long-lived processes, or Flower's one per
+# run (serve) and per message (join)
+EXECUTORS = ("warm", "flower")
+
 # the node's private folder (`fedvl join`, mode 0700), as fedvl's executor uses it (fedvl.deploy.executor);
 # its key file (fedvl.deploy.node_worker.KEY) is the SuperExec secret the SuperNode and the executor share
 INFLIGHT = "inflight"  # the task the executor holds: its token and the message's metadata

@@ -28,7 +28,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedvl.deploy.names import CONFIG_KEY, DEPLOYMENT_FILE, RESULTS_KEY, RESUME_KEY, RUN_TOKEN_KEY
+from fedvl.deploy.names import (
+    CLIENT_APP_REF,
+    CONFIG_KEY,
+    DEPLOYMENT_FILE,
+    EXECUTORS,
+    RESULTS_KEY,
+    RESUME_KEY,
+    RUN_TOKEN_KEY,
+    SERVER_APP_REF,
+)
 from fedvl.deploy.node_worker import KEY, make_folder
 from fedvl.deploy.process import _bin, die_with_parent, flower_env, last_error, stop, wait_for_port
 from fedvl.deploy.submit import APP, READY
@@ -36,7 +45,6 @@ from fedvl.runfolder import read_status, wait_until_free
 from fedvl.schema import ConfigError, ExperimentConfig, dump_config
 
 RELEASE_WAIT_S = 60.0  # serve --resume: how long the previous ServerApp may take to let go of the results folder
-EXECUTORS = ("warm", "flower")  # serve runs the ServerApp itself / Flower's flwr-serverapp process per run
 
 
 @dataclass
@@ -75,8 +83,8 @@ dependencies = []
 publisher = "fedvl"
 
 [tool.flwr.app.components]
-serverapp = "fedvl.deploy.server_app:server_app"
-clientapp = "fedvl.deploy.node_app:client_app"
+serverapp = "{SERVER_APP_REF}"
+clientapp = "{CLIENT_APP_REF}"
 
 [tool.flwr.app.config]
 {CONFIG_KEY} = {json.dumps(dump_config(cfg))}
@@ -155,8 +163,8 @@ class SuperLink:
                                      start_new_session=True, preexec_fn=die_with_parent)
         self.failed = False  # it did not start: its log stays for the error message that names it
         # `flwr run`, importing Flower's CLI meanwhile; it submits once READY is written (fedvl.deploy.submit)
-        self.runner = subprocess.Popen([sys.executable, "-m", "fedvl.deploy.submit", str(self.scratch),
-                                        f"{self.local}:{port}"] + (["--stream"] if executor == "flower" else []),
+        self.runner = subprocess.Popen([sys.executable, "-m", "fedvl.deploy.submit", str(self.scratch)]
+                                       + (["--stream"] if executor == "flower" else []),
                                        env=self.env, cwd=self.scratch, start_new_session=True,
                                        preexec_fn=die_with_parent)
 
@@ -170,7 +178,7 @@ class SuperLink:
                                f"(full log: {self.log_path})") from None
 
     def submit(self) -> None:
-        """Let ``flwr run`` submit the Flower App written in the folder."""
+        """Let ``flwr run`` submit the Flower App written in the folder (once :meth:`wait_listening`)."""
         (self.scratch / READY).touch()
 
     def stop(self, discard: bool = False) -> None:
@@ -193,8 +201,7 @@ def start_superlink(host: str, port: int, tls: TLS | None, auth_keys: Path | Non
 
 
 def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS | None, log=print,
-          timeout: float | None = None, auth_keys: Path | None = None, resume: bool = False,
-          link: SuperLink | None = None) -> int:
+          auth_keys: Path | None = None, resume: bool = False, link: SuperLink | None = None) -> int:
     """Start a SuperLink (unless ``link`` is one already started), submit the experiment, wait for
     it, stop the SuperLink. ``auth_keys``: a folder of node public keys; only those nodes may join
     (needs TLS). ``resume``: continue the run in ``run_dir`` from its newest checkpoint (its nodes keep
@@ -229,9 +236,9 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
         link.submit()
         submitted = True
         if link.executor == "warm":
-            _run_here(link, token, timeout)
+            _run_here(link, token)
         else:
-            link.runner.wait(timeout=timeout)
+            link.runner.wait()
     finally:
         if link is not None:
             link.stop(discard=not submitted)
@@ -247,7 +254,7 @@ def serve(cfg: ExperimentConfig, run_dir: Path, host: str, port: int, tls: TLS |
     return 0
 
 
-def _run_here(link: SuperLink, token: str, timeout: float | None) -> None:
+def _run_here(link: SuperLink, token: str) -> None:
     """Claim the submitted run and run its ServerApp in this process (:mod:`fedvl.deploy.server_task`);
     a run that another program submitted to this SuperLink meanwhile is refused and the wait goes on."""
     from fedvl.deploy.server_task import ServerTask, SubmitError
@@ -255,7 +262,7 @@ def _run_here(link: SuperLink, token: str, timeout: float | None) -> None:
     ca = Path(link.tls.cafile).read_bytes() if link.tls else None
     task = ServerTask(f"{link.local}:{link.port}", (link.scratch / KEY).read_bytes(), ca)
     try:
-        while not task.run(task.claim(link.runner, link.proc, timeout), token, link.proc):
+        while not task.run(task.claim(link.runner, link.proc), token, link.proc):
             pass
     except SubmitError as e:
         raise ConfigError(str(e)) from None

@@ -25,10 +25,10 @@ from fedvl.transport.flower import (
     FlowerRunError,
     Grid,
     ServerApp,
+    WarmUp,
     cfg_from_text,
     make_client_app,
     run_rounds,
-    WarmUp,
 )
 
 server_app = ServerApp()
@@ -71,13 +71,13 @@ def run_server_app(grid: Grid, context: Context) -> None:
     except (FlowerRunError, ConfigError) as e:
         # an explained end (no node joined, too few clients answered, a bad node) that the run's status.json
         # records: `fedvl serve` says it in one line, where Flower would print a traceback
-        if not recorded(run_dir, e):
+        if not _recorded(run_dir, e):
             raise
     finally:
         warm.stop()
 
 
-def recorded(run_dir: Path, e: BaseException) -> bool:
+def _recorded(run_dir: Path, e: BaseException) -> bool:
     record = read_status(run_dir) or {}
     return record.get("state") == "failed" and str(e) in str(record.get("error"))
 

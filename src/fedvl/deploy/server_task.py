@@ -29,7 +29,7 @@ import time
 import traceback
 
 import httpx
-from flwr.common.config import get_fab_config, get_fused_config_from_fab
+from flwr.common.config import get_fused_config_from_fab
 from flwr.common.constant import SubStatus
 from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
 from flwr.proto.runtime_pb2 import AcquireTaskRequest, PullTaskInputRequest, PushTaskOutputRequest
@@ -42,9 +42,9 @@ from flwr.supercore.interceptors import (
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.grid import HttpGrid
 
-from fedvl.deploy.executor import Heartbeat, runtime_client
+from fedvl.deploy.executor import Heartbeat, app_table, runtime_client
 from fedvl.deploy.flower_pins import ACQUIRE_TASK, cut_pull_backoff
-from fedvl.deploy.names import RUN_TOKEN_KEY
+from fedvl.deploy.names import RUN_TOKEN_KEY, SERVER_APP_REF
 
 POLL_S = 0.02  # a look for the submitted run: a request to the SuperLink on this machine
 SUBMITTED_WAIT_S = 30.0  # after `flwr run` said it submitted, the run is a task within this long
@@ -55,17 +55,13 @@ class SubmitError(RuntimeError):
     """The run never became a task (``flwr run`` failed, or the SuperLink stopped)."""
 
 
-def _app_config(fab) -> dict:
-    return get_fab_config(fab.content).get("tool", {}).get("flwr", {}).get("app", {})
-
-
 def is_ours(fab, token: str) -> bool:
     """Whether a run's Flower App is the one this ``serve`` wrote: fedvl's ServerApp and this run's token."""
     try:
-        app = _app_config(fab)
+        app = app_table(fab)
     except Exception:  # noqa: BLE001  (not even a readable Flower App: not this serve's)
         return False
-    return (app.get("components", {}).get("serverapp") == "fedvl.deploy.server_app:server_app"
+    return (app.get("components", {}).get("serverapp") == SERVER_APP_REF
             and app.get("config", {}).get(RUN_TOKEN_KEY) == token)
 
 
@@ -80,11 +76,10 @@ class ServerTask:
                                                                            protected_methods={ACQUIRE_TASK})],
                                     root_certificates, max_time=PUSH_WAIT_S)
 
-    def claim(self, runner, link_proc, timeout: float | None = None) -> str:
+    def claim(self, runner, link_proc) -> str:
         """The token of the next ServerApp task; ``runner`` (``flwr run``) submits it, ``link_proc``
         (the SuperLink) must stay up. Raises :class:`SubmitError` when the run cannot come."""
         submitted_at = None
-        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             res = self.tasks.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.SERVER_APP]))
             if res.HasField("task") and res.token:
@@ -99,8 +94,6 @@ class ServerTask:
                 if time.monotonic() - submitted_at > SUBMITTED_WAIT_S:
                     raise SubmitError(f"`flwr run` submitted the run, but no ServerApp task came within "
                                       f"{SUBMITTED_WAIT_S:.0f}s")
-            if deadline is not None and time.monotonic() > deadline:
-                raise SubmitError(f"the run was not submitted within {timeout:.0f}s")
             time.sleep(POLL_S)
 
     def run(self, token: str, run_token: str, link_proc) -> bool:
