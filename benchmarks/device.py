@@ -46,6 +46,7 @@ from fedvl.config import load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vlm_throughput  # noqa: E402  (beside this file; benchmarks/ is not a package)
+from vlm_throughput import sync  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("FEDVL_BENCH_OUT", ROOT / "benchmarks" / "results" / "device.json"))
@@ -57,11 +58,6 @@ KT_TINY = ["t2i.text=tiny", "t2i.channels=8,16", "t2i.image_size=16", "t2i.pretr
            "fedmmkt.colors=red,blue", "fedmmkt.shapes=circle,square", "fedmmkt.domains=night,sketch,night",
            "fedmmkt.archs=cnn,mlp,cnn", "fedmmkt.train_per_class=2", "fedmmkt.test_per_class=2",
            "fedmmkt.judge_per_class=3", "fedmmkt.synthetic_per_class=2", "fedmmkt.eval_per_class=2"]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def vilt_b_checkpoint(root: Path) -> Path:

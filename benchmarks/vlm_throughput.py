@@ -236,7 +236,8 @@ def _wrap_with_lora(hf):
     return model
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so a timer sees it (device.py too)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -274,13 +275,13 @@ def train_rate(model, cfg, device: torch.device, autocast: bool, batch: int, seq
 
     for _ in range(warmup):
         step()
-    _sync(device)
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         losses.append(step().detach())
-    _sync(device)
+    sync(device)
     dt = time.perf_counter() - t0
     out = {"tokens_per_s": steps * batch * seq_len / dt, "step_s": dt / steps, "batch": batch, "seq_len": seq_len,
            "image_tokens_per_sample": counts[0], "answer_tokens_per_sample": answer_len, "steps": steps,

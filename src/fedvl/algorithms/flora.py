@@ -23,23 +23,20 @@ averaged as usual.
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch import nn
 
 from fedvl.algorithms.aggregate import Params, weighted_average
+from fedvl.models.params import LORA_FACTOR
 from fedvl.schema import ConfigError
 from fedvl.seeding import derived_seed
 
-# peft's names: <module>.lora_A.<adapter>.weight (r x in), <module>.lora_B.<adapter>.weight (out x r),
-# and the wrapped Linear's own weight <module>.base_layer.weight (out x in)
-_FACTOR = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])\.(?P<adapter>[^.]+)\.weight$")
 
 
 def merged_bases(travel: list[str]) -> list[str]:
     """The base weights that stacking merges into: one per module whose LoRA factors travel."""
-    modules = [m.group("module") for n in travel if (m := _FACTOR.match(n)) and m.group("which") == "A"]
+    modules = [m.group("module") for n in travel if (m := LORA_FACTOR.match(n)) and m.group("which") == "A"]
     return [f"{m}.base_layer.weight" for m in dict.fromkeys(modules)]
 
 
@@ -49,7 +46,7 @@ def fresh_factors(global_params: Params, seed: int, rnd: int) -> Params:
     (seed, round, name), so every runtime and a resume draw the same; each ``lora_B`` zero."""
     out: Params = {}
     for name, g in global_params.items():
-        m = _FACTOR.match(name)
+        m = LORA_FACTOR.match(name)
         if m is None:
             continue
         t = torch.zeros(g.shape, dtype=torch.float32)
@@ -73,11 +70,11 @@ def stack_merge(global_params: Params, updates: list[Params], ranks: list[int], 
     if len(updates) != len(ranks):
         raise ValueError(f"{len(updates)} updates but {len(ranks)} ranks")
     # every tensor but the factors: the weighted mean (which also checks the weights)
-    out = weighted_average([{k: v for k, v in u.items() if not _FACTOR.match(k)} for u in updates], weights)
+    out = weighted_average([{k: v for k, v in u.items() if not LORA_FACTOR.match(k)} for u in updates], weights)
     p = [w / float(sum(weights)) for w in weights]
     deltas: dict[str, torch.Tensor] = {}  # base weight name -> sum_k p_k B_k A_k over its adapters
     for name in updates[0]:
-        m = _FACTOR.match(name)
+        m = LORA_FACTOR.match(name)
         if m is None or m.group("which") != "A":
             continue
         b_name = f"{m.group('module')}.lora_B.{m.group('adapter')}.weight"
@@ -90,7 +87,7 @@ def stack_merge(global_params: Params, updates: list[Params], ranks: list[int], 
     for name, g in global_params.items():
         if name in deltas:
             out[name] = g.double() + scaling * deltas[name]
-        elif _FACTOR.match(name):
+        elif LORA_FACTOR.match(name):
             out[name] = fresh[name]
     # in the global parameters' order and dtypes (updates may come in a half-precision transport dtype)
     return {name: out[name].to(g.dtype) for name, g in global_params.items()}

@@ -15,31 +15,27 @@ weights instead (FLoRA: :mod:`fedvl.algorithms.flora`); the clients train their 
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from fedvl.algorithms.aggregate import Params
+from fedvl.models.params import LORA_FACTOR
 from fedvl.schema import ConfigError
-
-_A = re.compile(r"\.lora_A\.[^.]+\.weight$")
-_B = re.compile(r"\.lora_B\.[^.]+\.weight$")
-
 
 def rank_mask(name: str, shape: torch.Size, rank: int) -> torch.Tensor | None:
     """1 where a rank-``rank`` client's factor may be non-zero, 0 beyond its rank; None if ``name`` is
     no LoRA factor (the whole tensor is the client's)."""
-    if _A.search(name):
-        mask = torch.zeros(shape)
+    m = LORA_FACTOR.match(name)
+    if m is None:
+        return None
+    mask = torch.zeros(shape)
+    if m["which"] == "A":
         mask[:rank] = 1.0
-        return mask
-    if _B.search(name):
-        mask = torch.zeros(shape)
+    else:
         mask[:, :rank] = 1.0
-        return mask
-    return None
+    return mask
 
 
 def truncate(params: Params, rank: int) -> Params:

@@ -22,6 +22,9 @@ Params = dict[str, torch.Tensor]
 
 _ADAPTER = re.compile(r"\.adapters\.([A-Za-z0-9_]+)\.")
 _LORA = re.compile(r"\.lora_(?:A|B|embedding_A|embedding_B)\.([A-Za-z0-9_]+)")
+# peft's LoRA factors of a Linear: <module>.lora_A.<adapter>.weight (r x in) and <module>.lora_B.<adapter>.weight
+# (out x r), beside the wrapped layer's own <module>.base_layer.weight (out x in)
+LORA_FACTOR = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])\.(?P<adapter>[^.]+)\.weight$")
 
 
 def param_group(name: str) -> str:
